@@ -1,0 +1,3 @@
+export { EventBus, type EvictReason } from "./event-bus.ts";
+export { SUBJECTS } from "./subjects.ts";
+export { startNatsServer, findNatsServerBinary, freePort, isReachable, NatsServerUnavailable, type NatsServerProcess } from "./nats-server.ts";

@@ -1,0 +1,1 @@
+export { evenPartition, parsePartition, validatePartition, allPartitions, PartitionError, type Partition } from "./partition.ts";

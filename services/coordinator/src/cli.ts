@@ -1,0 +1,191 @@
+import { parseArgs } from "node:util";
+import { serve } from "@hono/node-server";
+import { BUNDLED_MODEL_DIR, loadTokenizer, openModel, type Tokenizer } from "@strata/model";
+import { parsePartition } from "@strata/planner";
+import { LocalCluster, type ClusterOptions } from "./cluster.ts";
+import { createHttpApi } from "./http-api.ts";
+import { LoadProgressView } from "./progress.ts";
+
+const USAGE = `usage: strata <command> [options]
+
+commands:
+  start      start a local cluster (nats-server, workers, coordinator) and serve the HTTP API
+  generate   start a cluster, generate one completion, tear it down
+
+common options:
+  --model DIR            llama2.c checkpoint folder or Hugging Face Llama folder (default: bundled stories260K)
+  --workers N            worker processes, one pipeline stage each (default 2)
+  --partition A-B,...    layer ranges by hand, e.g. 0-1,1-4,4-5 (default: even split)
+  --device cpu|cuda      onnxruntime execution provider (default cpu)
+  --nats-url URL         NATS server to use when reachable (default $NATS_URL or nats://127.0.0.1:4222);
+                         otherwise nats-server is started from PATH on a free port
+  --kv-cache-bytes N     KV cache budget per worker (default 128 MiB)
+  --block-size N         KV block size in tokens (default 16)
+  --threads N            onnxruntime intra-op threads per worker (default 1)
+
+start:
+  --host H --port P      HTTP address (default 127.0.0.1:8000)
+
+generate:
+  --prompt TEXT          prompt text (default "")
+  --max-tokens N         tokens to generate (default 64)
+  --temperature T        0 is greedy (default 1.0)
+  --top-p P --top-k K    nucleus and top-k filtering (default off)
+  --seed S               sampling seed (default random)
+  --json                 print one JSON object on the last line instead of streaming text
+`;
+
+class UsageError extends Error {}
+
+const { positionals, values } = parseArgs({
+  allowPositionals: true,
+  options: {
+    model: { type: "string" },
+    workers: { type: "string", default: "2" },
+    partition: { type: "string" },
+    device: { type: "string", default: "cpu" },
+    "nats-url": { type: "string" },
+    "kv-cache-bytes": { type: "string" },
+    "block-size": { type: "string" },
+    threads: { type: "string", default: "1" },
+    host: { type: "string", default: "127.0.0.1" },
+    port: { type: "string", default: "8000" },
+    prompt: { type: "string", default: "" },
+    "max-tokens": { type: "string", default: "64" },
+    temperature: { type: "string", default: "1.0" },
+    "top-p": { type: "string", default: "1" },
+    "top-k": { type: "string", default: "0" },
+    seed: { type: "string" },
+    json: { type: "boolean", default: false },
+    help: { type: "boolean", short: "h", default: false },
+  },
+});
+
+function numberOption(name: string, value: string | undefined, check: (n: number) => boolean = () => true): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isFinite(n) || !check(n)) throw new UsageError(`--${name}: "${value}" is not a valid value`);
+  return n;
+}
+
+async function clusterOptions(): Promise<ClusterOptions & { tokenizer: Tokenizer }> {
+  const modelDir = values.model ?? BUNDLED_MODEL_DIR;
+  const workers = numberOption("workers", values.workers, (n) => Number.isInteger(n) && n >= 1)!;
+  const device = values.device!;
+  if (device !== "cpu" && device !== "cuda") throw new UsageError(`--device must be cpu or cuda, got "${device}"`);
+  const source = await openModel(modelDir);
+  const numLayers = source.config.numLayers;
+  await source.close();
+  const partition = values.partition ? parsePartition(values.partition, numLayers) : undefined;
+  const tokenizer = await loadTokenizer(modelDir);
+  return {
+    tokenizer,
+    modelDir,
+    workers: partition?.length ?? workers,
+    partition,
+    natsUrl: values["nats-url"] ?? process.env.NATS_URL ?? "nats://127.0.0.1:4222",
+    device,
+    kvCacheBytes: numberOption("kv-cache-bytes", values["kv-cache-bytes"], (n) => n > 0),
+    blockSizeTokens: numberOption("block-size", values["block-size"], (n) => Number.isInteger(n) && n > 0),
+    threadsPerWorker: numberOption("threads", values.threads, (n) => Number.isInteger(n) && n > 0),
+  };
+}
+
+async function startCluster(opts: ClusterOptions): Promise<LocalCluster> {
+  const progress = new LoadProgressView(Array.from({ length: opts.workers }, (_, i) => `worker ${i}`));
+  return LocalCluster.start({
+    ...opts,
+    onLoadProgress: (stage, loaded, total) => progress.update(stage, loaded, total),
+    log: (line) => process.stderr.write(`${line}\n`),
+  });
+}
+
+async function generate(): Promise<void> {
+  const { tokenizer, ...opts } = await clusterOptions();
+  const maxTokens = numberOption("max-tokens", values["max-tokens"], (n) => Number.isInteger(n) && n > 0)!;
+  const sampling = {
+    temperature: numberOption("temperature", values.temperature, (n) => n >= 0)!,
+    topP: numberOption("top-p", values["top-p"], (n) => n > 0 && n <= 1)!,
+    topK: numberOption("top-k", values["top-k"], (n) => Number.isInteger(n) && n >= 0)!,
+  };
+  const seed = numberOption("seed", values.seed, Number.isInteger);
+  const promptIds = tokenizer.encode(values.prompt!);
+  const cluster = await startCluster(opts);
+  try {
+    const decoder = tokenizer.createStreamDecoder();
+    if (!values.json) process.stdout.write(values.prompt!);
+    const started = performance.now();
+    const result = await cluster.engine.generate({
+      promptIds,
+      maxTokens,
+      sampling,
+      seed,
+      onToken: values.json ? undefined : (id) => process.stdout.write(decoder.push(id)),
+    });
+    const seconds = (performance.now() - started) / 1000;
+    if (values.json) {
+      process.stdout.write(
+        JSON.stringify({
+          prompt_token_ids: result.promptTokenIds,
+          token_ids: result.tokenIds,
+          text: tokenizer.decode(result.tokenIds),
+          finish_reason: result.finishReason,
+          workers: cluster.partition.length,
+          partition: cluster.partition,
+          tokens_per_s: Math.round((result.tokenIds.length / seconds) * 10) / 10,
+        }) + "\n",
+      );
+    } else {
+      process.stdout.write(decoder.flush() + "\n");
+      process.stderr.write(`[${result.tokenIds.length} tokens, ${(result.tokenIds.length / seconds).toFixed(1)} tok/s, finish_reason=${result.finishReason}]\n`);
+    }
+  } finally {
+    await cluster.stop();
+  }
+}
+
+async function start(): Promise<void> {
+  const { tokenizer, ...opts } = await clusterOptions();
+  const port = numberOption("port", values.port, (n) => Number.isInteger(n) && n >= 0 && n < 65536)!;
+  const cluster = await startCluster(opts);
+  const modelName = opts.modelDir === BUNDLED_MODEL_DIR ? "stories260K" : opts.modelDir;
+  const app = createHttpApi({ engine: cluster.engine, tokenizer, modelName });
+  const server = serve({ fetch: app.fetch, hostname: values.host, port }, (info) => {
+    const base = `http://${values.host}:${info.port}`;
+    process.stdout.write(
+      `Strata is serving ${modelName} over ${cluster.partition.length} workers (layers ${cluster.partition.map(([a, b]) => `${a}-${b}`).join(", ")}), NATS ${cluster.natsUrl}\n` +
+        `Listening on ${base}\n\n` +
+        `  curl ${base}/v1/completions -H 'Content-Type: application/json' \\\n` +
+        `    -d '{"prompt": "Once upon a time", "max_tokens": 64, "temperature": 0}'\n\n` +
+        `Press Ctrl-C to stop.\n`,
+    );
+  });
+  let stopping = false;
+  const stop = async () => {
+    if (stopping) return;
+    stopping = true;
+    process.stderr.write("\nstopping...\n");
+    server.close();
+    await cluster.stop();
+    process.exit(0);
+  };
+  process.on("SIGINT", stop);
+  process.on("SIGTERM", stop);
+}
+
+const command = positionals[0];
+try {
+  if (values.help || !command) {
+    process.stdout.write(USAGE);
+  } else if (command === "generate") {
+    await generate();
+  } else if (command === "start") {
+    await start();
+  } else {
+    throw new UsageError(`unknown command "${command}"`);
+  }
+} catch (error) {
+  process.stderr.write(`error: ${(error as Error).message}\n`);
+  if (error instanceof UsageError) process.stderr.write(`\n${USAGE}`);
+  process.exit(error instanceof UsageError ? 2 : 1);
+}

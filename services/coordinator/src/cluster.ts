@@ -1,0 +1,157 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { EventBus, isReachable, startNatsServer, type NatsServerProcess } from "@strata/events";
+import { openModel, type ModelConfig } from "@strata/model";
+import { evenPartition, validatePartition, type Partition } from "@strata/planner";
+import { startWorkerServer, DEFAULT_BLOCK_SIZE_TOKENS, DEFAULT_KV_CACHE_BYTES, type RunningWorker } from "@strata/worker";
+import { Engine } from "./engine.ts";
+import { PipelineClient } from "./pipeline-client.ts";
+
+const REPO_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
+const WORKER_MAIN = fileURLToPath(new URL("../../worker/src/main.ts", import.meta.url));
+
+export interface ClusterOptions {
+  modelDir: string;
+  workers: number;
+  partition?: Partition;
+  /** Use this NATS server when reachable; otherwise one is spawned on a free port. */
+  natsUrl?: string;
+  /** Workers as gRPC servers inside this process (tests) instead of child processes. */
+  inProcessWorkers?: boolean;
+  device?: string;
+  blockSizeTokens?: number;
+  kvCacheBytes?: number;
+  threadsPerWorker?: number;
+  maxNumSeqs?: number;
+  maxNumBatchedTokens?: number;
+  onLoadProgress?: (stage: number, bytesLoaded: number, bytesTotal: number) => void;
+  log?: (line: string) => void;
+}
+
+interface WorkerHandle {
+  address: string;
+  stop(): Promise<void>;
+}
+
+/** A coordinator engine, N workers and a NATS server on loopback, started and stopped together. */
+export class LocalCluster {
+  private constructor(
+    readonly engine: Engine,
+    readonly pipeline: PipelineClient,
+    readonly events: EventBus,
+    readonly config: ModelConfig,
+    readonly partition: Partition,
+    readonly natsUrl: string,
+    private readonly workers: WorkerHandle[],
+    private readonly ownNats: NatsServerProcess | undefined,
+  ) {}
+
+  static async start(opts: ClusterOptions): Promise<LocalCluster> {
+    const source = await openModel(opts.modelDir);
+    const config = source.config;
+    await source.close();
+    const partition = opts.partition ?? evenPartition(config.numLayers, opts.workers);
+    validatePartition(partition, config.numLayers);
+
+    let ownNats: NatsServerProcess | undefined;
+    let natsUrl = opts.natsUrl;
+    if (!natsUrl || !(await isReachable(natsUrl))) {
+      if (natsUrl) opts.log?.(`NATS at ${natsUrl} is not reachable; starting nats-server`);
+      ownNats = await startNatsServer();
+      natsUrl = ownNats.url;
+    }
+    const workers: WorkerHandle[] = [];
+    try {
+      for (let i = 0; i < partition.length; i++) {
+        workers.push(
+          opts.inProcessWorkers
+            ? inProcessWorker(await startWorkerServer({ workerId: `worker-${i}`, natsUrl, intraOpThreads: opts.threadsPerWorker }))
+            : await spawnWorker(i, natsUrl, opts.threadsPerWorker ?? 1, opts.log),
+        );
+      }
+      const pipeline = new PipelineClient(workers.map((w) => w.address));
+      const stages = await pipeline.load({
+        modelDir: opts.modelDir,
+        partition,
+        blockSizeTokens: opts.blockSizeTokens ?? DEFAULT_BLOCK_SIZE_TOKENS,
+        kvCacheBytes: opts.kvCacheBytes ?? DEFAULT_KV_CACHE_BYTES,
+        device: opts.device ?? "cpu",
+        onProgress: opts.onLoadProgress,
+      });
+      const events = await EventBus.connect(natsUrl, "strata-coordinator");
+      const engine = new Engine(
+        pipeline,
+        events,
+        { maxPositionEmbeddings: config.maxPositionEmbeddings, vocabSize: config.vocabSize, eosTokenIds: config.eosTokenIds },
+        {
+          blockSizeTokens: stages[0].kv!.blockSizeTokens,
+          kvBlocks: Math.min(...stages.map((s) => s.kv!.blocksTotal)),
+          maxNumSeqs: opts.maxNumSeqs ?? 256,
+          maxNumBatchedTokens: opts.maxNumBatchedTokens ?? 2048,
+        },
+        partition.length,
+      );
+      return new LocalCluster(engine, pipeline, events, config, partition, natsUrl, workers, ownNats);
+    } catch (error) {
+      await Promise.all(workers.map((w) => w.stop()));
+      await ownNats?.stop();
+      throw error;
+    }
+  }
+
+  /** Waits until every stage holds no KV blocks (eviction travels over NATS, so it is not instant). */
+  async waitForBlocksFreed(timeoutMs = 10_000): Promise<number[]> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const used = (await this.pipeline.describeAll()).map((d) => d.kv?.blocksUsed ?? 0);
+      if (used.every((u) => u === 0) || Date.now() > deadline) return used;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.engine.close();
+    this.pipeline.close();
+    await this.events.close();
+    await Promise.all(this.workers.map((w) => w.stop()));
+    await this.ownNats?.stop();
+  }
+}
+
+function inProcessWorker(worker: RunningWorker): WorkerHandle {
+  return { address: worker.address, stop: () => worker.close() };
+}
+
+async function spawnWorker(index: number, natsUrl: string, threads: number, log?: (line: string) => void): Promise<WorkerHandle> {
+  const child: ChildProcess = spawn(
+    process.execPath,
+    ["--import", "tsx", WORKER_MAIN, "--port", "0", "--worker-id", `worker-${index}`, "--nats-url", natsUrl, "--threads", String(threads)],
+    { cwd: REPO_ROOT, stdio: ["pipe", "pipe", "pipe"] },
+  );
+  child.stderr!.on("data", (chunk: Buffer) => log?.(chunk.toString().trimEnd()));
+  const address = await new Promise<string>((resolve, reject) => {
+    const lines = createInterface({ input: child.stdout! });
+    lines.once("line", (line) => {
+      try {
+        resolve((JSON.parse(line) as { address: string }).address);
+      } catch {
+        reject(new Error(`worker ${index} printed an unexpected first line: ${line}`));
+      }
+    });
+    child.once("exit", (code) => reject(new Error(`worker ${index} exited with code ${code} before listening`)));
+  });
+  return {
+    address,
+    stop: () =>
+      new Promise<void>((resolve) => {
+        if (child.exitCode !== null) return resolve();
+        const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
+        child.once("exit", () => {
+          clearTimeout(timer);
+          resolve();
+        });
+        child.kill("SIGTERM");
+      }),
+  };
+}

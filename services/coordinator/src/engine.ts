@@ -1,0 +1,216 @@
+import { create } from "@bufbuild/protobuf";
+import type { EventBus } from "@strata/events";
+import { Scheduler, type MicroBatch, type SchedulerOptions, type SchedulerSequence } from "@strata/scheduler";
+import { SeededRandom, type SamplingParams } from "@strata/sampling";
+import { SequenceChunkSchema, readF32Tensor, type ResultsResponse } from "@strata/proto";
+import type { PipelineClient } from "./pipeline-client.ts";
+
+export class RequestValidationError extends Error {
+  override name = "RequestValidationError";
+}
+
+export class ContextLengthError extends RequestValidationError {
+  override name = "ContextLengthError";
+}
+
+export class RequestAbortedError extends Error {
+  override name = "RequestAbortedError";
+}
+
+export type FinishReason = "stop" | "length";
+
+export interface GenerateRequest {
+  promptIds: number[];
+  maxTokens: number;
+  sampling: SamplingParams;
+  seed?: number;
+  /** Ids that end generation (not emitted); defaults to the model's end tokens. */
+  stopTokenIds?: number[];
+  returnLogits?: boolean;
+  signal?: AbortSignal;
+  onToken?: (tokenId: number, logits?: Float32Array) => void;
+}
+
+export interface GenerateResult {
+  promptTokenIds: number[];
+  tokenIds: number[];
+  finishReason: FinishReason;
+  /** Per generated position (including a final stop token's), when returnLogits. */
+  logits?: Float32Array[];
+}
+
+export interface ModelLimits {
+  maxPositionEmbeddings: number;
+  vocabSize: number;
+  eosTokenIds: number[];
+}
+
+interface ActiveRequest {
+  seq: SchedulerSequence;
+  req: GenerateRequest;
+  rng: SeededRandom;
+  logits: Float32Array[];
+  abortRequested: boolean;
+  resolve(result: GenerateResult): void;
+  reject(error: Error): void;
+}
+
+let seqCounter = 0;
+
+/**
+ * The step loop: schedule → forward through the stages → take the sampled tokens → emit → free.
+ * Up to `maxInFlight` micro-batches (one per stage) move through the pipeline at once.
+ */
+export class Engine {
+  private readonly scheduler: Scheduler;
+  private readonly active = new Map<number, ActiveRequest>();
+  private inFlight = 0;
+  tokensGenerated = 0;
+
+  constructor(
+    private readonly pipeline: PipelineClient,
+    private readonly events: EventBus,
+    readonly limits: ModelLimits,
+    schedulerOptions: SchedulerOptions,
+    private readonly maxInFlight: number,
+  ) {
+    this.scheduler = new Scheduler(schedulerOptions);
+  }
+
+  get numRunning(): number {
+    return this.scheduler.numRunning;
+  }
+
+  get numWaiting(): number {
+    return this.scheduler.numWaiting;
+  }
+
+  generate(req: GenerateRequest): Promise<GenerateResult> {
+    this.validate(req);
+    seqCounter = (seqCounter % 0xffffffff) + 1;
+    const seq: SchedulerSequence = {
+      seqId: seqCounter,
+      tokenIds: [...req.promptIds],
+      promptLength: req.promptIds.length,
+      maxLength: req.promptIds.length + req.maxTokens,
+      computed: 0,
+      inFlight: false,
+      state: "waiting",
+    };
+    return new Promise<GenerateResult>((resolve, reject) => {
+      const active: ActiveRequest = {
+        seq,
+        req,
+        rng: new SeededRandom(req.seed ?? Math.floor(Math.random() * 2 ** 32)),
+        logits: [],
+        abortRequested: false,
+        resolve,
+        reject,
+      };
+      this.active.set(seq.seqId, active);
+      this.scheduler.add(seq);
+      req.signal?.addEventListener("abort", () => this.abort(active), { once: true });
+      if (req.signal?.aborted) this.abort(active);
+      this.pump();
+    });
+  }
+
+  private validate(req: GenerateRequest): void {
+    const ctx = this.limits.maxPositionEmbeddings;
+    if (req.promptIds.length === 0) throw new RequestValidationError("prompt is empty: it must hold at least one token");
+    if (!Number.isInteger(req.maxTokens) || req.maxTokens < 1) throw new RequestValidationError(`max_tokens must be a positive integer, got ${req.maxTokens}`);
+    const bad = req.promptIds.find((id) => !Number.isInteger(id) || id < 0 || id >= this.limits.vocabSize);
+    if (bad !== undefined) throw new RequestValidationError(`token id ${bad} is outside the vocabulary of ${this.limits.vocabSize}`);
+    if (req.promptIds.length + req.maxTokens > ctx) {
+      throw new ContextLengthError(
+        `this model's maximum context length is ${ctx} tokens, but ${req.promptIds.length + req.maxTokens} were requested ` +
+          `(${req.promptIds.length} in the prompt, ${req.maxTokens} to generate)`,
+      );
+    }
+  }
+
+  private pump(): void {
+    while (this.inFlight < this.maxInFlight) {
+      const batch = this.scheduler.schedule();
+      if (!batch) return;
+      this.inFlight++;
+      const chunks = batch.chunks.map((c) => {
+        const active = this.active.get(c.seq.seqId)!;
+        return create(SequenceChunkSchema, {
+          seqId: c.seq.seqId,
+          startPosition: c.startPosition,
+          numTokens: c.tokenIds.length,
+          tokenIds: c.tokenIds,
+          sample: c.sample,
+          sampling: active.req.sampling,
+          random: c.sample && active.req.sampling.temperature > 0 ? active.rng.next() : 0,
+          returnLogits: c.sample && active.req.returnLogits === true,
+        });
+      });
+      this.pipeline.forward(chunks).then(
+        (result) => this.onResult(batch, result),
+        (error: Error) => this.onFailure(batch, error),
+      ).finally(() => {
+        this.inFlight--;
+        this.pump();
+      });
+    }
+  }
+
+  private onResult(batch: MicroBatch, result: ResultsResponse): void {
+    const sampled = batch.chunks.map((c, i) => (c.sample ? result.outputs[i]?.tokenId : undefined));
+    this.scheduler.complete(batch, sampled);
+    batch.chunks.forEach((chunk, i) => {
+      const active = this.active.get(chunk.seq.seqId);
+      if (!active) return;
+      if (active.abortRequested) return this.finish(active, "aborted", new RequestAbortedError("request aborted"));
+      if (!chunk.sample) return;
+      const output = result.outputs[i];
+      const token = output.tokenId;
+      const logits = active.req.returnLogits ? readF32Tensor(output.logits, [this.limits.vocabSize], "logits") : undefined;
+      if (logits) active.logits.push(logits);
+      const stopIds = active.req.stopTokenIds ?? this.limits.eosTokenIds;
+      if (stopIds.includes(token)) return this.finish(active, "finished", undefined, "stop", true);
+      this.tokensGenerated++;
+      active.req.onToken?.(token, logits);
+      const generated = active.seq.tokenIds.length - active.seq.promptLength;
+      if (generated >= active.req.maxTokens) this.finish(active, "finished", undefined, "length");
+    });
+  }
+
+  private onFailure(batch: MicroBatch, error: Error): void {
+    this.scheduler.release(batch);
+    for (const chunk of batch.chunks) {
+      const active = this.active.get(chunk.seq.seqId);
+      if (active) this.finish(active, "aborted", error);
+    }
+  }
+
+  private abort(active: ActiveRequest): void {
+    if (!this.active.has(active.seq.seqId)) return;
+    // A batch in flight still writes this sequence's KV; free it once that batch is back.
+    if (active.seq.inFlight) active.abortRequested = true;
+    else this.finish(active, "aborted", new RequestAbortedError("request aborted"));
+  }
+
+  private finish(active: ActiveRequest, reason: "finished" | "aborted", error?: Error, finishReason: FinishReason = "length", droppedStopToken = false): void {
+    const seq = active.seq;
+    this.active.delete(seq.seqId);
+    const started = seq.state === "running";
+    this.scheduler.finish(seq);
+    if (started) this.events.publishEvict(seq.seqId, reason);
+    if (error) return active.reject(error);
+    const generated = seq.tokenIds.slice(seq.promptLength, droppedStopToken ? -1 : undefined);
+    active.resolve({
+      promptTokenIds: seq.tokenIds.slice(0, seq.promptLength),
+      tokenIds: generated,
+      finishReason,
+      logits: active.req.returnLogits ? active.logits : undefined,
+    });
+  }
+
+  /** Fails everything still queued or running (shutdown). */
+  close(): void {
+    for (const active of [...this.active.values()]) this.finish(active, "aborted", new RequestAbortedError("engine closed"));
+  }
+}

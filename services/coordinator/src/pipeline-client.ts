@@ -1,0 +1,172 @@
+import * as grpc from "@grpc/grpc-js";
+import { create } from "@bufbuild/protobuf";
+import type { Partition } from "@strata/planner";
+import {
+  DescribeRequestSchema,
+  ForwardRequestSchema,
+  HealthRequestSchema,
+  LoadRequestSchema,
+  ResultsRequestSchema,
+  WorkerService,
+  grpcChannelOptions,
+  grpcClientConstructor,
+  type DescribeResponse,
+  type ForwardRequest,
+  type ForwardResponse,
+  type HealthResponse,
+  type LoadResponse,
+  type ResultsResponse,
+  type SequenceChunk,
+} from "@strata/proto";
+
+const WorkerClient = grpcClientConstructor(WorkerService);
+
+// grpc-js generic clients are untyped; these are the calls we make on them.
+interface WorkerStub extends grpc.Client {
+  load(req: unknown): grpc.ClientReadableStream<LoadResponse>;
+  describe(req: unknown, cb: (err: grpc.ServiceError | null, res: DescribeResponse) => void): void;
+  health(req: unknown, options: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: HealthResponse) => void): void;
+  forward(): grpc.ClientDuplexStream<ForwardRequest, ForwardResponse>;
+  results(req: unknown): grpc.ClientReadableStream<ResultsResponse>;
+}
+
+export class StageFailure extends Error {
+  override name = "StageFailure";
+  constructor(
+    readonly code: number,
+    message: string,
+    readonly stageIndex: number,
+  ) {
+    super(message);
+  }
+}
+
+export interface LoadOptions {
+  modelDir: string;
+  partition: Partition;
+  blockSizeTokens: number;
+  kvCacheBytes: number;
+  device: string;
+  onProgress?: (stage: number, bytesLoaded: number, bytesTotal: number) => void;
+}
+
+interface Pending {
+  resolve(result: ResultsResponse): void;
+  reject(error: Error): void;
+}
+
+/**
+ * The coordinator's view of one pipeline replica: micro-batches go to stage 0 on a long-lived
+ * stream, results come back from the last stage on another; batch ids match them up.
+ */
+export class PipelineClient {
+  private readonly stubs: WorkerStub[];
+  private toFirstStage: grpc.ClientDuplexStream<ForwardRequest, ForwardResponse> | undefined;
+  private fromLastStage: grpc.ClientReadableStream<ResultsResponse> | undefined;
+  private readonly pending = new Map<number, Pending>();
+  private nextBatchId = 1;
+  stages: DescribeResponse[] = [];
+
+  constructor(readonly addresses: string[]) {
+    this.stubs = addresses.map((a) => new WorkerClient(a, grpc.credentials.createInsecure(), grpcChannelOptions) as unknown as WorkerStub);
+  }
+
+  /** Loads every stage in parallel, telling each where its next stage listens. */
+  async load(opts: LoadOptions): Promise<DescribeResponse[]> {
+    if (opts.partition.length !== this.stubs.length) {
+      throw new Error(`partition has ${opts.partition.length} stages for ${this.stubs.length} workers`);
+    }
+    this.stages = await Promise.all(
+      this.stubs.map(
+        (stub, i) =>
+          new Promise<DescribeResponse>((resolve, reject) => {
+            const call = stub.load(
+              create(LoadRequestSchema, {
+                modelDir: opts.modelDir,
+                layerStart: opts.partition[i][0],
+                layerEnd: opts.partition[i][1],
+                device: opts.device,
+                blockSizeTokens: opts.blockSizeTokens,
+                kvCacheBytes: BigInt(opts.kvCacheBytes),
+                nextStageAddress: this.addresses[i + 1] ?? "",
+                stageIndex: i,
+                numStages: this.stubs.length,
+              }),
+            );
+            let ready: DescribeResponse | undefined;
+            call.on("data", (msg: LoadResponse) => {
+              if (msg.event.case === "progress") opts.onProgress?.(i, Number(msg.event.value.bytesLoaded), Number(msg.event.value.bytesTotal));
+              if (msg.event.case === "ready") ready = msg.event.value;
+            });
+            call.on("error", (err: grpc.ServiceError) => reject(new StageFailure(err.code, `stage ${i} (${this.addresses[i]}): ${err.details || err.message}`, i)));
+            call.on("end", () => (ready ? resolve(ready) : reject(new Error(`stage ${i} ended its load without reporting ready`))));
+          }),
+      ),
+    );
+    this.openStreams();
+    return this.stages;
+  }
+
+  private openStreams(): void {
+    this.toFirstStage?.end();
+    this.fromLastStage?.cancel();
+    const results = this.stubs[this.stubs.length - 1].results(create(ResultsRequestSchema, {}));
+    results.on("data", (msg: ResultsResponse) => {
+      const waiter = this.pending.get(msg.batchId);
+      if (!waiter) return;
+      this.pending.delete(msg.batchId);
+      if (msg.error) waiter.reject(new StageFailure(msg.error.code, `stage ${msg.error.stageIndex}: ${msg.error.message}`, msg.error.stageIndex));
+      else waiter.resolve(msg);
+    });
+    results.on("error", (err: grpc.ServiceError) => {
+      if (err.code !== grpc.status.CANCELLED) this.failAll(new StageFailure(err.code, `results stream from the last stage failed: ${err.details}`, this.stubs.length - 1));
+    });
+    this.fromLastStage = results;
+    const forward = this.stubs[0].forward();
+    forward.on("data", () => {}); // rejections also reach us on the results stream
+    forward.on("error", (err: grpc.ServiceError) => {
+      if (err.code !== grpc.status.CANCELLED) this.failAll(new StageFailure(err.code, `stream to stage 0 failed: ${err.details}`, 0));
+      if (this.toFirstStage === forward) this.toFirstStage = undefined;
+    });
+    this.toFirstStage = forward;
+  }
+
+  /** Sends one micro-batch into the pipeline; resolves with the last stage's outputs. */
+  forward(seqs: SequenceChunk[], traceContext: Record<string, string> = {}): Promise<ResultsResponse> {
+    const batchId = this.nextBatchId;
+    this.nextBatchId = (this.nextBatchId % 0xffffffff) + 1;
+    if (!this.toFirstStage) this.openStreams();
+    return new Promise<ResultsResponse>((resolve, reject) => {
+      this.pending.set(batchId, { resolve, reject });
+      this.toFirstStage!.write(create(ForwardRequestSchema, { batchId, seqs, traceContext }));
+    });
+  }
+
+  private failAll(error: Error): void {
+    for (const waiter of this.pending.values()) waiter.reject(error);
+    this.pending.clear();
+  }
+
+  describe(stage: number): Promise<DescribeResponse> {
+    return new Promise((resolve, reject) =>
+      this.stubs[stage].describe(create(DescribeRequestSchema, {}), (err, res) => (err ? reject(err) : resolve(res))),
+    );
+  }
+
+  async describeAll(): Promise<DescribeResponse[]> {
+    return Promise.all(this.stubs.map((_, i) => this.describe(i)));
+  }
+
+  health(stage: number, timeoutMs = 2000): Promise<HealthResponse> {
+    return new Promise((resolve, reject) =>
+      this.stubs[stage].health(create(HealthRequestSchema, {}), { deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(err) : resolve(res))),
+    );
+  }
+
+  close(): void {
+    this.toFirstStage?.end();
+    this.fromLastStage?.cancel();
+    this.failAll(new Error("pipeline closed"));
+    for (const stub of this.stubs) stub.close();
+  }
+}

@@ -1,0 +1,130 @@
+import { status as GrpcStatus } from "@grpc/grpc-js";
+import { BlockPool, blocksForBudget, kvBytesPerToken } from "@strata/kv";
+import { StageEngine, type Device, type StageChunk } from "@strata/compute";
+import type { ModelConfig, ModelSource } from "@strata/model";
+import type { SequenceChunk } from "@strata/proto";
+import { StageRequestError } from "./errors.ts";
+
+export const DEFAULT_BLOCK_SIZE_TOKENS = 16;
+export const DEFAULT_KV_CACHE_BYTES = 128 * 1024 * 1024;
+
+export interface StageSpec {
+  layerStart: number;
+  layerEnd: number;
+  stageIndex: number;
+  numStages: number;
+  blockSizeTokens: number;
+  kvCacheBytes: number;
+  device: Device;
+  intraOpThreads: number;
+}
+
+/** A loaded layer range: weights inside the engine, the block pool that indexes its KV tensors. */
+export class LoadedStage {
+  private constructor(
+    readonly spec: StageSpec,
+    readonly config: ModelConfig,
+    readonly engine: StageEngine,
+    readonly pool: BlockPool,
+    readonly kvBytesPerToken: number,
+    readonly weightBytesRead: number,
+  ) {}
+
+  get firstStage(): boolean {
+    return this.spec.layerStart === 0;
+  }
+
+  get lastStage(): boolean {
+    return this.spec.layerEnd === this.config.numLayers;
+  }
+
+  static async load(source: ModelSource, spec: StageSpec, onProgress: (loaded: number, total: number) => void): Promise<LoadedStage> {
+    const config = source.config;
+    const firstStage = spec.layerStart === 0;
+    const lastStage = spec.layerEnd === config.numLayers;
+    const weights = await source.loadStage({
+      layerStart: spec.layerStart,
+      layerEnd: spec.layerEnd,
+      withEmbedding: firstStage,
+      withHead: lastStage,
+      onProgress: (p) => onProgress(p.bytesLoaded, p.bytesTotal),
+    });
+    const bytesPerToken = kvBytesPerToken(spec.layerEnd - spec.layerStart, config.numKvHeads, config.headDim, 4);
+    const numBlocks = blocksForBudget(spec.kvCacheBytes, bytesPerToken, spec.blockSizeTokens);
+    if (numBlocks < 1) {
+      throw new StageRequestError(
+        GrpcStatus.INVALID_ARGUMENT,
+        `kv_cache_bytes ${spec.kvCacheBytes} holds no block of ${spec.blockSizeTokens} tokens at ${bytesPerToken} bytes/token`,
+      );
+    }
+    const engine = await StageEngine.create(weights, {
+      numBlocks,
+      blockSizeTokens: spec.blockSizeTokens,
+      firstStage,
+      lastStage,
+      device: spec.device,
+      intraOpThreads: spec.intraOpThreads,
+    });
+    const pool = new BlockPool({ numBlocks, blockSizeTokens: spec.blockSizeTokens });
+    return new LoadedStage(spec, config, engine, pool, bytesPerToken, source.bytesRead());
+  }
+
+  /**
+   * Checks a micro-batch against this stage's state without changing it, then reserves its blocks.
+   * Either every chunk gets its blocks or the batch is rejected with nothing changed.
+   */
+  admit(chunks: readonly SequenceChunk[]): StageChunk[] {
+    if (chunks.length === 0) throw new StageRequestError(GrpcStatus.INVALID_ARGUMENT, "micro-batch has no sequences");
+    const seen = new Set<number>();
+    let blocksNeeded = 0;
+    for (const c of chunks) {
+      if (seen.has(c.seqId)) throw new StageRequestError(GrpcStatus.INVALID_ARGUMENT, `sequence ${c.seqId} appears twice in one micro-batch`);
+      seen.add(c.seqId);
+      if (c.numTokens < 1) throw new StageRequestError(GrpcStatus.INVALID_ARGUMENT, `sequence ${c.seqId}: num_tokens must be at least 1`);
+      const end = c.startPosition + c.numTokens;
+      if (end > this.config.maxPositionEmbeddings) {
+        throw new StageRequestError(
+          GrpcStatus.OUT_OF_RANGE,
+          `sequence ${c.seqId}: positions up to ${end} exceed the model's context of ${this.config.maxPositionEmbeddings}`,
+        );
+      }
+      if (this.firstStage) {
+        if (c.tokenIds.length !== c.numTokens) {
+          throw new StageRequestError(GrpcStatus.INVALID_ARGUMENT, `sequence ${c.seqId}: ${c.tokenIds.length} token ids for num_tokens ${c.numTokens}`);
+        }
+        const bad = c.tokenIds.find((id) => id >= this.config.vocabSize);
+        if (bad !== undefined) {
+          throw new StageRequestError(GrpcStatus.INVALID_ARGUMENT, `sequence ${c.seqId}: token id ${bad} is outside the vocabulary of ${this.config.vocabSize}`);
+        }
+      }
+      const known = this.pool.has(c.seqId);
+      if (c.startPosition > 0 && !known) {
+        throw new StageRequestError(GrpcStatus.NOT_FOUND, `unknown sequence id ${c.seqId}: a chunk at position ${c.startPosition} needs its earlier KV on this stage`);
+      }
+      if (known && this.pool.length(c.seqId) !== c.startPosition) {
+        throw new StageRequestError(
+          GrpcStatus.FAILED_PRECONDITION,
+          `sequence ${c.seqId} holds ${this.pool.length(c.seqId)} positions on this stage, but the chunk starts at ${c.startPosition}`,
+        );
+      }
+      blocksNeeded += this.pool.blocksNeeded(c.seqId, end);
+    }
+    const stats = this.pool.stats();
+    if (blocksNeeded > stats.blocksFree + stats.blocksCached) {
+      throw new StageRequestError(
+        GrpcStatus.RESOURCE_EXHAUSTED,
+        `micro-batch needs ${blocksNeeded} KV blocks, stage has ${stats.blocksFree + stats.blocksCached} free`,
+      );
+    }
+    return chunks.map((c) => {
+      this.pool.reserve(c.seqId, c.startPosition + c.numTokens);
+      return {
+        seqId: c.seqId,
+        startPosition: c.startPosition,
+        numTokens: c.numTokens,
+        tokenIds: this.firstStage ? c.tokenIds : undefined,
+        blockTable: this.pool.blockTable(c.seqId),
+      };
+    });
+  }
+}

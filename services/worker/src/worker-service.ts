@@ -1,0 +1,273 @@
+import * as grpc from "@grpc/grpc-js";
+import { create } from "@bufbuild/protobuf";
+import { openModel } from "@strata/model";
+import { sampleToken } from "@strata/sampling";
+import type { EventBus } from "@strata/events";
+import {
+  DescribeResponseSchema,
+  ForwardRequestSchema,
+  ForwardResponseSchema,
+  FreeSequencesResponseSchema,
+  HealthResponseSchema,
+  KvStatsSchema,
+  LoadResponseSchema,
+  ResultsResponseSchema,
+  SequenceOutputSchema,
+  StageErrorSchema,
+  WorkerService,
+  f32Tensor,
+  grpcChannelOptions,
+  grpcClientConstructor,
+  grpcServiceDefinition,
+  readF32Tensor,
+  type DescribeResponse,
+  type ForwardRequest,
+  type ForwardResponse,
+  type FreeSequencesRequest,
+  type LoadRequest,
+  type ResultsResponse,
+  type StageError,
+} from "@strata/proto";
+import { errorMessage, grpcCodeFor, StageRequestError } from "./errors.ts";
+import { DEFAULT_BLOCK_SIZE_TOKENS, DEFAULT_KV_CACHE_BYTES, LoadedStage } from "./stage.ts";
+
+const WorkerClient = grpcClientConstructor(WorkerService);
+
+export interface WorkerOptions {
+  workerId: string;
+  intraOpThreads?: number;
+  events?: EventBus;
+  log?: (line: string) => void;
+}
+
+type ForwardCall = grpc.ServerDuplexStream<ForwardRequest, ForwardResponse>;
+
+/**
+ * A pipeline stage as a gRPC service. Micro-batches are processed strictly in arrival order (the
+ * KV of a sequence depends on its previous chunk); compute runs on onnxruntime's threads, so the
+ * event loop keeps moving bytes while a batch computes.
+ */
+export class WorkerNode {
+  private stage: LoadedStage | undefined;
+  private nextStageAddress = "";
+  private nextStageClient: grpc.Client | undefined;
+  private nextStageStream: grpc.ClientDuplexStream<ForwardRequest, ForwardResponse> | undefined;
+  private readonly resultSubscribers = new Set<grpc.ServerWritableStream<unknown, ResultsResponse>>();
+  private queue: Promise<void> = Promise.resolve();
+  private readonly log: (line: string) => void;
+
+  constructor(private readonly opts: WorkerOptions) {
+    this.log = opts.log ?? (() => {});
+    opts.events?.onEvict(
+      (event) => this.stage?.pool.free(event.seqId),
+      (error, subject) => this.log(`ignored malformed event on ${subject}: ${error.message}`),
+    );
+  }
+
+  serviceImplementation(): grpc.UntypedServiceImplementation {
+    return {
+      load: (call: grpc.ServerWritableStream<LoadRequest, unknown>) => void this.handleLoad(call),
+      describe: (_call: unknown, callback: grpc.sendUnaryData<DescribeResponse>) => callback(null, this.describe()),
+      forward: (call: ForwardCall) => this.handleForward(call),
+      results: (call: grpc.ServerWritableStream<unknown, ResultsResponse>) => {
+        this.resultSubscribers.add(call);
+        call.on("cancelled", () => this.resultSubscribers.delete(call));
+        call.on("close", () => this.resultSubscribers.delete(call));
+      },
+      freeSequences: (call: grpc.ServerUnaryCall<FreeSequencesRequest, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+        const pool = this.stage?.pool;
+        const unknown = call.request.seqIds.filter((id) => !pool?.has(id));
+        let blocksFreed = 0;
+        for (const id of call.request.seqIds) blocksFreed += pool?.free(id) ?? 0;
+        if (unknown.length > 0) {
+          callback({ code: grpc.status.NOT_FOUND, details: `unknown sequence ids: ${unknown.join(", ")} (freed ${blocksFreed} blocks of the others)` });
+          return;
+        }
+        callback(null, create(FreeSequencesResponseSchema, { blocksFreed }));
+      },
+      health: (_call: unknown, callback: grpc.sendUnaryData<unknown>) =>
+        callback(null, create(HealthResponseSchema, { serving: true, loaded: this.stage !== undefined })),
+    };
+  }
+
+  describe(): DescribeResponse {
+    const s = this.stage;
+    if (!s) return create(DescribeResponseSchema, { workerId: this.opts.workerId, loaded: false });
+    const stats = s.pool.stats();
+    return create(DescribeResponseSchema, {
+      workerId: this.opts.workerId,
+      loaded: true,
+      layerStart: s.spec.layerStart,
+      layerEnd: s.spec.layerEnd,
+      numLayers: s.config.numLayers,
+      hiddenSize: s.config.hiddenSize,
+      vocabSize: s.config.vocabSize,
+      maxPositionEmbeddings: s.config.maxPositionEmbeddings,
+      firstStage: s.firstStage,
+      lastStage: s.lastStage,
+      stageIndex: s.spec.stageIndex,
+      numStages: s.spec.numStages,
+      device: s.spec.device,
+      weightBytesRead: BigInt(s.weightBytesRead),
+      kv: create(KvStatsSchema, {
+        blockSizeTokens: stats.blockSizeTokens,
+        blocksTotal: stats.blocksTotal,
+        blocksUsed: stats.blocksUsed,
+        blocksFree: stats.blocksFree,
+        kvBytesPerToken: BigInt(s.kvBytesPerToken),
+        sequences: stats.sequences,
+      }),
+      seqIds: s.pool.sequenceIds(),
+    });
+  }
+
+  private async handleLoad(call: grpc.ServerWritableStream<LoadRequest, unknown>): Promise<void> {
+    const req = call.request;
+    try {
+      const device = req.device === "" ? "cpu" : req.device;
+      if (device !== "cpu" && device !== "cuda") {
+        throw new StageRequestError(grpc.status.INVALID_ARGUMENT, `device "${req.device}" is not one of cpu, cuda`);
+      }
+      const source = await openModel(req.modelDir);
+      try {
+        const stage = await LoadedStage.load(
+          source,
+          {
+            layerStart: req.layerStart,
+            layerEnd: req.layerEnd,
+            stageIndex: req.stageIndex,
+            numStages: req.numStages,
+            blockSizeTokens: req.blockSizeTokens || DEFAULT_BLOCK_SIZE_TOKENS,
+            kvCacheBytes: Number(req.kvCacheBytes) || DEFAULT_KV_CACHE_BYTES,
+            device,
+            intraOpThreads: this.opts.intraOpThreads ?? 1,
+          },
+          (loaded, total) =>
+            call.write(create(LoadResponseSchema, { event: { case: "progress", value: { bytesLoaded: BigInt(loaded), bytesTotal: BigInt(total), phase: "weights" } } })),
+        );
+        this.stage = stage;
+      } finally {
+        await source.close();
+      }
+      this.connectNextStage(req.nextStageAddress);
+      this.log(`loaded layers [${req.layerStart}, ${req.layerEnd}) of ${req.modelDir}`);
+      call.write(create(LoadResponseSchema, { event: { case: "ready", value: this.describe() } }));
+      call.end();
+    } catch (error) {
+      call.destroy(Object.assign(new Error(errorMessage(error)), { code: grpcCodeFor(error), details: errorMessage(error) }));
+    }
+  }
+
+  private connectNextStage(address: string): void {
+    if (address === this.nextStageAddress) return;
+    this.nextStageStream?.end();
+    this.nextStageClient?.close();
+    this.nextStageStream = undefined;
+    this.nextStageClient = address ? new WorkerClient(address, grpc.credentials.createInsecure(), grpcChannelOptions) : undefined;
+    this.nextStageAddress = address;
+  }
+
+  private downstream(): grpc.ClientDuplexStream<ForwardRequest, ForwardResponse> {
+    if (!this.nextStageStream) {
+      const client = this.nextStageClient;
+      if (!client) throw new StageRequestError(grpc.status.FAILED_PRECONDITION, "this stage is not the last, but has no next stage address");
+      const stream = (client as unknown as { forward(): grpc.ClientDuplexStream<ForwardRequest, ForwardResponse> }).forward();
+      const drop = () => {
+        if (this.nextStageStream === stream) this.nextStageStream = undefined;
+      };
+      stream.on("data", (reply: ForwardResponse) => {
+        if (reply.error) this.log(`next stage rejected batch ${reply.batchId}: ${reply.error.message}`);
+      });
+      stream.on("error", (error: Error) => {
+        this.log(`stream to next stage failed: ${error.message}`);
+        drop();
+      });
+      stream.on("end", drop);
+      this.nextStageStream = stream;
+    }
+    return this.nextStageStream;
+  }
+
+  private handleForward(call: ForwardCall): void {
+    call.on("data", (req: ForwardRequest) => {
+      this.queue = this.queue.then(() => this.processBatch(req, call));
+    });
+    call.on("end", () => call.end());
+    call.on("error", () => {});
+  }
+
+  private async processBatch(req: ForwardRequest, sender: ForwardCall): Promise<void> {
+    const stage = this.stage;
+    if (req.error) return this.passOnError(req, req.error);
+    let failure: StageError | undefined;
+    try {
+      if (!stage) throw new StageRequestError(grpc.status.FAILED_PRECONDITION, "no layers loaded on this worker");
+      const totalTokens = req.seqs.reduce((sum, c) => sum + c.numTokens, 0);
+      const hidden = stage.firstStage ? undefined : readF32Tensor(req.hidden, [totalTokens, stage.config.hiddenSize], `batch ${req.batchId} hidden state`);
+      const chunks = stage.admit(req.seqs);
+      let output;
+      try {
+        output = await stage.engine.forward(chunks, hidden);
+      } catch (error) {
+        // The batch's positions were reserved but never filled: free them so nothing leaks.
+        for (const c of chunks) stage.pool.free(c.seqId);
+        throw error;
+      }
+      if (!stage.lastStage) {
+        this.downstream().write(
+          create(ForwardRequestSchema, {
+            batchId: req.batchId,
+            seqs: req.seqs.map((c) => ({ ...c, tokenIds: [] })),
+            hidden: f32Tensor(output.hidden!, [totalTokens, stage.config.hiddenSize]),
+            traceContext: req.traceContext,
+          }),
+        );
+        return;
+      }
+      const logits = output.logits!;
+      const V = stage.config.vocabSize;
+      const outputs = req.seqs.map((c, i) =>
+        create(SequenceOutputSchema, {
+          seqId: c.seqId,
+          tokenId: c.sample ? sampleToken(logits, c.sampling ?? { temperature: 0, topP: 1, topK: 0 }, c.random, i * V, V) : 0,
+          logits: c.returnLogits ? f32Tensor(logits.slice(i * V, (i + 1) * V), [V]) : undefined,
+        }),
+      );
+      this.publishResult(create(ResultsResponseSchema, { batchId: req.batchId, outputs }));
+    } catch (error) {
+      failure = create(StageErrorSchema, { code: grpcCodeFor(error), message: errorMessage(error), stageIndex: stage?.spec.stageIndex ?? 0 });
+    }
+    if (failure) {
+      this.log(`rejected batch ${req.batchId}: ${failure.message}`);
+      sender.write(create(ForwardResponseSchema, { batchId: req.batchId, error: failure }));
+      this.passOnError(req, failure);
+    }
+  }
+
+  // A rejected batch still reaches the coordinator, through the remaining stages, so its requests fail fast.
+  private passOnError(req: ForwardRequest, error: StageError): void {
+    if (!this.stage || this.stage.lastStage) {
+      this.publishResult(create(ResultsResponseSchema, { batchId: req.batchId, error }));
+      return;
+    }
+    try {
+      this.downstream().write(create(ForwardRequestSchema, { batchId: req.batchId, seqs: req.seqs, error, traceContext: req.traceContext }));
+    } catch (e) {
+      this.log(`could not pass on the failure of batch ${req.batchId}: ${errorMessage(e)}`);
+    }
+  }
+
+  private publishResult(result: ResultsResponse): void {
+    for (const subscriber of this.resultSubscribers) subscriber.write(result);
+  }
+
+  close(): void {
+    this.nextStageStream?.end();
+    this.nextStageClient?.close();
+    for (const s of this.resultSubscribers) s.end();
+  }
+}
+
+export function workerServiceDefinition(): grpc.ServiceDefinition {
+  return grpcServiceDefinition(WorkerService);
+}
