@@ -20,13 +20,17 @@ import {
 } from "onnx-buf";
 
 export type Dim = number | string;
-export type ElemType = "float" | "int64";
+export type ElemType = "float" | "int64" | "int32";
 export type AttrValue = number | number[] | string | { ints: number[] } | { float: number };
 
 const ELEM_TYPES: Record<ElemType, TensorProto_DataType> = {
   float: TensorProto_DataType.FLOAT,
   int64: TensorProto_DataType.INT64,
+  int32: TensorProto_DataType.INT32,
 };
+
+/** onnxruntime's contrib operators (fused attention and norms) live in this domain. */
+export const MS_DOMAIN = "com.microsoft";
 
 const OPSET = 18;
 
@@ -79,11 +83,12 @@ export class GraphBuilder {
     return name;
   }
 
-  node(opType: string, inputs: string[], attrs: Record<string, AttrValue> = {}, outputName?: string): string {
+  node(opType: string, inputs: string[], attrs: Record<string, AttrValue> = {}, outputName?: string, domain = ""): string {
     const out = outputName ?? this.fresh(opType);
     this.nodes.push(
       create(NodeProtoSchema, {
         opType,
+        domain,
         input: inputs,
         output: [out],
         name: this.fresh(`${opType}_node`),
@@ -94,11 +99,12 @@ export class GraphBuilder {
   }
 
   // Ops with several outputs (Split).
-  nodeMulti(opType: string, inputs: string[], outputCount: number, attrs: Record<string, AttrValue> = {}): string[] {
+  nodeMulti(opType: string, inputs: string[], outputCount: number, attrs: Record<string, AttrValue> = {}, domain = ""): string[] {
     const outs = Array.from({ length: outputCount }, () => this.fresh(opType));
     this.nodes.push(
       create(NodeProtoSchema, {
         opType,
+        domain,
         input: inputs,
         output: outs,
         name: this.fresh(`${opType}_node`),
@@ -112,7 +118,10 @@ export class GraphBuilder {
     const model = create(ModelProtoSchema, {
       irVersion: 8n,
       producerName: "strata",
-      opsetImport: [create(OperatorSetIdProtoSchema, { domain: "", version: BigInt(OPSET) })],
+      opsetImport: [
+        create(OperatorSetIdProtoSchema, { domain: "", version: BigInt(OPSET) }),
+        create(OperatorSetIdProtoSchema, { domain: MS_DOMAIN, version: 1n }),
+      ],
       graph: create(GraphProtoSchema, {
         name: graphName,
         node: this.nodes,

@@ -40,8 +40,6 @@ export class StageEngine {
   readonly hiddenSize: number;
   readonly vocabSize: number;
   private readonly kvRow: number; // floats per token per layer
-  private readonly ropeCos: Float32Array; // [maxPositions, headDim]
-  private readonly ropeSin: Float32Array;
 
   private constructor(
     private readonly session: ort.InferenceSession,
@@ -56,7 +54,6 @@ export class StageEngine {
     const layerCount = weights.layerEnd - weights.layerStart;
     this.kvK = Array.from({ length: layerCount }, () => new Float32Array(poolFloats));
     this.kvV = Array.from({ length: layerCount }, () => new Float32Array(poolFloats));
-    [this.ropeCos, this.ropeSin] = ropeTables(c.maxPositionEmbeddings, c.headDim, c.ropeTheta);
   }
 
   static async create(weights: StageWeights, opts: StageEngineOptions): Promise<StageEngine> {
@@ -83,7 +80,9 @@ export class StageEngine {
     const row = this.kvRow;
     const B = chunks.length;
     const T = Math.max(...chunks.map((c) => c.numTokens));
-    const P = Math.max(...chunks.map((c) => c.startPosition));
+    // Past length padded to whole blocks: fewer distinct shapes, so onnxruntime's per-shape memory
+    // plans are reused from step to step instead of rebuilt for every new length.
+    const P = Math.ceil(Math.max(...chunks.map((c) => c.startPosition)) / bs) * bs;
     const S = P + T;
     const uniform = chunks.every((c) => c.numTokens === T);
 
@@ -99,30 +98,34 @@ export class StageEngine {
       feeds[STAGE_IO.hiddenIn] = new ort.Tensor("float32", uniform ? hidden! : padRows(hidden!, chunks, T, D), [B, T, D]);
     }
 
-    const cos = new Float32Array(B * T * hd);
-    const sin = new Float32Array(B * T * hd);
-    const mask = new Float32Array(B * T * S).fill(MASKED);
+    const G = this.weights.config.numHeads / this.weights.config.numKvHeads;
+    const positions = new BigInt64Array(B * T);
+    const mask = new Float32Array(B * T * G * S).fill(MASKED);
     chunks.forEach((c, b) => {
       for (let t = 0; t < T; t++) {
-        const pos = c.startPosition + Math.min(t, c.numTokens - 1);
-        cos.set(this.ropeCos.subarray(pos * hd, pos * hd + hd), (b * T + t) * hd);
-        sin.set(this.ropeSin.subarray(pos * hd, pos * hd + hd), (b * T + t) * hd);
-        const maskRow = (b * T + t) * S;
+        // Padded slots repeat the last real position; their outputs are never read.
+        positions[b * T + t] = BigInt(c.startPosition + Math.min(t, c.numTokens - 1));
         // Past keys of this sequence, then this step's keys up to and including the query. Padded
         // query rows see only finite keys, so nothing turns into NaN.
-        mask.fill(0, maskRow, maskRow + c.startPosition);
-        mask.fill(0, maskRow + P, maskRow + P + t + 1);
+        for (let g = 0; g < G; g++) {
+          const maskRow = ((b * T + t) * G + g) * S;
+          mask.fill(0, maskRow, maskRow + c.startPosition);
+          mask.fill(0, maskRow + P, maskRow + P + t + 1);
+        }
       }
     });
-    feeds[STAGE_IO.cos] = new ort.Tensor("float32", cos, [B, T, 1, hd]);
-    feeds[STAGE_IO.sin] = new ort.Tensor("float32", sin, [B, T, 1, hd]);
-    feeds[STAGE_IO.mask] = new ort.Tensor("float32", mask, [B, 1, 1, T, S]);
+    feeds[STAGE_IO.positions] = new ort.Tensor("int64", positions, [B, T]);
+    feeds[STAGE_IO.mask] = new ort.Tensor("float32", mask, [B, 1, T * G, S]);
 
-    const kvDims = [B, P, this.weights.config.numKvHeads, hd];
-    for (let l = 0; l < this.layerCount; l++) {
-      feeds[STAGE_IO.pastK(l)] = new ort.Tensor("float32", this.gather(this.kvK[l], chunks, P, bs, row), kvDims);
-      feeds[STAGE_IO.pastV(l)] = new ort.Tensor("float32", this.gather(this.kvV[l], chunks, P, bs, row), kvDims);
+    // Every layer's past K and V gathered from the blocks into one tensor, layer-major, K then V.
+    const L = this.layerCount;
+    const perPart = B * P * row;
+    const past = new Float32Array(2 * L * perPart);
+    for (let l = 0; l < L; l++) {
+      this.gather(this.kvK[l], chunks, P, bs, row, past, 2 * l * perPart);
+      this.gather(this.kvV[l], chunks, P, bs, row, past, (2 * l + 1) * perPart);
     }
+    feeds[STAGE_IO.pastKv] = new ort.Tensor("float32", past, [2 * L * B, P, this.weights.config.numKvHeads, hd]);
     if (lastStage) {
       feeds[STAGE_IO.lastIndex] = new ort.Tensor(
         "int64",
@@ -132,26 +135,26 @@ export class StageEngine {
     }
 
     const out = await this.session.run(feeds);
-    for (let l = 0; l < this.layerCount; l++) {
-      this.scatter(this.kvK[l], out[STAGE_IO.newK(l)].data as Float32Array, chunks, T, bs, row);
-      this.scatter(this.kvV[l], out[STAGE_IO.newV(l)].data as Float32Array, chunks, T, bs, row);
+    const fresh = out[STAGE_IO.newKv].data as Float32Array;
+    const perNew = B * T * row;
+    for (let l = 0; l < L; l++) {
+      this.scatter(this.kvK[l], fresh.subarray(2 * l * perNew, (2 * l + 1) * perNew), chunks, T, bs, row);
+      this.scatter(this.kvV[l], fresh.subarray((2 * l + 1) * perNew, (2 * l + 2) * perNew), chunks, T, bs, row);
     }
     if (lastStage) return { logits: out[STAGE_IO.logits].data as Float32Array };
     const padded = out[STAGE_IO.hiddenOut].data as Float32Array;
     return { hidden: uniform ? padded : packRows(padded, chunks, T, D) };
   }
 
-  // Copy each sequence's past K or V out of its blocks into [B, P, kvHeads, headDim].
-  private gather(pool: Float32Array, chunks: readonly StageChunk[], P: number, bs: number, row: number): Float32Array {
-    const out = new Float32Array(chunks.length * P * row);
+  // Copy each sequence's past K or V out of its blocks into out[offset..] as [B, P, kvHeads, headDim].
+  private gather(pool: Float32Array, chunks: readonly StageChunk[], P: number, bs: number, row: number, out: Float32Array, offset: number): void {
     chunks.forEach((c, b) => {
       for (let start = 0; start < c.startPosition; start += bs) {
         const n = Math.min(bs, c.startPosition - start);
         const src = c.blockTable[start / bs] * bs * row;
-        out.set(pool.subarray(src, src + n * row), (b * P + start) * row);
+        out.set(pool.subarray(src, src + n * row), offset + (b * P + start) * row);
       }
     });
-    return out;
   }
 
   // Write this step's K or V ([B, T, kvHeads, headDim]) into the sequences' blocks, a block's run at a time.
@@ -169,21 +172,6 @@ export class StageEngine {
       }
     });
   }
-}
-
-// cos/sin per position for rotate-half RoPE: frequency i serves dims i and i + headDim/2.
-function ropeTables(maxPositions: number, headDim: number, theta: number): [Float32Array, Float32Array] {
-  const cos = new Float32Array(maxPositions * headDim);
-  const sin = new Float32Array(maxPositions * headDim);
-  const half = headDim / 2;
-  for (let p = 0; p < maxPositions; p++) {
-    for (let i = 0; i < half; i++) {
-      const angle = p * Math.pow(theta, (-2 * i) / headDim);
-      cos[p * headDim + i] = cos[p * headDim + i + half] = Math.cos(angle);
-      sin[p * headDim + i] = sin[p * headDim + i + half] = Math.sin(angle);
-    }
-  }
-  return [cos, sin];
 }
 
 function padRows(packed: Float32Array, chunks: readonly StageChunk[], T: number, D: number): Float32Array {

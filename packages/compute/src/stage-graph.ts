@@ -1,27 +1,25 @@
 import type { LayerWeights, StageWeights } from "@strata/model";
-import { GraphBuilder } from "./graph-builder.ts";
+import { GraphBuilder, MS_DOMAIN } from "./graph-builder.ts";
 
-// Names of the stage graph's inputs and outputs, shared by the builder and the runner.
+// Names of the stage graph's inputs and outputs, shared by the builder and the runner. Every
+// tensor crossing session.run costs ~10 µs of marshalling, so per-layer K/V travel packed in one.
 export const STAGE_IO = {
   inputIds: "input_ids", // int64 [B, T], first stage
   hiddenIn: "hidden_in", // f32 [B, T, D], later stages
-  cos: "rope_cos", // f32 [B, T, 1, head_dim], rotate-half layout
-  sin: "rope_sin",
-  mask: "attn_mask", // f32 [B, 1, 1, T, P + T], additive
+  positions: "position_ids", // int64 [B, T]
+  mask: "attn_mask", // f32 [B, 1, T * G, P + T], additive; row t * G + g is query slot t (G query heads per KV head)
+  pastKv: "past_kv", // f32 [2 * layers * B, P, kv_heads, head_dim]: layer-major, K then V
   lastIndex: "last_index", // int64 [B], rows of the flattened [B * T] batch whose logits are wanted
   hiddenOut: "hidden_out", // f32 [B, T, D], all but the last stage
   logits: "logits", // f32 [B, vocab], last stage
-  pastK: (layer: number) => `past_k_${layer}`, // f32 [B, P, kv_heads, head_dim]
-  pastV: (layer: number) => `past_v_${layer}`,
-  newK: (layer: number) => `new_k_${layer}`, // f32 [B, T, kv_heads, head_dim], after RoPE
-  newV: (layer: number) => `new_v_${layer}`,
+  newKv: "new_kv", // f32 [2 * layers * B, T, kv_heads, head_dim], after RoPE, same order as past_kv
 } as const;
 
 /**
  * One ONNX graph for a whole stage: every layer of the range, over a padded batch [B, T] whose
- * past K/V has been gathered from the paged blocks into [B, P, kv_heads, head_dim]. One
- * session.run per step per stage keeps onnxruntime's per-call cost out of the per-layer loop.
- * Weights must be in rotate-half RoPE layout (see toRotateHalfLayout).
+ * past K/V has been gathered from the paged blocks. One session.run per step per stage keeps
+ * onnxruntime's per-call cost out of the per-layer loop. Weights must be in rotate-half RoPE
+ * layout (see toRotateHalfLayout).
  */
 export function buildStageGraph(weights: StageWeights, opts: { firstStage: boolean; lastStage: boolean }): Uint8Array {
   const { config } = weights;
@@ -31,6 +29,7 @@ export function buildStageGraph(weights: StageWeights, opts: { firstStage: boole
   const hd = config.headDim;
   const G = H / KV;
   const F = config.intermediateSize;
+  const L = weights.layers.length;
   const g = new GraphBuilder();
 
   let h: string;
@@ -42,80 +41,102 @@ export function buildStageGraph(weights: StageWeights, opts: { firstStage: boole
   } else {
     h = g.input(STAGE_IO.hiddenIn, "float", ["B", "T", D]);
   }
-  const cos = g.input(STAGE_IO.cos, "float", ["B", "T", 1, hd]);
-  const sin = g.input(STAGE_IO.sin, "float", ["B", "T", 1, hd]);
-  const mask = g.input(STAGE_IO.mask, "float", ["B", 1, 1, "T", "S"]);
+  const positions = g.input(STAGE_IO.positions, "int64", ["B", "T"]);
+  const [cosTable, sinTable] = ropeTables(config.maxPositionEmbeddings, hd, config.ropeTheta);
+  const cosCache = g.weight("rope_cos", cosTable, [config.maxPositionEmbeddings, hd / 2]);
+  const sinCache = g.weight("rope_sin", sinTable, [config.maxPositionEmbeddings, hd / 2]);
+  const mask = g.input(STAGE_IO.mask, "float", ["B", 1, "TG", "S"]);
+  const pastKv = g.input(STAGE_IO.pastKv, "float", ["LB2", "P", KV, hd]);
+  const pastParts = g.nodeMulti("Split", [pastKv], 2 * L, { axis: 0, num_outputs: 2 * L });
 
-  const eps = g.scalar(config.rmsNormEps);
-  const two = g.scalar(2);
-  const lastAxis = g.ints([-1]);
-  const rmsNorm = (x: string, w: string): string => {
-    // The Pow/ReduceMean/Add/Sqrt/Div/Mul shape is what onnxruntime fuses into SimplifiedLayerNormalization.
-    const meanSquare = g.node("ReduceMean", [g.node("Pow", [x, two]), lastAxis], { keepdims: 1 });
-    const rms = g.node("Sqrt", [g.node("Add", [meanSquare, eps])]);
-    return g.node("Mul", [g.node("Div", [x, rms]), w]);
+  const epsilon = { float: config.rmsNormEps };
+  const rmsNorm = (x: string, w: string): string => g.node("SimplifiedLayerNormalization", [x, w], { axis: -1, epsilon });
+  // Residual add and RMSNorm in one kernel: returns [normed, sum].
+  const addNorm = (x: string, residual: string, w: string): [string, string] => {
+    const [normed, , , sum] = g.nodeMulti("SkipSimplifiedLayerNormalization", [x, residual, w], 4, { epsilon }, MS_DOMAIN);
+    return [normed, sum];
   };
-  const halves = g.ints([hd / 2, hd / 2]);
-  const rope = (x: string): string => {
-    const [x1, x2] = g.nodeMulti("Split", [x, halves], 2, { axis: -1 });
-    const rotated = g.node("Concat", [g.node("Neg", [x2]), x1], { axis: -1 });
-    return g.node("Add", [g.node("Mul", [x, cos]), g.node("Mul", [rotated, sin])]);
-  };
-  const scale = g.scalar(1 / Math.sqrt(hd));
-  const qkvSplit = g.ints([H * hd, KV * hd, KV * hd]);
+  const qkvSplit = g.ints([(H + KV) * hd, KV * hd]);
+  const qkFlatSplit = g.ints([H * hd, KV * hd]);
+  let pendingMlp: string | undefined;
   const mlpSplit = g.ints([F, F]);
-  const shapeHeadsQ = g.ints([0, 0, KV, G, hd]);
-  const shapeHeadsKv = g.ints([0, 0, KV, hd]);
+  const shapeKv = g.ints([0, 0, KV, hd]);
+  const shapeQGrouped = g.ints([0, 0, KV, G, hd]);
   const shapeMerged = g.ints([0, 0, H * hd]);
-  const axis2 = g.ints([2]);
+  const shapeQRows = g.ints([0, KV, -1, hd]);
+  const shapeAttnGrouped = g.ints([0, KV, -1, G, hd]);
+  const newKv: string[] = [];
 
   weights.layers.forEach((layer: LayerWeights, i: number) => {
     const l = weights.layerStart + i;
-    const wqkv = g.weight(`l${l}.wqkv`, transposeConcat([layer.wq, layer.wk, layer.wv], D), [D, (H + 2 * KV) * hd]);
+    // 1/sqrt(head_dim) folded into the query rows: RoPE is linear, so scaling before it is exact.
+    const wqScaled = layer.wq.map((x) => x / Math.sqrt(hd));
+    const wqkv = g.weight(`l${l}.wqkv`, transposeConcat([wqScaled, layer.wk, layer.wv], D), [D, (H + 2 * KV) * hd]);
     const wo = g.weight(`l${l}.wo`, transpose(layer.wo, D, H * hd), [H * hd, D]);
     const wgu = g.weight(`l${l}.wgateup`, transposeConcat([layer.wGate, layer.wUp], D), [D, 2 * F]);
     const wdown = g.weight(`l${l}.wdown`, transpose(layer.wDown, D, F), [F, D]);
     const attnNorm = g.weight(`l${l}.attn_norm`, layer.attnNorm, [D]);
     const ffnNorm = g.weight(`l${l}.ffn_norm`, layer.ffnNorm, [D]);
 
-    const qkv = g.node("MatMul", [rmsNorm(h, attnNorm), wqkv]);
-    const [qFlat, kFlat, vFlat] = g.nodeMulti("Split", [qkv, qkvSplit], 3, { axis: -1 });
-    const q = rope(g.node("Reshape", [qFlat, g.ints([0, 0, H, hd])])); // [B,T,H,hd]
-    const k = rope(g.node("Reshape", [kFlat, shapeHeadsKv])); // [B,T,KV,hd]
-    const v = g.node("Reshape", [vFlat, shapeHeadsKv]);
-    g.output(k, STAGE_IO.newK(i), "float", ["B", "T", KV, hd]);
-    g.output(v, STAGE_IO.newV(i), "float", ["B", "T", KV, hd]);
+    // The previous layer's MLP output joins the residual stream in the same kernel as this norm.
+    let normed: string;
+    if (pendingMlp) [normed, h] = addNorm(pendingMlp, h, attnNorm);
+    else normed = rmsNorm(h, attnNorm);
+    const qkv = g.node("MatMul", [normed, wqkv]);
+    const [qkFlat, vFlat] = g.nodeMulti("Split", [qkv, qkvSplit], 2, { axis: -1 });
+    const qkRotated = g.node("RotaryEmbedding", [qkFlat, positions, cosCache, sinCache], { num_heads: H + KV, interleaved: 0 }, undefined, MS_DOMAIN);
+    const [qFlat, kFlat] = g.nodeMulti("Split", [qkRotated, qkFlatSplit], 2, { axis: -1 });
+    const k = g.node("Reshape", [kFlat, shapeKv]); // [B,T,KV,hd]
+    const v = g.node("Reshape", [vFlat, shapeKv]); // [B,T,KV,hd]
+    newKv.push(k, v);
 
-    const pastK = g.input(STAGE_IO.pastK(i), "float", ["B", "P", KV, hd]);
-    const pastV = g.input(STAGE_IO.pastV(i), "float", ["B", "P", KV, hd]);
-    const kAll = g.node("Concat", [pastK, k], { axis: 1 }); // [B,S,KV,hd]
-    const vAll = g.node("Concat", [pastV, v], { axis: 1 });
-    const kT = g.node("Unsqueeze", [g.node("Transpose", [kAll], { perm: [0, 2, 3, 1] }), axis2]); // [B,KV,1,hd,S]
-    const vT = g.node("Unsqueeze", [g.node("Transpose", [vAll], { perm: [0, 2, 1, 3] }), axis2]); // [B,KV,1,S,hd]
-    // Query heads grouped by the KV head they share (GQA): [B,KV,G,T,hd].
-    const qG = g.node("Transpose", [g.node("Reshape", [q, shapeHeadsQ])], { perm: [0, 2, 3, 1, 4] });
-    const scores = g.node("Add", [g.node("Mul", [g.node("MatMul", [qG, kT]), scale]), mask]); // [B,KV,G,T,S]
+    const kAll = g.node("Concat", [pastParts[2 * i], k], { axis: 1 }); // [B,S,KV,hd]
+    const vAll = g.node("Concat", [pastParts[2 * i + 1], v], { axis: 1 });
+    const kT = g.node("Transpose", [kAll], { perm: [0, 2, 3, 1] }); // [B,KV,hd,S]
+    const vT = g.node("Transpose", [vAll], { perm: [0, 2, 1, 3] }); // [B,KV,S,hd]
+    // Query heads grouped by the KV head they share (GQA): [B,KV,T*G,hd], rows t-major.
+    const qGrouped = g.node("Transpose", [g.node("Reshape", [qFlat, shapeQGrouped])], { perm: [0, 2, 1, 3, 4] }); // [B,KV,T,G,hd]
+    const qRows = g.node("Reshape", [qGrouped, shapeQRows]);
+    const scores = g.node("Add", [g.node("MatMul", [qRows, kT]), mask]); // [B,KV,T*G,S]
     const probs = g.node("Softmax", [scores], { axis: -1 });
-    const attn = g.node("Transpose", [g.node("MatMul", [probs, vT])], { perm: [0, 3, 1, 2, 4] }); // [B,T,KV,G,hd]
-    h = g.node("Add", [h, g.node("MatMul", [g.node("Reshape", [attn, shapeMerged]), wo])]);
-
-    const gateUp = g.node("MatMul", [rmsNorm(h, ffnNorm), wgu]);
+    const attnRows = g.node("MatMul", [probs, vT]); // [B,KV,T*G,hd]
+    const attn = g.node("Transpose", [g.node("Reshape", [attnRows, shapeAttnGrouped])], { perm: [0, 2, 1, 3, 4] }); // [B,T,KV,G,hd]
+    const [mlpIn, afterAttn] = addNorm(g.node("MatMul", [g.node("Reshape", [attn, shapeMerged]), wo]), h, ffnNorm);
+    h = afterAttn;
+    const gateUp = g.node("MatMul", [mlpIn, wgu]);
     const [gate, up] = g.nodeMulti("Split", [gateUp, mlpSplit], 2, { axis: -1 });
     const act = g.node("Mul", [g.node("Mul", [gate, g.node("Sigmoid", [gate])]), up]);
-    h = g.node("Add", [h, g.node("MatMul", [act, wdown])]);
+    pendingMlp = g.node("MatMul", [act, wdown]);
   });
+  g.output(g.node("Concat", newKv, { axis: 0 }), STAGE_IO.newKv, "float", ["LB2", "T", KV, hd]);
 
   if (opts.lastStage) {
     if (!weights.finalNorm || !weights.lmHead) throw new Error("last stage needs the final norm and LM head");
     const lastIndex = g.input(STAGE_IO.lastIndex, "int64", ["B"]);
-    const rows = g.node("Gather", [g.node("Reshape", [h, g.ints([-1, D])]), lastIndex], { axis: 0 }); // [B,D]
     const finalNorm = g.weight("final_norm", weights.finalNorm, [D]);
+    const [normed] = addNorm(pendingMlp!, h, finalNorm);
+    const rows = g.node("Gather", [g.node("Reshape", [normed, g.ints([-1, D])]), lastIndex], { axis: 0 }); // [B,D]
     const lmHead = g.weight("lm_head", transpose(weights.lmHead, config.vocabSize, D), [D, config.vocabSize]);
-    g.output(g.node("MatMul", [rmsNorm(rows, finalNorm), lmHead]), STAGE_IO.logits, "float", ["B", config.vocabSize]);
+    g.output(g.node("MatMul", [rows, lmHead]), STAGE_IO.logits, "float", ["B", config.vocabSize]);
   } else {
-    g.output(h, STAGE_IO.hiddenOut, "float", ["B", "T", D]);
+    g.output(g.node("Add", [pendingMlp!, h]), STAGE_IO.hiddenOut, "float", ["B", "T", D]);
   }
   return g.toBytes(`stage_${weights.layerStart}_${weights.layerEnd}`);
+}
+
+// cos/sin per position and frequency, the cache layout onnxruntime's RotaryEmbedding reads.
+function ropeTables(maxPositions: number, headDim: number, theta: number): [Float32Array, Float32Array] {
+  const half = headDim / 2;
+  const cos = new Float32Array(maxPositions * half);
+  const sin = new Float32Array(maxPositions * half);
+  for (let p = 0; p < maxPositions; p++) {
+    for (let i = 0; i < half; i++) {
+      const angle = p * Math.pow(theta, (-2 * i) / headDim);
+      cos[p * half + i] = Math.cos(angle);
+      sin[p * half + i] = Math.sin(angle);
+    }
+  }
+  return [cos, sin];
 }
 
 // [rows, cols] row-major -> [cols, rows], so x @ W^T becomes a plain MatMul.

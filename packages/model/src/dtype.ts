@@ -69,10 +69,16 @@ function f16Table(): Float32Array {
   return f16Lookup;
 }
 
-/** Little-endian stored bytes -> a fresh Float32Array. */
+const LITTLE_ENDIAN_HOST = new Uint8Array(Uint16Array.of(1).buffer)[0] === 1;
+
+/**
+ * Little-endian stored bytes -> Float32Array. F32 bytes that are aligned on a little-endian host are
+ * viewed in place (no copy), so the caller must not reuse `bytes`.
+ */
 export function decodeToF32(bytes: Uint8Array, dtype: DType): Float32Array {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const n = bytes.byteLength / DTYPE_BYTES[dtype];
+  if (dtype === "F32" && LITTLE_ENDIAN_HOST && bytes.byteOffset % 4 === 0) return new Float32Array(bytes.buffer, bytes.byteOffset, n);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const out = new Float32Array(n);
   if (dtype === "F32") {
     for (let i = 0; i < n; i++) out[i] = view.getFloat32(i * 4, true);

@@ -1,5 +1,5 @@
 import type { ModelConfig } from "./config.ts";
-import { ByteReader } from "./byte-reader.ts";
+import type { ByteReader } from "./byte-reader.ts";
 import { DTYPE_BYTES, decodeToF32, type DType } from "./dtype.ts";
 import { checkLayerRange, LAYER_TENSORS, type LayerTensor, type LayerWeights, type LoadStageOptions, type ModelSource, type StageWeights } from "./weights.ts";
 

@@ -37,9 +37,10 @@ describe("reference forward pass", () => {
   it("counts prompt positions in the steps and stops before an end token", () => {
     expect(referenceGenerateGreedy(llama2c.config, llama2c, greedy.prompt_token_ids, 2)).toEqual(greedy.prompt_token_ids.slice(0, 3));
     expect(referenceGenerateGreedy(llama2c.config, llama2c, greedy.prompt_token_ids, 6)).toEqual(greedy.token_ids.slice(0, 7));
-    // greedy.json's last token is 310; declaring it an end token stops the run just before it.
-    const config = { ...llama2c.config, eosTokenIds: [310] };
-    expect(referenceGenerateGreedy(config, { ...llama2c, config }, greedy.prompt_token_ids, greedy.steps)).toEqual(greedy.token_ids.slice(0, -1));
+    // greedy.json's 11th token (298) is first generated at position 10; as an end token it stops the run there.
+    expect(greedy.token_ids[10]).toBe(298);
+    const config = { ...llama2c.config, eosTokenIds: [298] };
+    expect(referenceGenerateGreedy(config, { ...llama2c, config }, greedy.prompt_token_ids, greedy.steps)).toEqual(greedy.token_ids.slice(0, 10));
   });
 
   it("gives the same logits with rotate-half RoPE on permuted weights", () => {
