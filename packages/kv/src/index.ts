@@ -2,3 +2,4 @@ export { BlockPool, type BlockPoolOptions, type ForkCopy, type KvPoolStats } fro
 export { KvCapacityError, SequenceExistsError, UnknownSequenceError } from "./errors.ts";
 export { BLOCK_HASH_BYTES, hashBlock, type ExtraKey } from "./hash.ts";
 export { blocksForBudget, kvBytesPerToken } from "./sizing.ts";
+export { StageBlockTables, BlockTableError } from "./stage-tables.ts";

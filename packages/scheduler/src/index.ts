@@ -1,1 +1,11 @@
-export { Scheduler, SchedulerCapacityError, type SchedulerSequence, type ScheduledChunk, type MicroBatch, type SchedulerOptions } from "./scheduler.ts";
+export {
+  Scheduler,
+  SchedulerCapacityError,
+  type SchedulerSequence,
+  type ScheduledChunk,
+  type MicroBatch,
+  type Preemption,
+  type ScheduleResult,
+  type SchedulerOptions,
+  type SchedulerStats,
+} from "./scheduler.ts";

@@ -1,21 +1,35 @@
+import { BlockPool, type ExtraKey, type KvPoolStats } from "@strata/kv";
+
 /** What the scheduler knows of a request: token ids and how far the stages have computed them. */
 export interface SchedulerSequence {
-  readonly seqId: number;
+  /** Id on the stages; a preempted sequence comes back under a fresh one. */
+  seqId: number;
+  /** Arrival order: preemption takes the latest first. */
+  readonly arrival: number;
   /** Prompt followed by generated ids. */
   readonly tokenIds: number[];
   readonly promptLength: number;
   /** Prompt + max new tokens: the most positions this sequence can ever hold. */
   readonly maxLength: number;
+  /** Tenant salt, adapter with its load generation: kept apart in the prefix cache. */
+  readonly extraKeys: readonly ExtraKey[];
   /** Positions whose KV every stage holds. */
   computed: number;
+  /** The next chunk is the sequence's first on the stages (it may start past 0 on a prefix hit). */
+  startsOnStages: boolean;
   inFlight: boolean;
   state: "waiting" | "running" | "finished";
+  preemptions: number;
 }
 
 export interface ScheduledChunk {
   seq: SchedulerSequence;
+  seqId: number;
   startPosition: number;
   tokenIds: number[];
+  /** Block ids covering [0, startPosition + tokenIds.length), the same on every stage. */
+  blockIds: number[];
+  newSequence: boolean;
   /** The chunk reaches the sequence's last known token: the stages produce its next token. */
   sample: boolean;
 }
@@ -25,12 +39,34 @@ export interface MicroBatch {
   numTokens: number;
 }
 
+export interface Preemption {
+  seq: SchedulerSequence;
+  /** The id whose blocks every stage must now free. */
+  evictedSeqId: number;
+}
+
+export interface ScheduleResult {
+  batch: MicroBatch | null;
+  preempted: Preemption[];
+}
+
 export interface SchedulerOptions {
   blockSizeTokens: number;
-  /** Blocks of the tightest stage: every stage must hold every admitted sequence. */
+  /** Blocks of the tightest stage: every stage must hold every running sequence. */
   kvBlocks: number;
   maxNumSeqs: number;
   maxNumBatchedTokens: number;
+  /** Longest prompt prefill per step; longer prompts are split over steps. */
+  maxPrefillChunkTokens?: number;
+  enablePrefixCaching?: boolean;
+  /** Fresh sequence ids (for new sequences and recomputed preempted ones). */
+  nextSeqId: () => number;
+}
+
+export interface SchedulerStats extends KvPoolStats {
+  running: number;
+  waiting: number;
+  preemptions: number;
 }
 
 export class SchedulerCapacityError extends Error {
@@ -38,26 +74,34 @@ export class SchedulerCapacityError extends Error {
 }
 
 /**
- * Continuous batching with chunked prefill. Pure: sequences in, micro-batches out. A sequence is
- * admitted only when the blocks for its whole possible length fit on every stage, so a running
- * sequence never needs to be preempted; decodes go first so long prompts cannot starve them.
- * Several micro-batches may be in flight; a sequence is in at most one.
+ * Continuous batching with chunked prefill and KV-budget admission. Pure: sequences in,
+ * micro-batches out. The scheduler owns block allocation (one BlockPool sized to the tightest
+ * stage) so every stage stores a sequence under the same block ids, and prefix sharing holds on
+ * all of them. Decodes go first; a sequence that cannot grow preempts the latest-arrived running
+ * sequence not in flight, which is recomputed later. Several micro-batches may be in flight; a
+ * sequence is in at most one.
  */
 export class Scheduler {
   private readonly waiting: SchedulerSequence[] = [];
   private readonly running: SchedulerSequence[] = [];
-  private reservedBlocks = 0;
+  private readonly pool: BlockPool;
+  private preemptionCount = 0;
 
-  constructor(readonly opts: SchedulerOptions) {}
-
-  blocksFor(length: number): number {
-    return Math.ceil(length / this.opts.blockSizeTokens);
+  constructor(readonly opts: SchedulerOptions) {
+    this.pool = new BlockPool({
+      numBlocks: opts.kvBlocks,
+      blockSizeTokens: opts.blockSizeTokens,
+      enablePrefixCaching: opts.enablePrefixCaching ?? true,
+    });
   }
 
   add(seq: SchedulerSequence): void {
-    if (this.blocksFor(seq.maxLength) > this.opts.kvBlocks) {
+    // A sequence alone can always grow to its end (every other block can be preempted or
+    // evicted), so nothing can deadlock, as long as its end fits at all.
+    const blocks = Math.ceil(seq.maxLength / this.opts.blockSizeTokens);
+    if (blocks > this.opts.kvBlocks) {
       throw new SchedulerCapacityError(
-        `sequence needs ${this.blocksFor(seq.maxLength)} KV blocks for ${seq.maxLength} positions, but a stage holds only ${this.opts.kvBlocks}`,
+        `a request of up to ${seq.maxLength} positions needs ${blocks} KV blocks, but a stage holds only ${this.opts.kvBlocks}`,
       );
     }
     this.waiting.push(seq);
@@ -71,45 +115,108 @@ export class Scheduler {
     return this.running.length;
   }
 
-  get usedBlocks(): number {
-    return this.reservedBlocks;
-  }
-
   hasWork(): boolean {
     return this.waiting.length > 0 || this.running.length > 0;
   }
 
-  schedule(): MicroBatch | null {
+  stats(): SchedulerStats {
+    return { ...this.pool.stats(), running: this.running.length, waiting: this.waiting.length, preemptions: this.preemptionCount };
+  }
+
+  /** Block table of a live sequence (for tests and debugging). */
+  blockTable(seq: SchedulerSequence): readonly number[] {
+    return this.pool.blockTable(seq.seqId);
+  }
+
+  schedule(): ScheduleResult {
     let budget = this.opts.maxNumBatchedTokens;
     const chunks: ScheduledChunk[] = [];
-    const take = (seq: SchedulerSequence): void => {
+    const preempted: Preemption[] = [];
+
+    const take = (seq: SchedulerSequence): boolean => {
       const remaining = seq.tokenIds.length - seq.computed;
-      const n = Math.min(remaining, budget);
-      if (n <= 0) return;
+      const n = Math.min(remaining, budget, remaining > 1 ? (this.opts.maxPrefillChunkTokens ?? Infinity) : 1);
+      if (n <= 0) return false;
+      const end = seq.computed + n;
+      while (!this.pool.canReserve(seq.seqId, end)) {
+        const victim = this.pickVictim();
+        if (!victim) return false; // everyone else is in flight: try again next step
+        preempted.push(this.preempt(victim));
+        if (victim === seq) return false;
+      }
+      // Token ids register the blocks this chunk fills in the prefix cache. Stages run batches in
+      // order, so a later batch that shares these blocks reads them after they are written.
+      this.pool.reserve(seq.seqId, end, seq.tokenIds);
       chunks.push({
         seq,
+        seqId: seq.seqId,
         startPosition: seq.computed,
-        tokenIds: seq.tokenIds.slice(seq.computed, seq.computed + n),
-        sample: seq.computed + n === seq.tokenIds.length,
+        tokenIds: seq.tokenIds.slice(seq.computed, end),
+        blockIds: this.pool.blockTable(seq.seqId).slice(0, Math.ceil(end / this.opts.blockSizeTokens)),
+        newSequence: seq.startsOnStages,
+        sample: end === seq.tokenIds.length,
       });
+      seq.startsOnStages = false;
       seq.inFlight = true;
       budget -= n;
+      return true;
     };
+
     // Decodes first, then running prefills, in arrival order.
-    for (const seq of this.running) if (!seq.inFlight && seq.tokenIds.length - seq.computed === 1) take(seq);
-    for (const seq of this.running) if (!seq.inFlight && seq.tokenIds.length - seq.computed > 1) take(seq);
-    while (budget > 0 && this.waiting.length > 0 && this.running.length < this.opts.maxNumSeqs) {
+    for (const seq of [...this.running]) {
+      if (budget <= 0) break;
+      if (seq.state === "running" && !seq.inFlight && seq.tokenIds.length - seq.computed === 1) take(seq);
+    }
+    for (const seq of [...this.running]) {
+      if (budget <= 0) break;
+      if (seq.state === "running" && !seq.inFlight && seq.tokenIds.length - seq.computed > 1) take(seq);
+    }
+    // Admit waiting sequences while their prompt (after any cached prefix) fits. Never preempt
+    // for a newcomer: that would only trade one recompute for another.
+    while (budget > 0 && preempted.length === 0 && this.waiting.length > 0 && this.running.length < this.opts.maxNumSeqs) {
       const seq = this.waiting[0];
-      const blocks = this.blocksFor(seq.maxLength);
-      if (this.reservedBlocks + blocks > this.opts.kvBlocks) break;
+      const cached = this.pool.allocatePrefix(seq.seqId, seq.tokenIds, seq.extraKeys);
+      const firstChunkEnd = cached + Math.min(seq.tokenIds.length - cached, budget, this.opts.maxPrefillChunkTokens ?? Infinity);
+      if (!this.pool.canReserve(seq.seqId, firstChunkEnd)) {
+        this.pool.free(seq.seqId);
+        break;
+      }
       this.waiting.shift();
-      this.reservedBlocks += blocks;
+      seq.computed = cached;
+      seq.startsOnStages = true;
       seq.state = "running";
       this.running.push(seq);
       take(seq);
     }
-    if (chunks.length === 0) return null;
-    return { chunks, numTokens: chunks.reduce((a, c) => a + c.tokenIds.length, 0) };
+    const batch = chunks.length === 0 ? null : { chunks, numTokens: chunks.reduce((a, c) => a + c.tokenIds.length, 0) };
+    return { batch, preempted };
+  }
+
+  // Latest arrival first (possibly the sequence asking), among running sequences the pipeline is
+  // not computing right now.
+  private pickVictim(): SchedulerSequence | undefined {
+    let victim: SchedulerSequence | undefined;
+    for (const seq of this.running) {
+      if (seq.inFlight || seq.state !== "running") continue;
+      if (!victim || seq.arrival > victim.arrival) victim = seq;
+    }
+    return victim;
+  }
+
+  private preempt(seq: SchedulerSequence): Preemption {
+    const evictedSeqId = seq.seqId;
+    // Its full blocks stay in the prefix cache, so the recompute often finds them again.
+    this.pool.free(evictedSeqId);
+    this.running.splice(this.running.indexOf(seq), 1);
+    seq.seqId = this.opts.nextSeqId();
+    seq.computed = 0;
+    seq.state = "waiting";
+    seq.preemptions++;
+    this.preemptionCount++;
+    // Back to the head of the queue, in arrival order among the preempted.
+    const at = this.waiting.findIndex((w) => w.arrival > seq.arrival);
+    this.waiting.splice(at < 0 ? this.waiting.length : at, 0, seq);
+    return { seq, evictedSeqId };
   }
 
   /** The stages computed this batch; sampled[i] is the token for chunks[i] when it sampled. */
@@ -117,27 +224,29 @@ export class Scheduler {
     batch.chunks.forEach((chunk, i) => {
       const seq = chunk.seq;
       seq.inFlight = false;
-      if (seq.state !== "running") return;
+      if (seq.state !== "running" || seq.seqId !== chunk.seqId) return;
       seq.computed = chunk.startPosition + chunk.tokenIds.length;
       const token = sampled[i];
       if (chunk.sample && token !== undefined) seq.tokenIds.push(token);
     });
   }
 
-  /** The batch failed: its sequences are dropped by the caller, nothing was computed. */
-  release(batch: MicroBatch): void {
+  /**
+   * The batch failed on some stage: its blocks may hold nothing, so drop every content hash
+   * (nothing may match them) and let the caller finish its sequences.
+   */
+  fail(batch: MicroBatch): void {
     for (const chunk of batch.chunks) chunk.seq.inFlight = false;
+    this.pool.reset();
   }
 
-  /** Removes a finished or aborted sequence and returns its blocks to the budget. */
+  /** Removes a finished or aborted sequence; its full blocks stay cached for later prefixes. */
   finish(seq: SchedulerSequence): void {
     const waitingIndex = this.waiting.indexOf(seq);
     if (waitingIndex >= 0) this.waiting.splice(waitingIndex, 1);
     const runningIndex = this.running.indexOf(seq);
-    if (runningIndex >= 0) {
-      this.running.splice(runningIndex, 1);
-      this.reservedBlocks -= this.blocksFor(seq.maxLength);
-    }
+    if (runningIndex >= 0) this.running.splice(runningIndex, 1);
+    this.pool.free(seq.seqId);
     seq.state = "finished";
   }
 }

@@ -25,6 +25,13 @@ export interface ClusterOptions {
   threadsPerWorker?: number;
   maxNumSeqs?: number;
   maxNumBatchedTokens?: number;
+  /** Longest prefill chunk per step (chunked prefill); default maxNumBatchedTokens. */
+  maxPrefillChunkTokens?: number;
+  /** Content-addressed sharing of full KV blocks between requests (default on). */
+  enablePrefixCaching?: boolean;
+  kvDtype?: "fp32" | "fp16" | "int8" | "fp8";
+  /** Up to one micro-batch per stage in flight (default on); off sends one at a time. */
+  pipelining?: boolean;
   onLoadProgress?: (stage: number, bytesLoaded: number, bytesTotal: number) => void;
   log?: (line: string) => void;
 }
@@ -77,6 +84,7 @@ export class LocalCluster {
         blockSizeTokens: opts.blockSizeTokens ?? DEFAULT_BLOCK_SIZE_TOKENS,
         kvCacheBytes: opts.kvCacheBytes ?? DEFAULT_KV_CACHE_BYTES,
         device: opts.device ?? "cpu",
+        kvDtype: opts.kvDtype ?? "fp32",
         onProgress: opts.onLoadProgress,
       });
       const events = await EventBus.connect(natsUrl, "strata-coordinator");
@@ -89,8 +97,10 @@ export class LocalCluster {
           kvBlocks: Math.min(...stages.map((s) => s.kv!.blocksTotal)),
           maxNumSeqs: opts.maxNumSeqs ?? 256,
           maxNumBatchedTokens: opts.maxNumBatchedTokens ?? 2048,
+          maxPrefillChunkTokens: opts.maxPrefillChunkTokens,
+          enablePrefixCaching: opts.enablePrefixCaching ?? true,
         },
-        partition.length,
+        opts.pipelining === false ? 1 : partition.length,
       );
       return new LocalCluster(engine, pipeline, events, config, partition, natsUrl, workers, ownNats);
     } catch (error) {

@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import type { EventBus } from "@strata/events";
-import { Scheduler, type MicroBatch, type SchedulerOptions, type SchedulerSequence } from "@strata/scheduler";
+import { Scheduler, type MicroBatch, type SchedulerOptions, type SchedulerSequence, type SchedulerStats } from "@strata/scheduler";
 import { SeededRandom, type SamplingParams } from "@strata/sampling";
 import { SequenceChunkSchema, readF32Tensor, type ResultsResponse } from "@strata/proto";
 import type { PipelineClient } from "./pipeline-client.ts";
@@ -27,6 +27,8 @@ export interface GenerateRequest {
   /** Ids that end generation (not emitted); defaults to the model's end tokens. */
   stopTokenIds?: number[];
   returnLogits?: boolean;
+  /** Tenant salt: requests with different salts never share cached KV blocks. */
+  cacheSalt?: string;
   signal?: AbortSignal;
   onToken?: (tokenId: number, logits?: Float32Array) => void;
 }
@@ -56,6 +58,14 @@ interface ActiveRequest {
 }
 
 let seqCounter = 0;
+let arrivalCounter = 0;
+
+function nextSeqId(): number {
+  seqCounter = (seqCounter % 0xffffffff) + 1;
+  return seqCounter;
+}
+
+export type EngineSchedulerOptions = Omit<SchedulerOptions, "nextSeqId">;
 
 /**
  * The step loop: schedule → forward through the stages → take the sampled tokens → emit → free.
@@ -63,7 +73,7 @@ let seqCounter = 0;
  */
 export class Engine {
   private readonly scheduler: Scheduler;
-  private readonly active = new Map<number, ActiveRequest>();
+  private readonly active = new Map<SchedulerSequence, ActiveRequest>();
   private inFlight = 0;
   tokensGenerated = 0;
 
@@ -71,10 +81,14 @@ export class Engine {
     private readonly pipeline: PipelineClient,
     private readonly events: EventBus,
     readonly limits: ModelLimits,
-    schedulerOptions: SchedulerOptions,
+    schedulerOptions: EngineSchedulerOptions,
     private readonly maxInFlight: number,
   ) {
-    this.scheduler = new Scheduler(schedulerOptions);
+    this.scheduler = new Scheduler({ ...schedulerOptions, nextSeqId });
+  }
+
+  stats(): SchedulerStats {
+    return this.scheduler.stats();
   }
 
   get numRunning(): number {
@@ -87,15 +101,18 @@ export class Engine {
 
   generate(req: GenerateRequest): Promise<GenerateResult> {
     this.validate(req);
-    seqCounter = (seqCounter % 0xffffffff) + 1;
     const seq: SchedulerSequence = {
-      seqId: seqCounter,
+      seqId: nextSeqId(),
+      arrival: arrivalCounter++,
       tokenIds: [...req.promptIds],
       promptLength: req.promptIds.length,
       maxLength: req.promptIds.length + req.maxTokens,
+      extraKeys: req.cacheSalt !== undefined ? [{ kind: "salt", value: req.cacheSalt }] : [],
       computed: 0,
+      startsOnStages: true,
       inFlight: false,
       state: "waiting",
+      preemptions: 0,
     };
     return new Promise<GenerateResult>((resolve, reject) => {
       const active: ActiveRequest = {
@@ -107,8 +124,8 @@ export class Engine {
         resolve,
         reject,
       };
-      this.active.set(seq.seqId, active);
       this.scheduler.add(seq);
+      this.active.set(seq, active);
       req.signal?.addEventListener("abort", () => this.abort(active), { once: true });
       if (req.signal?.aborted) this.abort(active);
       this.pump();
@@ -131,16 +148,20 @@ export class Engine {
 
   private pump(): void {
     while (this.inFlight < this.maxInFlight) {
-      const batch = this.scheduler.schedule();
+      const { batch, preempted } = this.scheduler.schedule();
+      // Every stage frees a preempted sequence; it comes back under a fresh id and recomputes.
+      for (const p of preempted) this.events.publishEvict(p.evictedSeqId, "preempted");
       if (!batch) return;
       this.inFlight++;
       const chunks = batch.chunks.map((c) => {
-        const active = this.active.get(c.seq.seqId)!;
+        const active = this.active.get(c.seq)!;
         return create(SequenceChunkSchema, {
-          seqId: c.seq.seqId,
+          seqId: c.seqId,
           startPosition: c.startPosition,
           numTokens: c.tokenIds.length,
           tokenIds: c.tokenIds,
+          blockIds: c.blockIds,
+          newSequence: c.newSequence,
           sample: c.sample,
           sampling: active.req.sampling,
           random: c.sample && active.req.sampling.temperature > 0 ? active.rng.next() : 0,
@@ -161,7 +182,7 @@ export class Engine {
     const sampled = batch.chunks.map((c, i) => (c.sample ? result.outputs[i]?.tokenId : undefined));
     this.scheduler.complete(batch, sampled);
     batch.chunks.forEach((chunk, i) => {
-      const active = this.active.get(chunk.seq.seqId);
+      const active = this.active.get(chunk.seq);
       if (!active) return;
       if (active.abortRequested) return this.finish(active, "aborted", new RequestAbortedError("request aborted"));
       if (!chunk.sample) return;
@@ -179,15 +200,15 @@ export class Engine {
   }
 
   private onFailure(batch: MicroBatch, error: Error): void {
-    this.scheduler.release(batch);
+    this.scheduler.fail(batch);
     for (const chunk of batch.chunks) {
-      const active = this.active.get(chunk.seq.seqId);
+      const active = this.active.get(chunk.seq);
       if (active) this.finish(active, "aborted", error);
     }
   }
 
   private abort(active: ActiveRequest): void {
-    if (!this.active.has(active.seq.seqId)) return;
+    if (!this.active.has(active.seq)) return;
     // A batch in flight still writes this sequence's KV; free it once that batch is back.
     if (active.seq.inFlight) active.abortRequested = true;
     else this.finish(active, "aborted", new RequestAbortedError("request aborted"));
@@ -195,10 +216,11 @@ export class Engine {
 
   private finish(active: ActiveRequest, reason: "finished" | "aborted", error?: Error, finishReason: FinishReason = "length", droppedStopToken = false): void {
     const seq = active.seq;
-    this.active.delete(seq.seqId);
-    const started = seq.state === "running";
+    this.active.delete(seq);
+    // A sequence that never reached the stages (or was preempted, already evicted) has nothing there to free.
+    const onStages = seq.state === "running" && !seq.startsOnStages;
     this.scheduler.finish(seq);
-    if (started) this.events.publishEvict(seq.seqId, reason);
+    if (onStages) this.events.publishEvict(seq.seqId, reason);
     if (error) return active.reject(error);
     const generated = seq.tokenIds.slice(seq.promptLength, droppedStopToken ? -1 : undefined);
     active.resolve({

@@ -47,6 +47,7 @@ export interface LoadOptions {
   blockSizeTokens: number;
   kvCacheBytes: number;
   device: string;
+  kvDtype?: string;
   onProgress?: (stage: number, bytesLoaded: number, bytesTotal: number) => void;
 }
 
@@ -86,6 +87,7 @@ export class PipelineClient {
                 layerStart: opts.partition[i][0],
                 layerEnd: opts.partition[i][1],
                 device: opts.device,
+                kvDtype: opts.kvDtype ?? "fp32",
                 blockSizeTokens: opts.blockSizeTokens,
                 kvCacheBytes: BigInt(opts.kvCacheBytes),
                 nextStageAddress: this.addresses[i + 1] ?? "",
@@ -147,9 +149,10 @@ export class PipelineClient {
     this.pending.clear();
   }
 
-  describe(stage: number): Promise<DescribeResponse> {
+  /** A stage's description; with seqIds, also those sequences' block tables on that stage. */
+  describe(stage: number, seqIds: number[] = []): Promise<DescribeResponse> {
     return new Promise((resolve, reject) =>
-      this.stubs[stage].describe(create(DescribeRequestSchema, {}), (err, res) => (err ? reject(err) : resolve(res))),
+      this.stubs[stage].describe(create(DescribeRequestSchema, { seqIds }), (err, res) => (err ? reject(err) : resolve(res))),
     );
   }
 

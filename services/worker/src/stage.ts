@@ -1,5 +1,5 @@
 import { status as GrpcStatus } from "@grpc/grpc-js";
-import { BlockPool, blocksForBudget, kvBytesPerToken } from "@strata/kv";
+import { StageBlockTables, blocksForBudget, kvBytesPerToken } from "@strata/kv";
 import { StageEngine, type Device, type StageChunk } from "@strata/compute";
 import type { ModelConfig, ModelSource } from "@strata/model";
 import type { SequenceChunk } from "@strata/proto";
@@ -7,6 +7,8 @@ import { StageRequestError } from "./errors.ts";
 
 export const DEFAULT_BLOCK_SIZE_TOKENS = 16;
 export const DEFAULT_KV_CACHE_BYTES = 128 * 1024 * 1024;
+
+export type KvDtype = "fp32" | "fp16" | "int8" | "fp8";
 
 export interface StageSpec {
   layerStart: number;
@@ -16,16 +18,20 @@ export interface StageSpec {
   blockSizeTokens: number;
   kvCacheBytes: number;
   device: Device;
+  kvDtype: KvDtype;
   intraOpThreads: number;
 }
 
-/** A loaded layer range: weights inside the engine, the block pool that indexes its KV tensors. */
+/**
+ * A loaded layer range: weights inside the engine, and the block tables (assigned by the
+ * coordinator) that index its KV tensors.
+ */
 export class LoadedStage {
   private constructor(
     readonly spec: StageSpec,
     readonly config: ModelConfig,
     readonly engine: StageEngine,
-    readonly pool: BlockPool,
+    readonly tables: StageBlockTables,
     readonly kvBytesPerToken: number,
     readonly weightBytesRead: number,
   ) {}
@@ -65,18 +71,17 @@ export class LoadedStage {
       device: spec.device,
       intraOpThreads: spec.intraOpThreads,
     });
-    const pool = new BlockPool({ numBlocks, blockSizeTokens: spec.blockSizeTokens });
-    return new LoadedStage(spec, config, engine, pool, bytesPerToken, source.bytesRead());
+    const tables = new StageBlockTables(numBlocks, spec.blockSizeTokens);
+    return new LoadedStage(spec, config, engine, tables, bytesPerToken, source.bytesRead());
   }
 
   /**
-   * Checks a micro-batch against this stage's state without changing it, then reserves its blocks.
-   * Either every chunk gets its blocks or the batch is rejected with nothing changed.
+   * Checks a micro-batch against this stage's state without changing it, then records the
+   * chunks' block tables. Either every chunk is taken or the batch is rejected with nothing changed.
    */
   admit(chunks: readonly SequenceChunk[]): StageChunk[] {
     if (chunks.length === 0) throw new StageRequestError(GrpcStatus.INVALID_ARGUMENT, "micro-batch has no sequences");
     const seen = new Set<number>();
-    let blocksNeeded = 0;
     for (const c of chunks) {
       if (seen.has(c.seqId)) throw new StageRequestError(GrpcStatus.INVALID_ARGUMENT, `sequence ${c.seqId} appears twice in one micro-batch`);
       seen.add(c.seqId);
@@ -97,34 +102,31 @@ export class LoadedStage {
           throw new StageRequestError(GrpcStatus.INVALID_ARGUMENT, `sequence ${c.seqId}: token id ${bad} is outside the vocabulary of ${this.config.vocabSize}`);
         }
       }
-      const known = this.pool.has(c.seqId);
-      if (c.startPosition > 0 && !known) {
+      const known = this.tables.has(c.seqId);
+      if (c.newSequence && known) {
+        throw new StageRequestError(GrpcStatus.ALREADY_EXISTS, `sequence ${c.seqId} already exists on this stage`);
+      }
+      if (!c.newSequence && !known) {
         throw new StageRequestError(GrpcStatus.NOT_FOUND, `unknown sequence id ${c.seqId}: a chunk at position ${c.startPosition} needs its earlier KV on this stage`);
       }
-      if (known && this.pool.length(c.seqId) !== c.startPosition) {
+      if (known && this.tables.length(c.seqId) !== c.startPosition) {
         throw new StageRequestError(
           GrpcStatus.FAILED_PRECONDITION,
-          `sequence ${c.seqId} holds ${this.pool.length(c.seqId)} positions on this stage, but the chunk starts at ${c.startPosition}`,
+          `sequence ${c.seqId} holds ${this.tables.length(c.seqId)} positions on this stage, but the chunk starts at ${c.startPosition}`,
         );
       }
-      blocksNeeded += this.pool.blocksNeeded(c.seqId, end);
+      try {
+        this.tables.check(c.seqId, end, c.blockIds);
+      } catch (error) {
+        throw new StageRequestError(GrpcStatus.INVALID_ARGUMENT, (error as Error).message);
+      }
     }
-    const stats = this.pool.stats();
-    if (blocksNeeded > stats.blocksFree + stats.blocksCached) {
-      throw new StageRequestError(
-        GrpcStatus.RESOURCE_EXHAUSTED,
-        `micro-batch needs ${blocksNeeded} KV blocks, stage has ${stats.blocksFree + stats.blocksCached} free`,
-      );
-    }
-    return chunks.map((c) => {
-      this.pool.reserve(c.seqId, c.startPosition + c.numTokens);
-      return {
-        seqId: c.seqId,
-        startPosition: c.startPosition,
-        numTokens: c.numTokens,
-        tokenIds: this.firstStage ? c.tokenIds : undefined,
-        blockTable: this.pool.blockTable(c.seqId),
-      };
-    });
+    return chunks.map((c) => ({
+      seqId: c.seqId,
+      startPosition: c.startPosition,
+      numTokens: c.numTokens,
+      tokenIds: this.firstStage ? c.tokenIds : undefined,
+      blockTable: this.tables.assign(c.seqId, c.startPosition + c.numTokens, c.blockIds),
+    }));
   }
 }

@@ -10,6 +10,7 @@ import {
   FreeSequencesResponseSchema,
   HealthResponseSchema,
   KvStatsSchema,
+  SequenceBlocksSchema,
   LoadResponseSchema,
   ResultsResponseSchema,
   SequenceOutputSchema,
@@ -20,6 +21,7 @@ import {
   grpcClientConstructor,
   grpcServiceDefinition,
   readF32Tensor,
+  type DescribeRequest,
   type DescribeResponse,
   type ForwardRequest,
   type ForwardResponse,
@@ -29,7 +31,7 @@ import {
   type StageError,
 } from "@strata/proto";
 import { errorMessage, grpcCodeFor, StageRequestError } from "./errors.ts";
-import { DEFAULT_BLOCK_SIZE_TOKENS, DEFAULT_KV_CACHE_BYTES, LoadedStage } from "./stage.ts";
+import { DEFAULT_BLOCK_SIZE_TOKENS, DEFAULT_KV_CACHE_BYTES, LoadedStage, type KvDtype } from "./stage.ts";
 
 const WorkerClient = grpcClientConstructor(WorkerService);
 
@@ -59,7 +61,7 @@ export class WorkerNode {
   constructor(private readonly opts: WorkerOptions) {
     this.log = opts.log ?? (() => {});
     opts.events?.onEvict(
-      (event) => this.stage?.pool.free(event.seqId),
+      (event) => this.stage?.tables.evict(event.seqId),
       (error, subject) => this.log(`ignored malformed event on ${subject}: ${error.message}`),
     );
   }
@@ -67,7 +69,8 @@ export class WorkerNode {
   serviceImplementation(): grpc.UntypedServiceImplementation {
     return {
       load: (call: grpc.ServerWritableStream<LoadRequest, unknown>) => void this.handleLoad(call),
-      describe: (_call: unknown, callback: grpc.sendUnaryData<DescribeResponse>) => callback(null, this.describe()),
+      describe: (call: grpc.ServerUnaryCall<DescribeRequest, unknown>, callback: grpc.sendUnaryData<DescribeResponse>) =>
+        callback(null, this.describe(call.request.seqIds)),
       forward: (call: ForwardCall) => this.handleForward(call),
       results: (call: grpc.ServerWritableStream<unknown, ResultsResponse>) => {
         this.resultSubscribers.add(call);
@@ -75,10 +78,10 @@ export class WorkerNode {
         call.on("close", () => this.resultSubscribers.delete(call));
       },
       freeSequences: (call: grpc.ServerUnaryCall<FreeSequencesRequest, unknown>, callback: grpc.sendUnaryData<unknown>) => {
-        const pool = this.stage?.pool;
-        const unknown = call.request.seqIds.filter((id) => !pool?.has(id));
+        const tables = this.stage?.tables;
+        const unknown = call.request.seqIds.filter((id) => !tables?.has(id));
         let blocksFreed = 0;
-        for (const id of call.request.seqIds) blocksFreed += pool?.free(id) ?? 0;
+        for (const id of call.request.seqIds) blocksFreed += tables?.free(id) ?? 0;
         if (unknown.length > 0) {
           callback({ code: grpc.status.NOT_FOUND, details: `unknown sequence ids: ${unknown.join(", ")} (freed ${blocksFreed} blocks of the others)` });
           return;
@@ -90,10 +93,10 @@ export class WorkerNode {
     };
   }
 
-  describe(): DescribeResponse {
+  describe(blockTablesOf: readonly number[] = []): DescribeResponse {
     const s = this.stage;
     if (!s) return create(DescribeResponseSchema, { workerId: this.opts.workerId, loaded: false });
-    const stats = s.pool.stats();
+    const t = s.tables;
     return create(DescribeResponseSchema, {
       workerId: this.opts.workerId,
       loaded: true,
@@ -110,14 +113,19 @@ export class WorkerNode {
       device: s.spec.device,
       weightBytesRead: BigInt(s.weightBytesRead),
       kv: create(KvStatsSchema, {
-        blockSizeTokens: stats.blockSizeTokens,
-        blocksTotal: stats.blocksTotal,
-        blocksUsed: stats.blocksUsed,
-        blocksFree: stats.blocksFree,
+        blockSizeTokens: t.blockSizeTokens,
+        blocksTotal: t.numBlocks,
+        blocksUsed: t.blocksUsed,
+        blocksFree: t.numBlocks - t.blocksUsed,
         kvBytesPerToken: BigInt(s.kvBytesPerToken),
-        sequences: stats.sequences,
+        sequences: t.sequenceIds().length,
+        kvDtype: s.spec.kvDtype,
+        sequencesEvicted: BigInt(t.sequencesEvicted),
       }),
-      seqIds: s.pool.sequenceIds(),
+      seqIds: t.sequenceIds(),
+      blockTables: blockTablesOf
+        .filter((id) => t.has(id))
+        .map((id) => create(SequenceBlocksSchema, { seqId: id, length: t.length(id), blockIds: [...t.blockTable(id)] })),
     });
   }
 
@@ -140,6 +148,7 @@ export class WorkerNode {
             blockSizeTokens: req.blockSizeTokens || DEFAULT_BLOCK_SIZE_TOKENS,
             kvCacheBytes: Number(req.kvCacheBytes) || DEFAULT_KV_CACHE_BYTES,
             device,
+            kvDtype: parseKvDtype(req.kvDtype),
             intraOpThreads: this.opts.intraOpThreads ?? 1,
           },
           (loaded, total) =>
@@ -210,7 +219,7 @@ export class WorkerNode {
         output = await stage.engine.forward(chunks, hidden);
       } catch (error) {
         // The batch's positions were reserved but never filled: free them so nothing leaks.
-        for (const c of chunks) stage.pool.free(c.seqId);
+        for (const c of chunks) stage.tables.free(c.seqId);
         throw error;
       }
       if (!stage.lastStage) {
@@ -266,6 +275,12 @@ export class WorkerNode {
     this.nextStageClient?.close();
     for (const s of this.resultSubscribers) s.end();
   }
+}
+
+function parseKvDtype(value: string): KvDtype {
+  if (value === "") return "fp32";
+  if (value === "fp32" || value === "fp16" || value === "int8" || value === "fp8") return value;
+  throw new StageRequestError(grpc.status.INVALID_ARGUMENT, `kv_dtype "${value}" is not one of fp32, fp16, int8, fp8`);
 }
 
 export function workerServiceDefinition(): grpc.ServiceDefinition {

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file strata/v1/worker.proto.
  */
 export const file_strata_v1_worker: GenFile = /*@__PURE__*/
-  fileDesc("ChZzdHJhdGEvdjEvd29ya2VyLnByb3RvEglzdHJhdGEudjEi0AEKC0xvYWRSZXF1ZXN0EhEKCW1vZGVsX2RpchgBIAEoCRITCgtsYXllcl9zdGFydBgCIAEoDRIRCglsYXllcl9lbmQYAyABKA0SDgoGZGV2aWNlGAQgASgJEhkKEWJsb2NrX3NpemVfdG9rZW5zGAUgASgNEhYKDmt2X2NhY2hlX2J5dGVzGAYgASgEEhoKEm5leHRfc3RhZ2VfYWRkcmVzcxgHIAEoCRITCgtzdGFnZV9pbmRleBgIIAEoDRISCgpudW1fc3RhZ2VzGAkgASgNIkgKDExvYWRQcm9ncmVzcxIUCgxieXRlc19sb2FkZWQYASABKAQSEwoLYnl0ZXNfdG90YWwYAiABKAQSDQoFcGhhc2UYAyABKAkicgoMTG9hZFJlc3BvbnNlEisKCHByb2dyZXNzGAEgASgLMhcuc3RyYXRhLnYxLkxvYWRQcm9ncmVzc0gAEiwKBXJlYWR5GAIgASgLMhsuc3RyYXRhLnYxLkRlc2NyaWJlUmVzcG9uc2VIAEIHCgVldmVudCIRCg9EZXNjcmliZVJlcXVlc3QikwEKB0t2U3RhdHMSGQoRYmxvY2tfc2l6ZV90b2tlbnMYASABKA0SFAoMYmxvY2tzX3RvdGFsGAIgASgNEhMKC2Jsb2Nrc191c2VkGAMgASgNEhMKC2Jsb2Nrc19mcmVlGAQgASgNEhoKEmt2X2J5dGVzX3Blcl90b2tlbhgFIAEoBBIRCglzZXF1ZW5jZXMYBiABKA0i6QIKEERlc2NyaWJlUmVzcG9uc2USEQoJd29ya2VyX2lkGAEgASgJEg4KBmxvYWRlZBgCIAEoCBITCgtsYXllcl9zdGFydBgDIAEoDRIRCglsYXllcl9lbmQYBCABKA0SEgoKbnVtX2xheWVycxgFIAEoDRITCgtoaWRkZW5fc2l6ZRgGIAEoDRISCgp2b2NhYl9zaXplGAcgASgNEh8KF21heF9wb3NpdGlvbl9lbWJlZGRpbmdzGAggASgNEhMKC2ZpcnN0X3N0YWdlGAkgASgIEhIKCmxhc3Rfc3RhZ2UYCiABKAgSHgoCa3YYCyABKAsyEi5zdHJhdGEudjEuS3ZTdGF0cxIOCgZkZXZpY2UYDCABKAkSGQoRd2VpZ2h0X2J5dGVzX3JlYWQYDSABKAQSDwoHc2VxX2lkcxgOIAMoDRITCgtzdGFnZV9pbmRleBgPIAEoDRISCgpudW1fc3RhZ2VzGBAgASgNIkMKDlNhbXBsaW5nUGFyYW1zEhMKC3RlbXBlcmF0dXJlGAEgASgCEg0KBXRvcF9wGAIgASgCEg0KBXRvcF9rGAMgASgNIsIBCg1TZXF1ZW5jZUNodW5rEg4KBnNlcV9pZBgBIAEoDRIWCg5zdGFydF9wb3NpdGlvbhgCIAEoDRISCgpudW1fdG9rZW5zGAMgASgNEhEKCXRva2VuX2lkcxgEIAMoDRIOCgZzYW1wbGUYBSABKAgSKwoIc2FtcGxpbmcYBiABKAsyGS5zdHJhdGEudjEuU2FtcGxpbmdQYXJhbXMSDgoGcmFuZG9tGAcgASgBEhUKDXJldHVybl9sb2dpdHMYCCABKAgijAIKDkZvcndhcmRSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgNEiYKBHNlcXMYAiADKAsyGC5zdHJhdGEudjEuU2VxdWVuY2VDaHVuaxIhCgZoaWRkZW4YAyABKAsyES5zdHJhdGEudjEuVGVuc29yEkIKDXRyYWNlX2NvbnRleHQYBCADKAsyKy5zdHJhdGEudjEuRm9yd2FyZFJlcXVlc3QuVHJhY2VDb250ZXh0RW50cnkSJAoFZXJyb3IYBSABKAsyFS5zdHJhdGEudjEuU3RhZ2VFcnJvchozChFUcmFjZUNvbnRleHRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkAKClN0YWdlRXJyb3ISDAoEY29kZRgBIAEoDRIPCgdtZXNzYWdlGAIgASgJEhMKC3N0YWdlX2luZGV4GAMgASgNIkkKD0ZvcndhcmRSZXNwb25zZRIQCghiYXRjaF9pZBgBIAEoDRIkCgVlcnJvchgCIAEoCzIVLnN0cmF0YS52MS5TdGFnZUVycm9yIhAKDlJlc3VsdHNSZXF1ZXN0IlUKDlNlcXVlbmNlT3V0cHV0Eg4KBnNlcV9pZBgBIAEoDRIQCgh0b2tlbl9pZBgCIAEoDRIhCgZsb2dpdHMYAyABKAsyES5zdHJhdGEudjEuVGVuc29yInUKD1Jlc3VsdHNSZXNwb25zZRIQCghiYXRjaF9pZBgBIAEoDRIqCgdvdXRwdXRzGAIgAygLMhkuc3RyYXRhLnYxLlNlcXVlbmNlT3V0cHV0EiQKBWVycm9yGAMgASgLMhUuc3RyYXRhLnYxLlN0YWdlRXJyb3IiJwoURnJlZVNlcXVlbmNlc1JlcXVlc3QSDwoHc2VxX2lkcxgBIAMoDSItChVGcmVlU2VxdWVuY2VzUmVzcG9uc2USFAoMYmxvY2tzX2ZyZWVkGAEgASgNIg8KDUhlYWx0aFJlcXVlc3QiMQoOSGVhbHRoUmVzcG9uc2USDwoHc2VydmluZxgBIAEoCBIOCgZsb2FkZWQYAiABKAgyrAMKDVdvcmtlclNlcnZpY2USOQoETG9hZBIWLnN0cmF0YS52MS5Mb2FkUmVxdWVzdBoXLnN0cmF0YS52MS5Mb2FkUmVzcG9uc2UwARJDCghEZXNjcmliZRIaLnN0cmF0YS52MS5EZXNjcmliZVJlcXVlc3QaGy5zdHJhdGEudjEuRGVzY3JpYmVSZXNwb25zZRJECgdGb3J3YXJkEhkuc3RyYXRhLnYxLkZvcndhcmRSZXF1ZXN0Ghouc3RyYXRhLnYxLkZvcndhcmRSZXNwb25zZSgBMAESQgoHUmVzdWx0cxIZLnN0cmF0YS52MS5SZXN1bHRzUmVxdWVzdBoaLnN0cmF0YS52MS5SZXN1bHRzUmVzcG9uc2UwARJSCg1GcmVlU2VxdWVuY2VzEh8uc3RyYXRhLnYxLkZyZWVTZXF1ZW5jZXNSZXF1ZXN0GiAuc3RyYXRhLnYxLkZyZWVTZXF1ZW5jZXNSZXNwb25zZRI9CgZIZWFsdGgSGC5zdHJhdGEudjEuSGVhbHRoUmVxdWVzdBoZLnN0cmF0YS52MS5IZWFsdGhSZXNwb25zZWIGcHJvdG8z", [file_strata_v1_tensor]);
+  fileDesc("ChZzdHJhdGEvdjEvd29ya2VyLnByb3RvEglzdHJhdGEudjEi4gEKC0xvYWRSZXF1ZXN0EhEKCW1vZGVsX2RpchgBIAEoCRITCgtsYXllcl9zdGFydBgCIAEoDRIRCglsYXllcl9lbmQYAyABKA0SDgoGZGV2aWNlGAQgASgJEhkKEWJsb2NrX3NpemVfdG9rZW5zGAUgASgNEhYKDmt2X2NhY2hlX2J5dGVzGAYgASgEEhoKEm5leHRfc3RhZ2VfYWRkcmVzcxgHIAEoCRITCgtzdGFnZV9pbmRleBgIIAEoDRISCgpudW1fc3RhZ2VzGAkgASgNEhAKCGt2X2R0eXBlGAogASgJIkgKDExvYWRQcm9ncmVzcxIUCgxieXRlc19sb2FkZWQYASABKAQSEwoLYnl0ZXNfdG90YWwYAiABKAQSDQoFcGhhc2UYAyABKAkicgoMTG9hZFJlc3BvbnNlEisKCHByb2dyZXNzGAEgASgLMhcuc3RyYXRhLnYxLkxvYWRQcm9ncmVzc0gAEiwKBXJlYWR5GAIgASgLMhsuc3RyYXRhLnYxLkRlc2NyaWJlUmVzcG9uc2VIAEIHCgVldmVudCIiCg9EZXNjcmliZVJlcXVlc3QSDwoHc2VxX2lkcxgBIAMoDSJDCg5TZXF1ZW5jZUJsb2NrcxIOCgZzZXFfaWQYASABKA0SDgoGbGVuZ3RoGAIgASgNEhEKCWJsb2NrX2lkcxgDIAMoDSLAAQoHS3ZTdGF0cxIZChFibG9ja19zaXplX3Rva2VucxgBIAEoDRIUCgxibG9ja3NfdG90YWwYAiABKA0SEwoLYmxvY2tzX3VzZWQYAyABKA0SEwoLYmxvY2tzX2ZyZWUYBCABKA0SGgoSa3ZfYnl0ZXNfcGVyX3Rva2VuGAUgASgEEhEKCXNlcXVlbmNlcxgGIAEoDRIQCghrdl9kdHlwZRgHIAEoCRIZChFzZXF1ZW5jZXNfZXZpY3RlZBgIIAEoBCKaAwoQRGVzY3JpYmVSZXNwb25zZRIRCgl3b3JrZXJfaWQYASABKAkSDgoGbG9hZGVkGAIgASgIEhMKC2xheWVyX3N0YXJ0GAMgASgNEhEKCWxheWVyX2VuZBgEIAEoDRISCgpudW1fbGF5ZXJzGAUgASgNEhMKC2hpZGRlbl9zaXplGAYgASgNEhIKCnZvY2FiX3NpemUYByABKA0SHwoXbWF4X3Bvc2l0aW9uX2VtYmVkZGluZ3MYCCABKA0SEwoLZmlyc3Rfc3RhZ2UYCSABKAgSEgoKbGFzdF9zdGFnZRgKIAEoCBIeCgJrdhgLIAEoCzISLnN0cmF0YS52MS5LdlN0YXRzEg4KBmRldmljZRgMIAEoCRIZChF3ZWlnaHRfYnl0ZXNfcmVhZBgNIAEoBBIPCgdzZXFfaWRzGA4gAygNEhMKC3N0YWdlX2luZGV4GA8gASgNEhIKCm51bV9zdGFnZXMYECABKA0SLwoMYmxvY2tfdGFibGVzGBEgAygLMhkuc3RyYXRhLnYxLlNlcXVlbmNlQmxvY2tzIkMKDlNhbXBsaW5nUGFyYW1zEhMKC3RlbXBlcmF0dXJlGAEgASgCEg0KBXRvcF9wGAIgASgCEg0KBXRvcF9rGAMgASgNIusBCg1TZXF1ZW5jZUNodW5rEg4KBnNlcV9pZBgBIAEoDRIWCg5zdGFydF9wb3NpdGlvbhgCIAEoDRISCgpudW1fdG9rZW5zGAMgASgNEhEKCXRva2VuX2lkcxgEIAMoDRIOCgZzYW1wbGUYBSABKAgSKwoIc2FtcGxpbmcYBiABKAsyGS5zdHJhdGEudjEuU2FtcGxpbmdQYXJhbXMSDgoGcmFuZG9tGAcgASgBEhUKDXJldHVybl9sb2dpdHMYCCABKAgSEQoJYmxvY2tfaWRzGAkgAygNEhQKDG5ld19zZXF1ZW5jZRgKIAEoCCKMAgoORm9yd2FyZFJlcXVlc3QSEAoIYmF0Y2hfaWQYASABKA0SJgoEc2VxcxgCIAMoCzIYLnN0cmF0YS52MS5TZXF1ZW5jZUNodW5rEiEKBmhpZGRlbhgDIAEoCzIRLnN0cmF0YS52MS5UZW5zb3ISQgoNdHJhY2VfY29udGV4dBgEIAMoCzIrLnN0cmF0YS52MS5Gb3J3YXJkUmVxdWVzdC5UcmFjZUNvbnRleHRFbnRyeRIkCgVlcnJvchgFIAEoCzIVLnN0cmF0YS52MS5TdGFnZUVycm9yGjMKEVRyYWNlQ29udGV4dEVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiQAoKU3RhZ2VFcnJvchIMCgRjb2RlGAEgASgNEg8KB21lc3NhZ2UYAiABKAkSEwoLc3RhZ2VfaW5kZXgYAyABKA0iSQoPRm9yd2FyZFJlc3BvbnNlEhAKCGJhdGNoX2lkGAEgASgNEiQKBWVycm9yGAIgASgLMhUuc3RyYXRhLnYxLlN0YWdlRXJyb3IiEAoOUmVzdWx0c1JlcXVlc3QiVQoOU2VxdWVuY2VPdXRwdXQSDgoGc2VxX2lkGAEgASgNEhAKCHRva2VuX2lkGAIgASgNEiEKBmxvZ2l0cxgDIAEoCzIRLnN0cmF0YS52MS5UZW5zb3IidQoPUmVzdWx0c1Jlc3BvbnNlEhAKCGJhdGNoX2lkGAEgASgNEioKB291dHB1dHMYAiADKAsyGS5zdHJhdGEudjEuU2VxdWVuY2VPdXRwdXQSJAoFZXJyb3IYAyABKAsyFS5zdHJhdGEudjEuU3RhZ2VFcnJvciInChRGcmVlU2VxdWVuY2VzUmVxdWVzdBIPCgdzZXFfaWRzGAEgAygNIi0KFUZyZWVTZXF1ZW5jZXNSZXNwb25zZRIUCgxibG9ja3NfZnJlZWQYASABKA0iDwoNSGVhbHRoUmVxdWVzdCIxCg5IZWFsdGhSZXNwb25zZRIPCgdzZXJ2aW5nGAEgASgIEg4KBmxvYWRlZBgCIAEoCDKsAwoNV29ya2VyU2VydmljZRI5CgRMb2FkEhYuc3RyYXRhLnYxLkxvYWRSZXF1ZXN0Ghcuc3RyYXRhLnYxLkxvYWRSZXNwb25zZTABEkMKCERlc2NyaWJlEhouc3RyYXRhLnYxLkRlc2NyaWJlUmVxdWVzdBobLnN0cmF0YS52MS5EZXNjcmliZVJlc3BvbnNlEkQKB0ZvcndhcmQSGS5zdHJhdGEudjEuRm9yd2FyZFJlcXVlc3QaGi5zdHJhdGEudjEuRm9yd2FyZFJlc3BvbnNlKAEwARJCCgdSZXN1bHRzEhkuc3RyYXRhLnYxLlJlc3VsdHNSZXF1ZXN0Ghouc3RyYXRhLnYxLlJlc3VsdHNSZXNwb25zZTABElIKDUZyZWVTZXF1ZW5jZXMSHy5zdHJhdGEudjEuRnJlZVNlcXVlbmNlc1JlcXVlc3QaIC5zdHJhdGEudjEuRnJlZVNlcXVlbmNlc1Jlc3BvbnNlEj0KBkhlYWx0aBIYLnN0cmF0YS52MS5IZWFsdGhSZXF1ZXN0Ghkuc3RyYXRhLnYxLkhlYWx0aFJlc3BvbnNlYgZwcm90bzM", [file_strata_v1_tensor]);
 
 /**
  * @generated from message strata.v1.LoadRequest
@@ -68,6 +68,13 @@ export type LoadRequest = Message<"strata.v1.LoadRequest"> & {
    * @generated from field: uint32 num_stages = 9;
    */
   numStages: number;
+
+  /**
+   * "fp32" (default), "fp16", "int8" or "fp8" (e4m3).
+   *
+   * @generated from field: string kv_dtype = 10;
+   */
+  kvDtype: string;
 };
 
 /**
@@ -137,6 +144,12 @@ export const LoadResponseSchema: GenMessage<LoadResponse> = /*@__PURE__*/
  * @generated from message strata.v1.DescribeRequest
  */
 export type DescribeRequest = Message<"strata.v1.DescribeRequest"> & {
+  /**
+   * Sequences whose block tables to include in the response.
+   *
+   * @generated from field: repeated uint32 seq_ids = 1;
+   */
+  seqIds: number[];
 };
 
 /**
@@ -145,6 +158,33 @@ export type DescribeRequest = Message<"strata.v1.DescribeRequest"> & {
  */
 export const DescribeRequestSchema: GenMessage<DescribeRequest> = /*@__PURE__*/
   messageDesc(file_strata_v1_worker, 3);
+
+/**
+ * @generated from message strata.v1.SequenceBlocks
+ */
+export type SequenceBlocks = Message<"strata.v1.SequenceBlocks"> & {
+  /**
+   * @generated from field: uint32 seq_id = 1;
+   */
+  seqId: number;
+
+  /**
+   * @generated from field: uint32 length = 2;
+   */
+  length: number;
+
+  /**
+   * @generated from field: repeated uint32 block_ids = 3;
+   */
+  blockIds: number[];
+};
+
+/**
+ * Describes the message strata.v1.SequenceBlocks.
+ * Use `create(SequenceBlocksSchema)` to create a new message.
+ */
+export const SequenceBlocksSchema: GenMessage<SequenceBlocks> = /*@__PURE__*/
+  messageDesc(file_strata_v1_worker, 4);
 
 /**
  * @generated from message strata.v1.KvStats
@@ -179,6 +219,18 @@ export type KvStats = Message<"strata.v1.KvStats"> & {
    * @generated from field: uint32 sequences = 6;
    */
   sequences: number;
+
+  /**
+   * @generated from field: string kv_dtype = 7;
+   */
+  kvDtype: string;
+
+  /**
+   * Sequences freed by eviction events (finish, abort, preempt).
+   *
+   * @generated from field: uint64 sequences_evicted = 8;
+   */
+  sequencesEvicted: bigint;
 };
 
 /**
@@ -186,7 +238,7 @@ export type KvStats = Message<"strata.v1.KvStats"> & {
  * Use `create(KvStatsSchema)` to create a new message.
  */
 export const KvStatsSchema: GenMessage<KvStats> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 4);
+  messageDesc(file_strata_v1_worker, 5);
 
 /**
  * @generated from message strata.v1.DescribeResponse
@@ -273,6 +325,11 @@ export type DescribeResponse = Message<"strata.v1.DescribeResponse"> & {
    * @generated from field: uint32 num_stages = 16;
    */
   numStages: number;
+
+  /**
+   * @generated from field: repeated strata.v1.SequenceBlocks block_tables = 17;
+   */
+  blockTables: SequenceBlocks[];
 };
 
 /**
@@ -280,7 +337,7 @@ export type DescribeResponse = Message<"strata.v1.DescribeResponse"> & {
  * Use `create(DescribeResponseSchema)` to create a new message.
  */
 export const DescribeResponseSchema: GenMessage<DescribeResponse> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 5);
+  messageDesc(file_strata_v1_worker, 6);
 
 /**
  * How the last stage turns a sequence's logits into a token.
@@ -309,7 +366,7 @@ export type SamplingParams = Message<"strata.v1.SamplingParams"> & {
  * Use `create(SamplingParamsSchema)` to create a new message.
  */
 export const SamplingParamsSchema: GenMessage<SamplingParams> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 6);
+  messageDesc(file_strata_v1_worker, 7);
 
 /**
  * One sequence's share of a micro-batch: num_tokens consecutive positions from start_position.
@@ -362,6 +419,22 @@ export type SequenceChunk = Message<"strata.v1.SequenceChunk"> & {
    * @generated from field: bool return_logits = 8;
    */
   returnLogits: boolean;
+
+  /**
+   * The coordinator allocates blocks: the sequence's block table covering [0, start_position +
+   * num_tokens), the same ids on every stage.
+   *
+   * @generated from field: repeated uint32 block_ids = 9;
+   */
+  blockIds: number[];
+
+  /**
+   * First chunk of a sequence on the stages. It may start past 0 when its prefix blocks are
+   * already cached (computed by another sequence).
+   *
+   * @generated from field: bool new_sequence = 10;
+   */
+  newSequence: boolean;
 };
 
 /**
@@ -369,7 +442,7 @@ export type SequenceChunk = Message<"strata.v1.SequenceChunk"> & {
  * Use `create(SequenceChunkSchema)` to create a new message.
  */
 export const SequenceChunkSchema: GenMessage<SequenceChunk> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 7);
+  messageDesc(file_strata_v1_worker, 8);
 
 /**
  * @generated from message strata.v1.ForwardRequest
@@ -412,7 +485,7 @@ export type ForwardRequest = Message<"strata.v1.ForwardRequest"> & {
  * Use `create(ForwardRequestSchema)` to create a new message.
  */
 export const ForwardRequestSchema: GenMessage<ForwardRequest> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 8);
+  messageDesc(file_strata_v1_worker, 9);
 
 /**
  * @generated from message strata.v1.StageError
@@ -441,7 +514,7 @@ export type StageError = Message<"strata.v1.StageError"> & {
  * Use `create(StageErrorSchema)` to create a new message.
  */
 export const StageErrorSchema: GenMessage<StageError> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 9);
+  messageDesc(file_strata_v1_worker, 10);
 
 /**
  * Forward's replies go to the sender only when a micro-batch is rejected (bad shape, unknown
@@ -466,7 +539,7 @@ export type ForwardResponse = Message<"strata.v1.ForwardResponse"> & {
  * Use `create(ForwardResponseSchema)` to create a new message.
  */
 export const ForwardResponseSchema: GenMessage<ForwardResponse> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 10);
+  messageDesc(file_strata_v1_worker, 11);
 
 /**
  * @generated from message strata.v1.ResultsRequest
@@ -479,7 +552,7 @@ export type ResultsRequest = Message<"strata.v1.ResultsRequest"> & {
  * Use `create(ResultsRequestSchema)` to create a new message.
  */
 export const ResultsRequestSchema: GenMessage<ResultsRequest> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 11);
+  messageDesc(file_strata_v1_worker, 12);
 
 /**
  * @generated from message strata.v1.SequenceOutput
@@ -508,7 +581,7 @@ export type SequenceOutput = Message<"strata.v1.SequenceOutput"> & {
  * Use `create(SequenceOutputSchema)` to create a new message.
  */
 export const SequenceOutputSchema: GenMessage<SequenceOutput> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 12);
+  messageDesc(file_strata_v1_worker, 13);
 
 /**
  * @generated from message strata.v1.ResultsResponse
@@ -535,7 +608,7 @@ export type ResultsResponse = Message<"strata.v1.ResultsResponse"> & {
  * Use `create(ResultsResponseSchema)` to create a new message.
  */
 export const ResultsResponseSchema: GenMessage<ResultsResponse> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 13);
+  messageDesc(file_strata_v1_worker, 14);
 
 /**
  * @generated from message strata.v1.FreeSequencesRequest
@@ -552,7 +625,7 @@ export type FreeSequencesRequest = Message<"strata.v1.FreeSequencesRequest"> & {
  * Use `create(FreeSequencesRequestSchema)` to create a new message.
  */
 export const FreeSequencesRequestSchema: GenMessage<FreeSequencesRequest> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 14);
+  messageDesc(file_strata_v1_worker, 15);
 
 /**
  * @generated from message strata.v1.FreeSequencesResponse
@@ -569,7 +642,7 @@ export type FreeSequencesResponse = Message<"strata.v1.FreeSequencesResponse"> &
  * Use `create(FreeSequencesResponseSchema)` to create a new message.
  */
 export const FreeSequencesResponseSchema: GenMessage<FreeSequencesResponse> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 15);
+  messageDesc(file_strata_v1_worker, 16);
 
 /**
  * @generated from message strata.v1.HealthRequest
@@ -582,7 +655,7 @@ export type HealthRequest = Message<"strata.v1.HealthRequest"> & {
  * Use `create(HealthRequestSchema)` to create a new message.
  */
 export const HealthRequestSchema: GenMessage<HealthRequest> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 16);
+  messageDesc(file_strata_v1_worker, 17);
 
 /**
  * @generated from message strata.v1.HealthResponse
@@ -604,7 +677,7 @@ export type HealthResponse = Message<"strata.v1.HealthResponse"> & {
  * Use `create(HealthResponseSchema)` to create a new message.
  */
 export const HealthResponseSchema: GenMessage<HealthResponse> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 17);
+  messageDesc(file_strata_v1_worker, 18);
 
 /**
  * One pipeline stage: a contiguous layer range [layer_start, layer_end) of one model.
