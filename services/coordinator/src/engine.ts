@@ -91,6 +91,11 @@ export class Engine {
     return this.scheduler.stats();
   }
 
+  /** Stage-side ids of the live requests, oldest first (debugging and tests). */
+  liveSequenceIds(): number[] {
+    return [...this.active.keys()].sort((a, b) => a.arrival - b.arrival).map((s) => s.seqId);
+  }
+
   get numRunning(): number {
     return this.scheduler.numRunning;
   }

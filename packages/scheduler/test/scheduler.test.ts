@@ -1,0 +1,126 @@
+import { describe, expect, it } from "vitest";
+import { Scheduler, SchedulerCapacityError, type SchedulerOptions, type SchedulerSequence } from "../src/index.ts";
+
+let arrival = 0;
+function seq(seqId: number, prompt: number[], maxNew = 8, salt?: string): SchedulerSequence {
+  return {
+    seqId,
+    arrival: arrival++,
+    tokenIds: [...prompt],
+    promptLength: prompt.length,
+    maxLength: prompt.length + maxNew,
+    extraKeys: salt ? [{ kind: "salt", value: salt }] : [],
+    computed: 0,
+    startsOnStages: true,
+    inFlight: false,
+    state: "waiting",
+    preemptions: 0,
+  };
+}
+
+function scheduler(opts: Partial<SchedulerOptions> = {}): Scheduler {
+  let next = 1000;
+  return new Scheduler({ blockSizeTokens: 4, kvBlocks: 16, maxNumSeqs: 8, maxNumBatchedTokens: 64, nextSeqId: () => next++, ...opts });
+}
+
+const range = (n: number, from = 10) => Array.from({ length: n }, (_, i) => from + i);
+
+describe("Scheduler", () => {
+  it("splits a long prompt over steps (chunked prefill) and samples only at its end", () => {
+    const s = scheduler({ maxPrefillChunkTokens: 4 });
+    const a = seq(1, range(10));
+    s.add(a);
+    const first = s.schedule().batch!;
+    expect(first.chunks.map((c) => [c.startPosition, c.tokenIds.length, c.sample, c.newSequence])).toEqual([[0, 4, false, true]]);
+    expect(first.chunks[0].blockIds).toHaveLength(1);
+    expect(s.schedule().batch).toBeNull(); // a is in flight
+    s.complete(first, [undefined]);
+    const second = s.schedule().batch!;
+    expect(second.chunks.map((c) => [c.startPosition, c.tokenIds.length, c.sample, c.newSequence])).toEqual([[4, 4, false, false]]);
+    s.complete(second, [undefined]);
+    const third = s.schedule().batch!;
+    expect(third.chunks.map((c) => [c.startPosition, c.tokenIds.length, c.sample])).toEqual([[8, 2, true]]);
+    expect(third.chunks[0].blockIds).toHaveLength(3);
+    s.complete(third, [77]);
+    expect(a.tokenIds.at(-1)).toBe(77);
+    const decode = s.schedule().batch!;
+    expect(decode.chunks.map((c) => [c.startPosition, c.tokenIds])).toEqual([[10, [77]]]);
+  });
+
+  it("puts decodes first and respects the token budget and sequence cap", () => {
+    const s = scheduler({ maxNumBatchedTokens: 6, maxNumSeqs: 2 });
+    const a = seq(1, range(3));
+    s.add(a);
+    const b1 = s.schedule().batch!;
+    s.complete(b1, [5]);
+    const b = seq(2, range(8));
+    const c = seq(3, range(2));
+    s.add(b);
+    s.add(c);
+    const mixed = s.schedule().batch!;
+    // a's decode (1 token), then b's prompt up to the budget; c waits for the sequence cap.
+    expect(mixed.chunks.map((ch) => [ch.seqId, ch.tokenIds.length])).toEqual([[1, 1], [2, 5]]);
+    expect(s.numWaiting).toBe(1);
+  });
+
+  it("admits by KV blocks and preempts the latest arrival, which returns under a fresh id", () => {
+    const s = scheduler({ kvBlocks: 4, enablePrefixCaching: false });
+    const a = seq(1, range(8), 4); // 2 blocks, grows to 3
+    const b = seq(2, range(8, 50), 4); // 2 blocks
+    s.add(a);
+    s.add(b);
+    const first = s.schedule().batch!;
+    expect(first.chunks.map((c) => c.seqId)).toEqual([1, 2]);
+    s.complete(first, [90, 91]); // both at 9 tokens: the 9th needs a third block, the pool is full
+    const next = s.schedule();
+    expect(next.preempted.map((p) => [p.evictedSeqId, p.seq.seqId])).toEqual([[2, 1000]]);
+    expect(next.batch!.chunks.map((c) => [c.seqId, c.startPosition])).toEqual([[1, 8]]);
+    expect(b.state).toBe("waiting");
+    expect(b.computed).toBe(0);
+    expect(b.tokenIds).toEqual([...range(8, 50), 91]); // keeps what it generated
+    expect(s.stats().preemptions).toBe(1);
+    s.complete(next.batch!, [92]);
+    s.finish(a);
+    // b recomputes its prompt and generated token under the new id, as a new sequence.
+    const again = s.schedule().batch!;
+    expect(again.chunks.map((c) => [c.seqId, c.startPosition, c.tokenIds.length, c.newSequence, c.sample])).toEqual([[1000, 0, 9, true, true]]);
+  });
+
+  it("shares cached prefix blocks, and never across salts", () => {
+    const s = scheduler();
+    const prompt = range(13); // 3 full blocks + 1 token
+    const a = seq(1, prompt);
+    s.add(a);
+    const first = s.schedule().batch!;
+    s.complete(first, [1]);
+    const b = seq(2, prompt);
+    const c = seq(3, prompt, 8, "tenant-c");
+    s.add(b);
+    s.add(c);
+    const batch = s.schedule().batch!;
+    const chunkOf = (id: number) => batch.chunks.find((ch) => ch.seqId === id)!;
+    expect(chunkOf(2).startPosition).toBe(12); // only the last prompt token is computed
+    expect(chunkOf(2).newSequence).toBe(true);
+    expect(chunkOf(2).blockIds.slice(0, 3)).toEqual(first.chunks[0].blockIds.slice(0, 3));
+    expect(chunkOf(3).startPosition).toBe(0);
+    expect(chunkOf(3).blockIds.slice(0, 3).filter((id) => first.chunks[0].blockIds.includes(id))).toEqual([]);
+    expect(s.stats().prefixHitTokens).toBe(12);
+  });
+
+  it("a failed batch drops every cached hash", () => {
+    const s = scheduler();
+    const a = seq(1, range(13));
+    s.add(a);
+    const first = s.schedule().batch!;
+    s.fail(first);
+    s.finish(a);
+    const b = seq(2, range(13));
+    s.add(b);
+    expect(s.schedule().batch!.chunks[0].startPosition).toBe(0);
+  });
+
+  it("rejects a request that could never fit", () => {
+    const s = scheduler({ kvBlocks: 2 });
+    expect(() => s.add(seq(1, range(6), 4))).toThrow(SchedulerCapacityError);
+  });
+});

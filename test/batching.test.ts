@@ -1,0 +1,93 @@
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { BUNDLED_MODEL_DIR, writeSyntheticModel } from "@strata/model";
+import { LocalCluster, type ClusterOptions } from "@strata/coordinator";
+import { kvBytesPerToken } from "@strata/kv";
+import { SeededRandom } from "@strata/sampling";
+import { GREEDY, useNats } from "./support/cluster.ts";
+
+const nats = useNats();
+let syntheticDir: string;
+beforeAll(async () => {
+  await nats.start();
+  syntheticDir = mkdtempSync(join(tmpdir(), "strata-batching-"));
+  await writeSyntheticModel(
+    syntheticDir,
+    { hiddenSize: 128, intermediateSize: 256, numLayers: 4, numHeads: 4, numKvHeads: 2, headDim: 32, vocabSize: 256, maxPositionEmbeddings: 256 },
+    7,
+  );
+});
+afterAll(async () => {
+  await nats.stop();
+  rmSync(syntheticDir, { recursive: true, force: true });
+});
+
+interface Job {
+  promptIds: number[];
+  maxTokens: number;
+}
+
+// 32 requests of mixed prompt and output lengths, from a seeded generator.
+function jobs(vocab: number, count = 32): Job[] {
+  const rng = new SeededRandom(11);
+  return Array.from({ length: count }, () => {
+    const promptLength = 1 + Math.floor(rng.next() * 60);
+    return {
+      promptIds: [1, ...Array.from({ length: promptLength - 1 }, () => 3 + Math.floor(rng.next() * (vocab - 3)))],
+      maxTokens: 4 + Math.floor(rng.next() * 28),
+    };
+  });
+}
+
+async function withCluster<T>(opts: Omit<ClusterOptions, "natsUrl">, fn: (c: LocalCluster) => Promise<T>): Promise<T> {
+  const cluster = await LocalCluster.start({ ...opts, natsUrl: nats.url(), inProcessWorkers: true });
+  try {
+    return await fn(cluster);
+  } finally {
+    await cluster.stop();
+  }
+}
+
+async function batchingChangesNothing(modelDir: string, vocab: number, kvHeads: number, headDim: number): Promise<void> {
+  const work = jobs(vocab);
+  // Each request alone: plenty of KV, one at a time.
+  const alone = await withCluster({ modelDir, workers: 2, enablePrefixCaching: false }, async (cluster) => {
+    const out: number[][] = [];
+    for (const job of work) out.push((await cluster.engine.generate({ ...job, sampling: GREEDY, stopTokenIds: [] })).tokenIds);
+    return out;
+  });
+  // All 32 at once through 3 stages: chunked prefill (16-token chunks), 3 micro-batches in flight,
+  // and a KV budget of 24 blocks of 16 tokens per stage, far below what 32 requests hold at once.
+  await withCluster(
+    {
+      modelDir,
+      workers: 3,
+      // The widest stage holds 2 layers: 24 blocks of 16 tokens there, the tightest stage.
+      kvCacheBytes: kvBytesPerToken(2, kvHeads, headDim, 4) * 16 * 24,
+      blockSizeTokens: 16,
+      maxPrefillChunkTokens: 16,
+      maxNumBatchedTokens: 64,
+      pipelining: true,
+    },
+    async (cluster) => {
+      const together = await Promise.all(work.map((job) => cluster.engine.generate({ ...job, sampling: GREEDY, stopTokenIds: [] })));
+      expect(together.map((r) => r.tokenIds)).toEqual(alone);
+      const stats = cluster.engine.stats();
+      expect(stats.blocksTotal).toBe(24);
+      expect(stats.preemptions).toBeGreaterThan(0);
+      expect(await cluster.waitForBlocksFreed()).toEqual([0, 0, 0]);
+    },
+  );
+}
+
+describe("batching changes nothing", () => {
+  it("bundled stories260K: 32 concurrent requests equal each run alone, with preemption", async () => {
+    await batchingChangesNothing(BUNDLED_MODEL_DIR, 512, 4, 8);
+  });
+
+  it("synthetic GQA model: 32 concurrent requests equal each run alone, with preemption", async () => {
+    await batchingChangesNothing(syntheticDir, 256, 2, 32);
+  });
+});

@@ -1,0 +1,72 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { BUNDLED_MODEL_DIR } from "@strata/model";
+import { LocalCluster } from "@strata/coordinator";
+import { GREEDY, useNats } from "./support/cluster.ts";
+
+const nats = useNats();
+let cluster: LocalCluster;
+beforeAll(async () => {
+  await nats.start();
+  cluster = await LocalCluster.start({ modelDir: BUNDLED_MODEL_DIR, workers: 3, natsUrl: nats.url(), inProcessWorkers: true, blockSizeTokens: 16 });
+});
+afterAll(async () => {
+  await cluster.stop();
+  await nats.stop();
+});
+
+// 3 full blocks of 16 tokens and a few more.
+const prefix = [1, ...Array.from({ length: 47 }, (_, i) => 300 + (i % 200))];
+
+/** Starts a long generation and resolves once it has produced its first token. */
+function startGeneration(promptIds: number[], cacheSalt?: string): { firstToken: Promise<void>; done: Promise<unknown> } {
+  let started!: () => void;
+  const firstToken = new Promise<void>((resolve) => (started = resolve));
+  const done = cluster.engine.generate({ promptIds, maxTokens: 40, sampling: GREEDY, stopTokenIds: [], cacheSalt, onToken: () => started() });
+  return { firstToken, done };
+}
+
+async function blockTablesOnEveryStage(seqIds: number[]): Promise<number[][][]> {
+  const stages = await Promise.all(cluster.partition.map((_, i) => cluster.pipeline.describe(i, seqIds)));
+  return stages.map((d) => seqIds.map((id) => d.blockTables.find((t) => t.seqId === id)!.blockIds));
+}
+
+describe("prefix caching", () => {
+  it("two requests with the same 3-block prefix use the same physical blocks on every stage", async () => {
+    const a = startGeneration([...prefix, 20, 21]);
+    await a.firstToken;
+    const b = startGeneration([...prefix, 30, 31, 32]);
+    await b.firstToken;
+    const [idA, idB] = cluster.engine.liveSequenceIds();
+    const tables = await blockTablesOnEveryStage([idA, idB]);
+    expect(tables).toHaveLength(3);
+    for (const [tableA, tableB] of tables) {
+      expect(tableB.slice(0, 3)).toEqual(tableA.slice(0, 3));
+      expect(tableB[3]).not.toBe(tableA[3]);
+    }
+    expect(cluster.engine.stats().prefixHitTokens).toBeGreaterThanOrEqual(48);
+    await Promise.all([a.done, b.done]);
+  });
+
+  it("different cache salts never share blocks", async () => {
+    const a = startGeneration([...prefix, 20, 21], "tenant-a");
+    await a.firstToken;
+    const b = startGeneration([...prefix, 20, 21], "tenant-b");
+    await b.firstToken;
+    const [idA, idB] = cluster.engine.liveSequenceIds();
+    for (const [tableA, tableB] of await blockTablesOnEveryStage([idA, idB])) {
+      expect(tableB.filter((block) => tableA.includes(block))).toEqual([]);
+    }
+    const [outA, outB] = (await Promise.all([a.done, b.done])) as Array<{ tokenIds: number[] }>;
+    expect(outB.tokenIds).toEqual(outA.tokenIds);
+  });
+
+  it("a prefix hit gives the same tokens as a miss", async () => {
+    const prompt = [...prefix, 40, 41];
+    const miss = await cluster.engine.generate({ promptIds: prompt, maxTokens: 20, sampling: GREEDY, stopTokenIds: [], cacheSalt: "fresh-salt" });
+    const before = cluster.engine.stats().prefixHitTokens;
+    const hit = await cluster.engine.generate({ promptIds: prompt, maxTokens: 20, sampling: GREEDY, stopTokenIds: [], cacheSalt: "fresh-salt" });
+    expect(cluster.engine.stats().prefixHitTokens - before).toBe(48);
+    expect(hit.tokenIds).toEqual(miss.tokenIds);
+    expect(await cluster.waitForBlocksFreed()).toEqual([0, 0, 0]);
+  });
+});
