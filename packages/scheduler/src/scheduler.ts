@@ -59,6 +59,11 @@ export interface SchedulerOptions {
   /** Longest prompt prefill per step; longer prompts are split over steps. */
   maxPrefillChunkTokens?: number;
   enablePrefixCaching?: boolean;
+  /**
+   * Micro-batches meant to be in flight at once (one per pipeline stage): each batch takes about
+   * 1/depth of the running sequences, so every stage has work. Default 1.
+   */
+  pipelineDepth?: number;
   /** Fresh sequence ids (for new sequences and recomputed preempted ones). */
   nextSeqId: () => number;
 }
@@ -132,8 +137,11 @@ export class Scheduler {
     let budget = this.opts.maxNumBatchedTokens;
     const chunks: ScheduledChunk[] = [];
     const preempted: Preemption[] = [];
+    const admissible = Math.min(this.waiting.length, Math.max(0, this.opts.maxNumSeqs - this.running.length));
+    const seqCap = Math.max(1, Math.ceil((this.running.length + admissible) / (this.opts.pipelineDepth ?? 1)));
 
     const take = (seq: SchedulerSequence): boolean => {
+      if (chunks.length >= seqCap) return false;
       const remaining = seq.tokenIds.length - seq.computed;
       const n = Math.min(remaining, budget, remaining > 1 ? (this.opts.maxPrefillChunkTokens ?? Infinity) : 1);
       if (n <= 0) return false;
@@ -164,16 +172,16 @@ export class Scheduler {
 
     // Decodes first, then running prefills, in arrival order.
     for (const seq of [...this.running]) {
-      if (budget <= 0) break;
+      if (budget <= 0 || chunks.length >= seqCap) break;
       if (seq.state === "running" && !seq.inFlight && seq.tokenIds.length - seq.computed === 1) take(seq);
     }
     for (const seq of [...this.running]) {
-      if (budget <= 0) break;
+      if (budget <= 0 || chunks.length >= seqCap) break;
       if (seq.state === "running" && !seq.inFlight && seq.tokenIds.length - seq.computed > 1) take(seq);
     }
     // Admit waiting sequences while their prompt (after any cached prefix) fits. Never preempt
     // for a newcomer: that would only trade one recompute for another.
-    while (budget > 0 && preempted.length === 0 && this.waiting.length > 0 && this.running.length < this.opts.maxNumSeqs) {
+    while (budget > 0 && chunks.length < seqCap && preempted.length === 0 && this.waiting.length > 0 && this.running.length < this.opts.maxNumSeqs) {
       const seq = this.waiting[0];
       const cached = this.pool.allocatePrefix(seq.seqId, seq.tokenIds, seq.extraKeys);
       const firstChunkEnd = cached + Math.min(seq.tokenIds.length - cached, budget, this.opts.maxPrefillChunkTokens ?? Infinity);

@@ -119,6 +119,19 @@ describe("Scheduler", () => {
     expect(s.schedule().batch!.chunks[0].startPosition).toBe(0);
   });
 
+  it("splits the running sequences over pipelineDepth micro-batches, a sequence in one at a time", () => {
+    const s = scheduler({ pipelineDepth: 2 });
+    const seqs = [1, 2, 3, 4, 5].map((id) => seq(id, range(2, id * 10)));
+    for (const x of seqs) s.add(x);
+    const first = s.schedule().batch!;
+    const second = s.schedule().batch!;
+    expect(first.chunks.map((c) => c.seqId)).toEqual([1, 2, 3]);
+    expect(second.chunks.map((c) => c.seqId)).toEqual([4, 5]);
+    expect(s.schedule().batch).toBeNull();
+    s.complete(first, [7, 7, 7]);
+    expect(s.schedule().batch!.chunks.map((c) => c.seqId)).toEqual([1, 2, 3]);
+  });
+
   it("rejects a request that could never fit", () => {
     const s = scheduler({ kvBlocks: 2 });
     expect(() => s.add(seq(1, range(6), 4))).toThrow(SchedulerCapacityError);

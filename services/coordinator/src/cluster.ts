@@ -32,6 +32,8 @@ export interface ClusterOptions {
   kvDtype?: "fp32" | "fp16" | "int8" | "fp8";
   /** Up to one micro-batch per stage in flight (default on); off sends one at a time. */
   pipelining?: boolean;
+  /** Run every batch-size bucket through the stages before reporting ready (default on). */
+  warmUp?: boolean;
   onLoadProgress?: (stage: number, bytesLoaded: number, bytesTotal: number) => void;
   log?: (line: string) => void;
 }
@@ -99,15 +101,34 @@ export class LocalCluster {
           maxNumBatchedTokens: opts.maxNumBatchedTokens ?? 2048,
           maxPrefillChunkTokens: opts.maxPrefillChunkTokens,
           enablePrefixCaching: opts.enablePrefixCaching ?? true,
+          pipelineDepth: opts.pipelining === false ? 1 : partition.length,
         },
         opts.pipelining === false ? 1 : partition.length,
       );
-      return new LocalCluster(engine, pipeline, events, config, partition, natsUrl, workers, ownNats);
+      const cluster = new LocalCluster(engine, pipeline, events, config, partition, natsUrl, workers, ownNats);
+      if (opts.warmUp ?? true) await cluster.warmUp(opts.maxNumSeqs ?? 256);
+      return cluster;
     } catch (error) {
       await Promise.all(workers.map((w) => w.stop()));
       await ownNats?.stop();
       throw error;
     }
+  }
+
+  /**
+   * Sends micro-batches of 1, 2, 4 … sequences (prefill then decode) through every stage so that
+   * onnxruntime has planned those shapes before the first real request arrives.
+   */
+  async warmUp(maxNumSeqs: number): Promise<void> {
+    const token = Math.max(0, this.config.bosTokenId);
+    for (let batch = 1; batch <= Math.min(maxNumSeqs, 64); batch *= 2) {
+      await Promise.all(
+        Array.from({ length: batch }, () =>
+          this.engine.generate({ promptIds: [token], maxTokens: 2, sampling: { temperature: 0, topP: 1, topK: 0 }, stopTokenIds: [] }),
+        ),
+      );
+    }
+    await this.waitForBlocksFreed();
   }
 
   /** Waits until every stage holds no KV blocks (eviction travels over NATS, so it is not instant). */

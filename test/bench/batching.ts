@@ -1,0 +1,98 @@
+import { BUNDLED_MODEL_DIR, openModel } from "@strata/model";
+import { GREEDY, SeededRandom } from "@strata/sampling";
+import type { LocalCluster } from "@strata/coordinator";
+import { describeModel, fmt, median, round, table, withCluster, type BenchContext, type BenchPart } from "./support.ts";
+import { BENCH_SHAPE, describeShape, syntheticModelDir } from "./synthetic.ts";
+
+const CONCURRENT = 32;
+const PROMPT_TOKENS = 16;
+const NEW_TOKENS = 32;
+const SYSTEM_PROMPT_TOKENS = 1024;
+
+function randomPrompt(rng: SeededRandom, length: number, vocab: number): number[] {
+  return [1, ...Array.from({ length: length - 1 }, () => 3 + Math.floor(rng.next() * (vocab - 3)))];
+}
+
+/** Aggregate generated tokens/s of `count` concurrent requests (median of runs after a warm-up). */
+async function throughput(cluster: LocalCluster, count: number, promptTokens: number, newTokens: number, vocab: number, runs = 2): Promise<number> {
+  const rng = new SeededRandom(3);
+  const once = async () => {
+    const prompts = Array.from({ length: count }, () => randomPrompt(rng, promptTokens, vocab));
+    const started = performance.now();
+    const results = await Promise.all(prompts.map((promptIds) => cluster.engine.generate({ promptIds, maxTokens: newTokens, sampling: GREEDY, stopTokenIds: [] })));
+    const seconds = (performance.now() - started) / 1000;
+    await cluster.waitForBlocksFreed();
+    return results.reduce((a, r) => a + r.tokenIds.length, 0) / seconds;
+  };
+  await once();
+  const samples: number[] = [];
+  for (let i = 0; i < runs; i++) samples.push(await once());
+  return median(samples);
+}
+
+async function timeToFirstToken(cluster: LocalCluster, promptIds: number[], cacheSalt: string): Promise<number> {
+  const started = performance.now();
+  let first = 0;
+  await cluster.engine.generate({ promptIds, maxTokens: 1, sampling: GREEDY, stopTokenIds: [], cacheSalt, onToken: () => (first ||= performance.now()) });
+  return first - started;
+}
+
+export const batching: BenchPart = {
+  name: "batching",
+  description: "continuous batching, pipelining and prefix caching on a compute-bound synthetic model over 2 workers; aggregate throughput on the bundled model",
+  async run(ctx: BenchContext) {
+    const dir = await syntheticModelDir();
+    const vocab = BENCH_SHAPE.vocabSize;
+    ctx.print(describeShape(BENCH_SHAPE));
+    ctx.print(`2 worker processes (layers 0-4, 4-8), 1 onnxruntime thread each; requests: ${PROMPT_TOKENS}-token random prompts, ${NEW_TOKENS} new tokens, greedy; median of 2 runs after a warm-up`);
+
+    const figures: Record<string, number> = {};
+    await withCluster(ctx, { modelDir: dir, workers: 2, pipelining: false }, async (cluster) => {
+      figures.pipelining_off_32_tok_s = await throughput(cluster, CONCURRENT, PROMPT_TOKENS, NEW_TOKENS, vocab);
+    });
+    await withCluster(ctx, { modelDir: dir, workers: 2 }, async (cluster) => {
+      figures.single_request_tok_s = await throughput(cluster, 1, PROMPT_TOKENS, NEW_TOKENS, vocab);
+      figures.concurrent_32_tok_s = await throughput(cluster, CONCURRENT, PROMPT_TOKENS, NEW_TOKENS, vocab);
+
+      // Time to first token behind a shared 1,024-token system prompt: a fresh salt misses the
+      // prefix cache every time; a fixed salt hits it after its first request.
+      const rng = new SeededRandom(5);
+      const system = randomPrompt(rng, SYSTEM_PROMPT_TOKENS, vocab);
+      const withUser = () => [...system, ...randomPrompt(rng, 16, vocab).slice(1)];
+      const misses: number[] = [];
+      const hits: number[] = [];
+      await timeToFirstToken(cluster, withUser(), "warm");
+      for (let i = 0; i < 2; i++) {
+        misses.push(await timeToFirstToken(cluster, withUser(), `miss-${i}`));
+        hits.push(await timeToFirstToken(cluster, withUser(), "warm"));
+      }
+      figures.prefix_ttft_miss_ms = median(misses);
+      figures.prefix_ttft_hit_ms = median(hits);
+    });
+    figures.batch32_vs_1 = figures.concurrent_32_tok_s / figures.single_request_tok_s;
+    figures.pipelining_on_vs_off = figures.concurrent_32_tok_s / figures.pipelining_off_32_tok_s;
+    figures.prefix_ttft_hit_vs_miss = figures.prefix_ttft_miss_ms / figures.prefix_ttft_hit_ms;
+
+    for (const line of table([
+      ["load", "figure", "value"],
+      ["1 request", "tok/s", fmt(figures.single_request_tok_s)],
+      [`${CONCURRENT} concurrent, pipelining on (2 micro-batches in flight)`, "tok/s", fmt(figures.concurrent_32_tok_s)],
+      [`${CONCURRENT} concurrent, pipelining off (1 in flight)`, "tok/s", fmt(figures.pipelining_off_32_tok_s)],
+      [`${SYSTEM_PROMPT_TOKENS}-token system prompt + 15 user tokens, miss`, "TTFT ms", fmt(figures.prefix_ttft_miss_ms)],
+      [`${SYSTEM_PROMPT_TOKENS}-token system prompt + 15 user tokens, hit`, "TTFT ms", fmt(figures.prefix_ttft_hit_ms)],
+      ["batch32_vs_1 (goal >= 6)", "ratio", `${fmt(figures.batch32_vs_1)}x`],
+      ["pipelining_on_vs_off (goal >= 1.6)", "ratio", `${fmt(figures.pipelining_on_vs_off)}x`],
+      ["prefix_ttft_hit_vs_miss (goal >= 5)", "ratio", `${fmt(figures.prefix_ttft_hit_vs_miss)}x`],
+    ])) ctx.print(line);
+
+    // The bundled model, 32 concurrent 64-token requests over 2 worker processes.
+    const source = await openModel(BUNDLED_MODEL_DIR);
+    ctx.print(describeModel(BUNDLED_MODEL_DIR, source.config));
+    await source.close();
+    await withCluster(ctx, { modelDir: BUNDLED_MODEL_DIR, workers: 2 }, async (cluster) => {
+      figures.aggregate_32_tok_s = await throughput(cluster, CONCURRENT, 1, 64, 512);
+    });
+    ctx.print(`  ${CONCURRENT} concurrent requests, BOS prompt, 64 new tokens, 2 worker processes: ${fmt(figures.aggregate_32_tok_s)} tok/s aggregate (llama.cpp server, 8 slots: 7,178 tok/s; goal >= 7,200)`);
+    return Object.fromEntries(Object.entries(figures).map(([k, v]) => [k, round(v)]));
+  },
+};
