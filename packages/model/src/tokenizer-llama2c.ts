@@ -89,24 +89,71 @@ export class Llama2cTokenizer implements Tokenizer {
       i = end;
     }
 
-    // Merge the adjacent pair with the best-scoring merged piece until none merges (first wins ties).
-    for (;;) {
-      let bestScore = -Infinity;
-      let bestId = -1;
-      let bestIdx = -1;
-      for (let i = 0; i + 1 < tokens.length; i++) {
-        const merged = key(this.pieces[tokens[i]]) + key(this.pieces[tokens[i + 1]]);
-        const id = this.lookup.get(merged);
-        if (id !== undefined && this.scores[id] > bestScore) {
-          bestScore = this.scores[id];
-          bestId = id;
-          bestIdx = i;
+    return this.mergePairs(tokens);
+  }
+
+  /**
+   * run.c's merge rule: repeatedly merge the adjacent pair whose merged piece scores best (the
+   * leftmost wins ties) until none merges. run.c rescans the whole list per merge, O(n^2); a heap
+   * of candidate pairs over a linked list picks the same pair each time in O(n log n).
+   */
+  private mergePairs(tokens: number[]): number[] {
+    const n = tokens.length;
+    const id = Int32Array.from(tokens);
+    const next = Int32Array.from({ length: n }, (_, i) => (i + 1 < n ? i + 1 : -1));
+    const prev = Int32Array.from({ length: n }, (_, i) => i - 1);
+    const version = new Uint32Array(n);
+    const alive = new Uint8Array(n).fill(1);
+    // Candidates: [score, left index, merged id, left version, right index, right version].
+    const heap: Array<[number, number, number, number, number, number]> = [];
+    const before = (a: (typeof heap)[0], b: (typeof heap)[0]) => a[0] > b[0] || (a[0] === b[0] && a[1] < b[1]);
+    const push = (left: number): void => {
+      const right = next[left];
+      if (left < 0 || right < 0) return;
+      const merged = this.lookup.get(key(this.pieces[id[left]]) + key(this.pieces[id[right]]));
+      if (merged === undefined) return;
+      heap.push([this.scores[merged], left, merged, version[left], right, version[right]]);
+      for (let i = heap.length - 1; i > 0; ) {
+        const parent = (i - 1) >> 1;
+        if (!before(heap[i], heap[parent])) break;
+        [heap[i], heap[parent]] = [heap[parent], heap[i]];
+        i = parent;
+      }
+    };
+    const pop = (): (typeof heap)[0] => {
+      const top = heap[0];
+      const last = heap.pop()!;
+      if (heap.length > 0) {
+        heap[0] = last;
+        for (let i = 0; ; ) {
+          const l = 2 * i + 1;
+          const r = l + 1;
+          let best = i;
+          if (l < heap.length && before(heap[l], heap[best])) best = l;
+          if (r < heap.length && before(heap[r], heap[best])) best = r;
+          if (best === i) break;
+          [heap[i], heap[best]] = [heap[best], heap[i]];
+          i = best;
         }
       }
-      if (bestIdx === -1) break;
-      tokens.splice(bestIdx, 2, bestId);
+      return top;
+    };
+    for (let i = 0; i + 1 < n; i++) push(i);
+    while (heap.length > 0) {
+      const [, left, merged, leftVersion, right, rightVersion] = pop();
+      // Stale: one side has merged, or been merged away, since this candidate was pushed.
+      if (!alive[left] || !alive[right] || next[left] !== right || version[left] !== leftVersion || version[right] !== rightVersion) continue;
+      id[left] = merged;
+      version[left]++;
+      alive[right] = 0;
+      next[left] = next[right];
+      if (next[right] >= 0) prev[next[right]] = left;
+      push(prev[left]);
+      push(left);
     }
-    return tokens;
+    const out: number[] = [];
+    for (let i = 0; i >= 0 && i < n; i = next[i]) out.push(id[i]);
+    return out;
   }
 
   /** Bytes of `id` following `prev`, as run.c's decode(): no text for special tokens, no space after BOS. */

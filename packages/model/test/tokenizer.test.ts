@@ -103,3 +103,17 @@ describe("loadTokenizer", () => {
     await expect(loadTokenizer(join(BUNDLED_MODEL_DIR, "..", "missing"))).rejects.toThrow(ModelFormatError);
   });
 });
+
+describe("llama2.c merge order on long text", () => {
+  // The Hugging Face BPE is an independent implementation of the same merges: on long random
+  // text with many equal-score ties, both must pick the same pairs in the same order.
+  it("matches the Hugging Face tokenizer on 20 random 2,000-character texts", () => {
+    let state = 12345;
+    const rand = () => ((state = (state * 1103515245 + 12345) >>> 0) / 2 ** 32);
+    const alphabet = "abcdefghijklmnopqrstuvwxyz     ,.!?'\nTheOnceLily";
+    for (let t = 0; t < 20; t++) {
+      const text = Array.from({ length: 2000 }, () => alphabet[Math.floor(rand() * alphabet.length)]).join("");
+      expect(tok.encode(text)).toEqual(hf.encode(text));
+    }
+  });
+});
