@@ -3,8 +3,15 @@
 import type { BenchPart } from "./support.ts";
 import { singleStream } from "./single-stream.ts";
 import { batching } from "./batching.ts";
+import { kvWaste } from "./kv-waste.ts";
+import { kvDtype } from "./kv-dtype.ts";
+import { httpVsInprocess, tracingOnVsOff } from "./api.ts";
 
 export const PARTS: BenchPart[] = [
   singleStream,
   batching,
+  kvWaste,
+  kvDtype,
+  httpVsInprocess,
+  tracingOnVsOff,
 ];

@@ -1,5 +1,7 @@
 import * as ort from "onnxruntime-node";
+import type { KvDtype } from "@strata/kv";
 import { toRotateHalfLayout, type StageWeights } from "@strata/model";
+import { KvStore } from "./kv-store.ts";
 import { buildStageGraph, STAGE_IO } from "./stage-graph.ts";
 
 export type Device = "cpu" | "cuda";
@@ -25,18 +27,19 @@ export interface StageEngineOptions {
   lastStage: boolean;
   device?: Device;
   intraOpThreads?: number;
+  /** How the KV blocks are stored (default fp32); compute is float32 either way. */
+  kvDtype?: KvDtype;
 }
 
 const MASKED = -1e30;
 
 /**
- * Runs one stage's layers over a micro-batch. Owns the stage's KV tensors: for every layer, K and V
- * pools shaped [numBlocks, blockSizeTokens, kvHeads, headDim], so a block's tokens are contiguous
- * and gathering a sequence is one copy per block.
+ * Runs one stage's layers over a micro-batch. Owns the stage's KV cache (a KvStore: for every
+ * layer, K and V pools shaped [numBlocks, blockSizeTokens, kvHeads, headDim] in the chosen dtype),
+ * gathered into float32 for each step and written back from it.
  */
 export class StageEngine {
-  readonly kvK: Float32Array[];
-  readonly kvV: Float32Array[];
+  readonly kv: KvStore;
   readonly hiddenSize: number;
   readonly vocabSize: number;
   private readonly kvRow: number; // floats per token per layer
@@ -50,15 +53,19 @@ export class StageEngine {
     this.hiddenSize = c.hiddenSize;
     this.vocabSize = c.vocabSize;
     this.kvRow = c.numKvHeads * c.headDim;
-    const poolFloats = opts.numBlocks * opts.blockSizeTokens * this.kvRow;
-    const layerCount = weights.layerEnd - weights.layerStart;
-    this.kvK = Array.from({ length: layerCount }, () => new Float32Array(poolFloats));
-    this.kvV = Array.from({ length: layerCount }, () => new Float32Array(poolFloats));
+    this.kv = new KvStore({
+      numLayers: weights.layerEnd - weights.layerStart,
+      numBlocks: opts.numBlocks,
+      blockSizeTokens: opts.blockSizeTokens,
+      numKvHeads: c.numKvHeads,
+      headDim: c.headDim,
+      kvDtype: opts.kvDtype ?? "fp32",
+    });
   }
 
   static async create(weights: StageWeights, opts: StageEngineOptions): Promise<StageEngine> {
     const rotated = toRotateHalfLayout(weights);
-    const graph = buildStageGraph(rotated, { firstStage: opts.firstStage, lastStage: opts.lastStage });
+    const graph = buildStageGraph(rotated, { firstStage: opts.firstStage, lastStage: opts.lastStage, kvDtype: opts.kvDtype });
     const session = await ort.InferenceSession.create(graph, {
       executionProviders: [opts.device ?? "cpu"],
       graphOptimizationLevel: "all",
@@ -99,33 +106,50 @@ export class StageEngine {
     }
 
     const G = this.weights.config.numHeads / this.weights.config.numKvHeads;
+    const window = this.weights.config.slidingWindow ?? Infinity;
     const positions = new BigInt64Array(B * T);
     const mask = new Float32Array(B * T * G * S).fill(MASKED);
     chunks.forEach((c, b) => {
       for (let t = 0; t < T; t++) {
         // Padded slots repeat the last real position; their outputs are never read.
         positions[b * T + t] = BigInt(c.startPosition + Math.min(t, c.numTokens - 1));
-        // Past keys of this sequence, then this step's keys up to and including the query. Padded
-        // query rows see only finite keys, so nothing turns into NaN.
+        // Past keys of this sequence, then this step's keys up to and including the query, all
+        // within the sliding window when the model has one. Padded query rows see only finite
+        // keys, so nothing turns into NaN.
+        const query = c.startPosition + t;
+        const firstKey = Math.max(0, query - window + 1);
         for (let g = 0; g < G; g++) {
           const maskRow = ((b * T + t) * G + g) * S;
-          mask.fill(0, maskRow, maskRow + c.startPosition);
-          mask.fill(0, maskRow + P, maskRow + P + t + 1);
+          mask.fill(0, maskRow + Math.min(firstKey, c.startPosition), maskRow + c.startPosition);
+          mask.fill(0, maskRow + P + Math.max(0, firstKey - c.startPosition), maskRow + P + t + 1);
         }
       }
     });
     feeds[STAGE_IO.positions] = new ort.Tensor("int64", positions, [B, T]);
     feeds[STAGE_IO.mask] = new ort.Tensor("float32", mask, [B, 1, T * G, S]);
 
-    // Every layer's past K and V gathered from the blocks into one tensor, layer-major, K then V.
-    const L = this.layerCount;
-    const perPart = B * P * row;
-    const past = new Float32Array(2 * L * perPart);
-    for (let l = 0; l < L; l++) {
-      this.gather(this.kvK[l], chunks, P, bs, row, past, 2 * l * perPart);
-      this.gather(this.kvV[l], chunks, P, bs, row, past, (2 * l + 1) * perPart);
+    // Every layer's past K and V gathered from the blocks into one tensor, layer-major, K then V,
+    // still in the storage dtype: the graph decodes it.
+    const LB2 = 2 * this.layerCount * B;
+    const KV = this.weights.config.numKvHeads;
+    const { codes, scales } = this.kv.gatherEncoded(chunks, P);
+    // The shapes stage-graph's pastKvInput declares for each dtype.
+    switch (this.kv.kvDtype) {
+      case "fp32":
+        feeds[STAGE_IO.pastKv] = new ort.Tensor("float32", codes as Float32Array, [LB2, P, KV, hd]);
+        break;
+      case "fp16":
+        feeds[STAGE_IO.pastKv] = new ort.Tensor("float16", codes as Uint16Array, [LB2, P, KV, hd]);
+        break;
+      case "int8":
+        feeds[STAGE_IO.pastKv] = new ort.Tensor("int8", codes as Int8Array, [LB2, P / bs, bs, KV, hd]);
+        feeds[STAGE_IO.pastKvScales] = new ort.Tensor("float32", scales!, [LB2, P / bs, 1, KV, 1]);
+        break;
+      case "fp8":
+        feeds[STAGE_IO.pastKv] = new ort.Tensor("uint16", new Uint16Array(codes.buffer, codes.byteOffset, codes.length / 2), [LB2, P / bs, bs, KV, hd / 2]);
+        feeds[STAGE_IO.pastKvScales] = new ort.Tensor("float32", scales!, [LB2, P / bs, 1, KV, 1, 1]);
+        break;
     }
-    feeds[STAGE_IO.pastKv] = new ort.Tensor("float32", past, [2 * L * B, P, this.weights.config.numKvHeads, hd]);
     if (lastStage) {
       feeds[STAGE_IO.lastIndex] = new ort.Tensor(
         "int64",
@@ -135,42 +159,10 @@ export class StageEngine {
     }
 
     const out = await this.session.run(feeds);
-    const fresh = out[STAGE_IO.newKv].data as Float32Array;
-    const perNew = B * T * row;
-    for (let l = 0; l < L; l++) {
-      this.scatter(this.kvK[l], fresh.subarray(2 * l * perNew, (2 * l + 1) * perNew), chunks, T, bs, row);
-      this.scatter(this.kvV[l], fresh.subarray((2 * l + 1) * perNew, (2 * l + 2) * perNew), chunks, T, bs, row);
-    }
+    this.kv.scatter(chunks, T, out[STAGE_IO.newKv].data as Float32Array);
     if (lastStage) return { logits: out[STAGE_IO.logits].data as Float32Array };
     const padded = out[STAGE_IO.hiddenOut].data as Float32Array;
     return { hidden: uniform ? padded : packRows(padded, chunks, T, D) };
-  }
-
-  // Copy each sequence's past K or V out of its blocks into out[offset..] as [B, P, kvHeads, headDim].
-  private gather(pool: Float32Array, chunks: readonly StageChunk[], P: number, bs: number, row: number, out: Float32Array, offset: number): void {
-    chunks.forEach((c, b) => {
-      for (let start = 0; start < c.startPosition; start += bs) {
-        const n = Math.min(bs, c.startPosition - start);
-        const src = c.blockTable[start / bs] * bs * row;
-        out.set(pool.subarray(src, src + n * row), offset + (b * P + start) * row);
-      }
-    });
-  }
-
-  // Write this step's K or V ([B, T, kvHeads, headDim]) into the sequences' blocks, a block's run at a time.
-  private scatter(pool: Float32Array, values: Float32Array, chunks: readonly StageChunk[], T: number, bs: number, row: number): void {
-    chunks.forEach((c, b) => {
-      let t = 0;
-      while (t < c.numTokens) {
-        const pos = c.startPosition + t;
-        const offset = pos % bs;
-        const n = Math.min(bs - offset, c.numTokens - t);
-        const dst = (c.blockTable[Math.floor(pos / bs)] * bs + offset) * row;
-        const src = (b * T + t) * row;
-        pool.set(values.subarray(src, src + n * row), dst);
-        t += n;
-      }
-    });
   }
 }
 

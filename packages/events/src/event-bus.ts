@@ -5,9 +5,18 @@ import { SUBJECTS } from "./subjects.ts";
 
 export type EvictReason = "finished" | "aborted" | "preempted";
 
+/** How many events one connection published or received, by kind and reason (for metrics). */
+export interface EventCount {
+  direction: "published" | "received";
+  kind: string;
+  reason: string;
+  count: number;
+}
+
 /** The NATS side of Strata: typed publish/subscribe over the subjects in subjects.ts. */
 export class EventBus {
   private readonly subscriptions: Subscription[] = [];
+  private readonly counts = new Map<string, EventCount>();
 
   private constructor(readonly connection: NatsConnection) {}
 
@@ -19,6 +28,18 @@ export class EventBus {
 
   publishEvict(seqId: number, reason: EvictReason): void {
     this.connection.publish(SUBJECTS.kvEvict(seqId), toBinary(KvEvictEventSchema, create(KvEvictEventSchema, { seqId, reason })));
+    this.count("published", "kv_evict", reason);
+  }
+
+  eventCounts(): EventCount[] {
+    return [...this.counts.values()];
+  }
+
+  private count(direction: EventCount["direction"], kind: string, reason: string): void {
+    const key = `${direction}/${kind}/${reason}`;
+    const entry = this.counts.get(key);
+    if (entry) entry.count++;
+    else this.counts.set(key, { direction, kind, reason, count: 1 });
   }
 
   /** Calls `onEvict` for every eviction event; malformed payloads are reported, not thrown. */
@@ -27,7 +48,9 @@ export class EventBus {
       callback: (err, msg) => {
         if (err) return onBadPayload(err, SUBJECTS.kvEvictAll);
         try {
-          onEvict(fromBinary(KvEvictEventSchema, msg.data));
+          const event = fromBinary(KvEvictEventSchema, msg.data);
+          this.count("received", "kv_evict", event.reason);
+          onEvict(event);
         } catch (error) {
           onBadPayload(error as Error, msg.subject);
         }

@@ -1,3 +1,3 @@
-export { EventBus, type EvictReason } from "./event-bus.ts";
+export { EventBus, type EventCount, type EvictReason } from "./event-bus.ts";
 export { SUBJECTS } from "./subjects.ts";
 export { startNatsServer, findNatsServerBinary, freePort, isReachable, NatsServerUnavailable, type NatsServerProcess } from "./nats-server.ts";

@@ -45,6 +45,12 @@ interface Sequence {
 
 const NO_EXTRA_KEYS = encodeExtraKeys([]);
 
+/**
+ * A block-table entry whose block was given back: every position in it lies outside the sliding
+ * window of every later query. Stages read nothing there (the attention mask hides it).
+ */
+export const NO_BLOCK = 0xffff_ffff;
+
 function checkIndex(name: string, value: number, max: number): void {
   if (!Number.isInteger(value) || value < 0 || value > max) {
     throw new RangeError(`${name} must be an integer in [0, ${max}], got ${value}`);
@@ -128,7 +134,8 @@ export class BlockPool {
     for (let i = 0; i < needed; i++) seq.blocks.push(this.takeBlock());
     seq.lengthTokens = lengthTokens;
     for (const hash of newHashes) {
-      this.register(seq.blocks[seq.chain.length], hash);
+      const block = seq.blocks[seq.chain.length];
+      if (block !== NO_BLOCK) this.register(block, hash);
       seq.chain.push(hash);
     }
   }
@@ -167,9 +174,26 @@ export class BlockPool {
     // Tail first, so a prompt's last blocks (least likely to be shared) are evicted before its
     // first ones.
     for (let i = seq.blocks.length - 1; i >= 0; i--) {
-      if (this.release(seq.blocks[i])) released++;
+      if (seq.blocks[i] !== NO_BLOCK && this.release(seq.blocks[i])) released++;
     }
     return released;
+  }
+
+  /**
+   * Sliding window: gives back seqId's blocks that lie wholly before `firstNeededToken` (no later
+   * query can see them), leaving NO_BLOCK in their table entries. Returns how many it released.
+   */
+  dropBlocksBefore(seqId: number, firstNeededToken: number): number {
+    const seq = this.get(seqId);
+    const end = Math.min(Math.floor(firstNeededToken / this.blockSizeTokens), seq.blocks.length);
+    let dropped = 0;
+    for (let i = 0; i < end; i++) {
+      if (seq.blocks[i] === NO_BLOCK) continue;
+      this.release(seq.blocks[i]);
+      seq.blocks[i] = NO_BLOCK;
+      dropped++;
+    }
+    return dropped;
   }
 
   /**
@@ -223,7 +247,7 @@ export class BlockPool {
       chain: parent.chain.slice(),
       encodedExtraKeys: parent.encodedExtraKeys,
     };
-    for (const block of child.blocks) this.acquire(block);
+    for (const block of child.blocks) if (block !== NO_BLOCK) this.acquire(block);
     let copy: ForkCopy | null = null;
     if (hasPartial) {
       copy = { copiedFrom: parent.blocks[fullBlocks], copiedTo: this.takeBlock() };
@@ -281,12 +305,14 @@ export class BlockPool {
         fail(`seq ${seqId} holds ${seq.blocks.length} blocks for ${seq.lengthTokens} tokens`);
       }
       if (seq.chain.length > Math.floor(seq.lengthTokens / B)) fail(`seq ${seqId} hashes a partial block`);
-      if (new Set(seq.blocks).size !== seq.blocks.length) fail(`seq ${seqId} holds a block twice`);
-      for (const block of seq.blocks) {
+      const held = seq.blocks.filter((b) => b !== NO_BLOCK);
+      if (new Set(held).size !== held.length) fail(`seq ${seqId} holds a block twice`);
+      for (const block of held) {
         if (!Number.isInteger(block) || block < 0 || block >= this.numBlocks) fail(`seq ${seqId} holds block ${block}`);
         refs[block]++;
       }
       seq.chain.forEach((hash, i) => {
+        if (seq.blocks[i] === NO_BLOCK) return;
         const key = this.blockHashKeys[seq.blocks[i]];
         if (key !== null && key !== hashToHex(hash)) fail(`seq ${seqId} block ${i} content differs from its hash`);
       });

@@ -1,3 +1,4 @@
+import { NO_BLOCK } from "./block-pool.ts";
 import { UnknownSequenceError } from "./errors.ts";
 
 export class BlockTableError extends Error {
@@ -49,7 +50,7 @@ export class StageBlockTables {
     if (blockIds.length < needed) {
       throw new BlockTableError(`sequence ${seqId}: ${blockIds.length} blocks cannot hold ${newLength} positions of ${this.blockSizeTokens}`);
     }
-    const bad = blockIds.find((b) => !Number.isInteger(b) || b < 0 || b >= this.numBlocks);
+    const bad = blockIds.find((b) => b !== NO_BLOCK && (!Number.isInteger(b) || b < 0 || b >= this.numBlocks));
     if (bad !== undefined) throw new BlockTableError(`sequence ${seqId}: block id ${bad} is outside this stage's ${this.numBlocks} blocks`);
   }
 
@@ -63,9 +64,9 @@ export class StageBlockTables {
     }
     for (let i = 0; i < blockIds.length; i++) {
       if (seq.blocks[i] === blockIds[i]) continue;
-      if (i < seq.blocks.length) this.release(seq.blocks[i]);
+      if (i < seq.blocks.length && seq.blocks[i] !== NO_BLOCK) this.release(seq.blocks[i]);
       seq.blocks[i] = blockIds[i];
-      this.acquire(blockIds[i]);
+      if (blockIds[i] !== NO_BLOCK) this.acquire(blockIds[i]);
     }
     seq.lengthTokens = Math.max(seq.lengthTokens, newLength);
     return seq.blocks;
@@ -77,7 +78,7 @@ export class StageBlockTables {
     if (!seq) return 0;
     this.seqs.delete(seqId);
     let released = 0;
-    for (const block of seq.blocks) if (this.release(block)) released++;
+    for (const block of seq.blocks) if (block !== NO_BLOCK && this.release(block)) released++;
     return released;
   }
 

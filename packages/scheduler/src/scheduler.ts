@@ -64,6 +64,8 @@ export interface SchedulerOptions {
    * 1/depth of the running sequences, so every stage has work. Default 1.
    */
   pipelineDepth?: number;
+  /** The model's sliding window: blocks wholly older than every later query's window are freed. */
+  slidingWindowTokens?: number;
   /** Fresh sequence ids (for new sequences and recomputed preempted ones). */
   nextSeqId: () => number;
 }
@@ -236,6 +238,9 @@ export class Scheduler {
       seq.computed = chunk.startPosition + chunk.tokenIds.length;
       const token = sampled[i];
       if (chunk.sample && token !== undefined) seq.tokenIds.push(token);
+      // Every stage has finished this batch, so blocks no later query can see go back now.
+      const window = this.opts.slidingWindowTokens;
+      if (window !== undefined) this.pool.dropBlocksBefore(seq.seqId, seq.computed - window + 1);
     });
   }
 

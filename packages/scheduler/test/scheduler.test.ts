@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { NO_BLOCK } from "@strata/kv";
 import { Scheduler, SchedulerCapacityError, type SchedulerOptions, type SchedulerSequence } from "../src/index.ts";
 
 let arrival = 0;
@@ -130,6 +131,23 @@ describe("Scheduler", () => {
     expect(s.schedule().batch).toBeNull();
     s.complete(first, [7, 7, 7]);
     expect(s.schedule().batch!.chunks.map((c) => c.seqId)).toEqual([1, 2, 3]);
+  });
+
+  it("frees blocks that fall wholly outside the sliding window as a sequence advances", () => {
+    const s = scheduler({ slidingWindowTokens: 6, enablePrefixCaching: false });
+    const a = seq(1, range(12), 8);
+    s.add(a);
+    const prefill = s.schedule().batch!;
+    s.complete(prefill, [5]); // next query at 12 sees keys 7..12: block 0 (0-3) is out, block 1 (4-7) is not
+    const decode = s.schedule().batch!;
+    expect(decode.chunks[0].blockIds[0]).toBe(NO_BLOCK);
+    expect(decode.chunks[0].blockIds.slice(1).every((b) => b !== NO_BLOCK)).toBe(true);
+    expect(s.stats().blocksUsed).toBe(3);
+    s.complete(decode, [6]); // next query at 13 sees 8..13: block 1 goes too
+    expect(s.schedule().batch!.chunks[0].blockIds.slice(0, 2)).toEqual([NO_BLOCK, NO_BLOCK]);
+    expect(s.stats().blocksUsed).toBe(2);
+    s.finish(a);
+    expect(s.stats().blocksUsed).toBe(0);
   });
 
   it("rejects a request that could never fit", () => {

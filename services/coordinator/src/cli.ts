@@ -1,8 +1,12 @@
 import { parseArgs } from "node:util";
 import { serve } from "@hono/node-server";
 import { BUNDLED_MODEL_DIR, loadTokenizer, openModel, type Tokenizer } from "@strata/model";
-import { parsePartition } from "@strata/planner";
+import { parseKvDtype, type KvDtype } from "@strata/kv";
+import { PartitionError, parsePartition, type Partition } from "@strata/planner";
+import { otlpTracesUrlFromEnv, startTracing } from "@strata/telemetry";
+import { ChatTemplate } from "./chat-template.ts";
 import { LocalCluster, type ClusterOptions } from "./cluster.ts";
+import { ContextLengthError } from "./engine.ts";
 import { createHttpApi } from "./http-api.ts";
 import { LoadProgressView } from "./progress.ts";
 
@@ -11,6 +15,7 @@ const USAGE = `usage: strata <command> [options]
 commands:
   start      start a local cluster (nats-server, workers, coordinator) and serve the HTTP API
   generate   start a cluster, generate one completion, tear it down
+  trace      draw one request's steps across the stages, from a running coordinator's trace ring
 
 common options:
   --model DIR            llama2.c checkpoint folder or Hugging Face Llama folder (default: bundled stories260K)
@@ -22,9 +27,22 @@ common options:
   --kv-cache-bytes N     KV cache budget per worker (default 128 MiB)
   --block-size N         KV block size in tokens (default 16)
   --threads N            onnxruntime intra-op threads per worker (default 1)
+  --kv-dtype D           KV cache element type: fp32, fp16, int8 or fp8 (e4m3) (default fp32)
+  --max-num-seqs N       running sequences at most (default 256)
+  --max-num-batched-tokens N  tokens per micro-batch at most (default 2048)
+  --max-prefill-chunk N  longest prompt piece per step; longer prompts are chunked (default: the batch budget)
+  --no-prefix-caching    do not share KV blocks of equal prompt prefixes
+  --no-pipelining        one micro-batch in flight instead of one per stage
 
 start:
   --host H --port P      HTTP address (default 127.0.0.1:8000)
+  --max-body-bytes N     largest request body; larger ones get 413 (default 1 MiB)
+  --max-queued-requests N  requests waiting for admission beyond which new ones get 429 (default 1024)
+  Traces export over OTLP/HTTP to $OTEL_EXPORTER_OTLP_ENDPOINT when it is set.
+
+trace:
+  --request ID           the request id (the response's "id", also its x-request-id header)
+  --url URL              the coordinator (default http://127.0.0.1:8000); without --request, lists recent ids
 
 generate:
   --prompt TEXT          prompt text (default "")
@@ -48,6 +66,12 @@ const { positionals, values } = parseArgs({
     "kv-cache-bytes": { type: "string" },
     "block-size": { type: "string" },
     threads: { type: "string", default: "1" },
+    "max-num-seqs": { type: "string" },
+    "max-num-batched-tokens": { type: "string" },
+    "max-prefill-chunk": { type: "string" },
+    "no-prefix-caching": { type: "boolean", default: false },
+    "no-pipelining": { type: "boolean", default: false },
+    "kv-dtype": { type: "string", default: "fp32" },
     host: { type: "string", default: "127.0.0.1" },
     port: { type: "string", default: "8000" },
     prompt: { type: "string", default: "" },
@@ -57,6 +81,10 @@ const { positionals, values } = parseArgs({
     "top-k": { type: "string", default: "0" },
     seed: { type: "string" },
     json: { type: "boolean", default: false },
+    "max-body-bytes": { type: "string" },
+    "max-queued-requests": { type: "string" },
+    request: { type: "string" },
+    url: { type: "string", default: "http://127.0.0.1:8000" },
     help: { type: "boolean", short: "h", default: false },
   },
 });
@@ -68,18 +96,19 @@ function numberOption(name: string, value: string | undefined, check: (n: number
   return n;
 }
 
-async function clusterOptions(): Promise<ClusterOptions & { tokenizer: Tokenizer }> {
+async function clusterOptions(): Promise<ClusterOptions & { tokenizer: Tokenizer; contextTokens: number }> {
   const modelDir = values.model ?? BUNDLED_MODEL_DIR;
   const workers = numberOption("workers", values.workers, (n) => Number.isInteger(n) && n >= 1)!;
   const device = values.device!;
   if (device !== "cpu" && device !== "cuda") throw new UsageError(`--device must be cpu or cuda, got "${device}"`);
   const source = await openModel(modelDir);
-  const numLayers = source.config.numLayers;
+  const { numLayers, maxPositionEmbeddings: contextTokens } = source.config;
   await source.close();
-  const partition = values.partition ? parsePartition(values.partition, numLayers) : undefined;
+  const partition = values.partition ? partitionOption(values.partition, numLayers) : undefined;
   const tokenizer = await loadTokenizer(modelDir);
   return {
     tokenizer,
+    contextTokens,
     modelDir,
     workers: partition?.length ?? workers,
     partition,
@@ -88,7 +117,30 @@ async function clusterOptions(): Promise<ClusterOptions & { tokenizer: Tokenizer
     kvCacheBytes: numberOption("kv-cache-bytes", values["kv-cache-bytes"], (n) => n > 0),
     blockSizeTokens: numberOption("block-size", values["block-size"], (n) => Number.isInteger(n) && n > 0),
     threadsPerWorker: numberOption("threads", values.threads, (n) => Number.isInteger(n) && n > 0),
+    maxNumSeqs: numberOption("max-num-seqs", values["max-num-seqs"], (n) => Number.isInteger(n) && n > 0),
+    maxNumBatchedTokens: numberOption("max-num-batched-tokens", values["max-num-batched-tokens"], (n) => Number.isInteger(n) && n > 0),
+    maxPrefillChunkTokens: numberOption("max-prefill-chunk", values["max-prefill-chunk"], (n) => Number.isInteger(n) && n > 0),
+    enablePrefixCaching: !values["no-prefix-caching"],
+    pipelining: !values["no-pipelining"],
+    kvDtype: kvDtypeOption(values["kv-dtype"]!),
   };
+}
+
+function kvDtypeOption(value: string): KvDtype {
+  try {
+    return parseKvDtype(value);
+  } catch (error) {
+    throw new UsageError(`--kv-dtype: ${(error as Error).message}`);
+  }
+}
+
+function partitionOption(spec: string, numLayers: number): Partition {
+  try {
+    return parsePartition(spec, numLayers);
+  } catch (error) {
+    if (error instanceof PartitionError) throw new UsageError(`--partition: ${error.message}`);
+    throw error;
+  }
 }
 
 async function startCluster(opts: ClusterOptions): Promise<LocalCluster> {
@@ -101,7 +153,7 @@ async function startCluster(opts: ClusterOptions): Promise<LocalCluster> {
 }
 
 async function generate(): Promise<void> {
-  const { tokenizer, ...opts } = await clusterOptions();
+  const { tokenizer, contextTokens, ...opts } = await clusterOptions();
   const maxTokens = numberOption("max-tokens", values["max-tokens"], (n) => Number.isInteger(n) && n > 0)!;
   const sampling = {
     temperature: numberOption("temperature", values.temperature, (n) => n >= 0)!,
@@ -110,6 +162,13 @@ async function generate(): Promise<void> {
   };
   const seed = numberOption("seed", values.seed, Number.isInteger);
   const promptIds = tokenizer.encode(values.prompt!);
+  // Refuse before starting workers: the engine would refuse too, but only after the whole cluster loaded.
+  if (promptIds.length + maxTokens > contextTokens) {
+    throw new ContextLengthError(
+      `this model's maximum context length is ${contextTokens} tokens, but ${promptIds.length + maxTokens} were requested ` +
+        `(${promptIds.length} in the prompt, ${maxTokens} to generate)`,
+    );
+  }
   const cluster = await startCluster(opts);
   try {
     const decoder = tokenizer.createStreamDecoder();
@@ -147,9 +206,24 @@ async function generate(): Promise<void> {
 async function start(): Promise<void> {
   const { tokenizer, ...opts } = await clusterOptions();
   const port = numberOption("port", values.port, (n) => Number.isInteger(n) && n >= 0 && n < 65536)!;
-  const cluster = await startCluster(opts);
+  const maxBodyBytes = numberOption("max-body-bytes", values["max-body-bytes"], (n) => Number.isInteger(n) && n > 0);
+  const maxQueuedRequests = numberOption("max-queued-requests", values["max-queued-requests"], (n) => Number.isInteger(n) && n >= 0);
+  const chatTemplate = await ChatTemplate.load(opts.modelDir);
+  // This process is the coordinator: its spans go through the NodeSDK; worker processes inherit the environment.
+  const tracing = startTracing({ serviceName: "strata-coordinator", tracesUrl: otlpTracesUrlFromEnv(process.env), global: true });
+  const cluster = await startCluster({ ...opts, tracing });
   const modelName = opts.modelDir === BUNDLED_MODEL_DIR ? "stories260K" : opts.modelDir;
-  const app = createHttpApi({ engine: cluster.engine, tokenizer, modelName });
+  const app = createHttpApi({
+    engine: cluster.engine,
+    tokenizer,
+    modelName,
+    chatTemplate,
+    pipeline: cluster.pipeline,
+    telemetry: cluster.telemetry,
+    maxBodyBytes,
+    maxQueuedRequests,
+    log: (line) => process.stderr.write(`${line}\n`),
+  });
   const server = serve({ fetch: app.fetch, hostname: values.host, port }, (info) => {
     const base = `http://${values.host}:${info.port}`;
     process.stdout.write(
@@ -157,6 +231,9 @@ async function start(): Promise<void> {
         `Listening on ${base}\n\n` +
         `  curl ${base}/v1/completions -H 'Content-Type: application/json' \\\n` +
         `    -d '{"prompt": "Once upon a time", "max_tokens": 64, "temperature": 0}'\n\n` +
+        `Metrics: ${base}/metrics (workers: ${cluster.workerMetricsUrls.filter((u) => u).join(", ") || "none"})\n` +
+        `Tracing: ${tracing.enabled ? `OTLP to ${otlpTracesUrlFromEnv(process.env)}` : "off (set OTEL_EXPORTER_OTLP_ENDPOINT)"}; ` +
+        `waterfall of a request: pnpm strata trace --url ${base} --request <id>\n\n` +
         `Press Ctrl-C to stop.\n`,
     );
   });
@@ -167,10 +244,34 @@ async function start(): Promise<void> {
     process.stderr.write("\nstopping...\n");
     server.close();
     await cluster.stop();
+    await tracing.shutdown();
     process.exit(0);
   };
   process.on("SIGINT", stop);
   process.on("SIGTERM", stop);
+}
+
+/** Prints the coordinator's waterfall of one request (GET /debug/trace/<id>), or its recent request ids. */
+async function traceRequest(): Promise<void> {
+  const base = values.url!.replace(/\/+$/, "");
+  const url = values.request ? `${base}/debug/trace/${encodeURIComponent(values.request)}` : `${base}/debug/trace`;
+  let res: Response;
+  try {
+    res = await fetch(url);
+  } catch (error) {
+    throw new Error(`cannot reach the coordinator at ${base}: ${(error as Error).message}`);
+  }
+  if (!res.ok) {
+    const body = (await res.json().catch(() => ({}))) as { error?: { message?: string } };
+    throw new Error(body.error?.message ?? `${url} answered ${res.status}`);
+  }
+  if (values.request) {
+    process.stdout.write(await res.text());
+    return;
+  }
+  const { requests } = (await res.json()) as { requests: Array<{ id: string; trace_id: string | null; finish_reason: string | null }> };
+  if (requests.length === 0) process.stdout.write("no requests yet\n");
+  for (const r of requests) process.stdout.write(`${r.id}  ${r.finish_reason ?? "running"}${r.trace_id ? `  trace ${r.trace_id}` : ""}\n`);
 }
 
 const command = positionals[0];
@@ -181,6 +282,8 @@ try {
     await generate();
   } else if (command === "start") {
     await start();
+  } else if (command === "trace") {
+    await traceRequest();
   } else {
     throw new UsageError(`unknown command "${command}"`);
   }

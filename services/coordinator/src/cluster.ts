@@ -5,8 +5,11 @@ import { EventBus, isReachable, startNatsServer, type NatsServerProcess } from "
 import { openModel, type ModelConfig } from "@strata/model";
 import { evenPartition, validatePartition, type Partition } from "@strata/planner";
 import { startWorkerServer, DEFAULT_BLOCK_SIZE_TOKENS, DEFAULT_KV_CACHE_BYTES, type RunningWorker } from "@strata/worker";
+import { startTracing, TRACING_OFF, type Tracing } from "@strata/telemetry";
 import { Engine } from "./engine.ts";
+import { CoordinatorMetrics } from "./metrics.ts";
 import { PipelineClient } from "./pipeline-client.ts";
+import { CoordinatorTelemetry } from "./tracing.ts";
 
 const REPO_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 const WORKER_MAIN = fileURLToPath(new URL("../../worker/src/main.ts", import.meta.url));
@@ -34,12 +37,23 @@ export interface ClusterOptions {
   pipelining?: boolean;
   /** Run every batch-size bucket through the stages before reporting ready (default on). */
   warmUp?: boolean;
+  /**
+   * OTLP/HTTP traces URL. The coordinator (unless `tracing` is given) and in-process workers export
+   * there under their own service names; worker processes get it as OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+   * (without it they follow the OTEL_EXPORTER_OTLP_* variables they inherit).
+   */
+  tracesUrl?: string;
+  /** The coordinator's tracing (the CLI passes its NodeSDK one); the caller shuts it down. */
+  tracing?: Tracing;
+  /** Serve each worker's Prometheus metrics on a free port (default on). */
+  workerMetrics?: boolean;
   onLoadProgress?: (stage: number, bytesLoaded: number, bytesTotal: number) => void;
   log?: (line: string) => void;
 }
 
 interface WorkerHandle {
   address: string;
+  metricsUrl?: string;
   stop(): Promise<void>;
 }
 
@@ -56,6 +70,15 @@ export class LocalCluster {
     private readonly ownNats: NatsServerProcess | undefined,
   ) {}
 
+  /** Metrics, request and step spans, and the trace ring that /debug/trace and `strata trace` draw from. */
+  telemetry!: CoordinatorTelemetry;
+  private ownTracings: Tracing[] = [];
+
+  /** Each worker's http://host:port/metrics ("" where a worker serves none). */
+  get workerMetricsUrls(): string[] {
+    return this.workers.map((w) => w.metricsUrl ?? "");
+  }
+
   static async start(opts: ClusterOptions): Promise<LocalCluster> {
     const source = await openModel(opts.modelDir);
     const config = source.config;
@@ -71,12 +94,17 @@ export class LocalCluster {
       natsUrl = ownNats.url;
     }
     const workers: WorkerHandle[] = [];
+    const ownTracings: Tracing[] = [];
+    const metricsPort = opts.workerMetrics === false ? undefined : 0;
     try {
       for (let i = 0; i < partition.length; i++) {
+        // In-process workers share this process, so each gets its own provider and service name.
+        const workerTracing = opts.inProcessWorkers && opts.tracesUrl ? startTracing({ serviceName: `strata-worker-${i}`, tracesUrl: opts.tracesUrl }) : TRACING_OFF;
+        ownTracings.push(workerTracing);
         workers.push(
           opts.inProcessWorkers
-            ? inProcessWorker(await startWorkerServer({ workerId: `worker-${i}`, natsUrl, intraOpThreads: opts.threadsPerWorker }))
-            : await spawnWorker(i, natsUrl, opts.threadsPerWorker ?? 1, opts.log),
+            ? inProcessWorker(await startWorkerServer({ workerId: `worker-${i}`, natsUrl, intraOpThreads: opts.threadsPerWorker, tracing: workerTracing, metricsPort }))
+            : await spawnWorker(i, natsUrl, opts.threadsPerWorker ?? 1, opts.log, { tracesUrl: opts.tracesUrl, metricsPort }),
         );
       }
       const pipeline = new PipelineClient(workers.map((w) => w.address));
@@ -102,13 +130,22 @@ export class LocalCluster {
           maxPrefillChunkTokens: opts.maxPrefillChunkTokens,
           enablePrefixCaching: opts.enablePrefixCaching ?? true,
           pipelineDepth: opts.pipelining === false ? 1 : partition.length,
+          slidingWindowTokens: config.slidingWindow,
         },
         opts.pipelining === false ? 1 : partition.length,
       );
       const cluster = new LocalCluster(engine, pipeline, events, config, partition, natsUrl, workers, ownNats);
+      const coordinatorTracing = opts.tracing ?? (opts.tracesUrl ? startTracing({ serviceName: "strata-coordinator", tracesUrl: opts.tracesUrl }) : TRACING_OFF);
+      if (!opts.tracing) ownTracings.push(coordinatorTracing);
+      cluster.ownTracings = ownTracings;
+      cluster.telemetry = new CoordinatorTelemetry(coordinatorTracing, new CoordinatorMetrics(engine, events));
+      cluster.telemetry.engine = engine;
       if (opts.warmUp ?? true) await cluster.warmUp(opts.maxNumSeqs ?? 256);
+      // Attached after warm-up, so the metrics and the trace ring hold only real traffic.
+      pipeline.observer = cluster.telemetry;
       return cluster;
     } catch (error) {
+      await Promise.all(ownTracings.map((t) => t.shutdown()));
       await Promise.all(workers.map((w) => w.stop()));
       await ownNats?.stop();
       throw error;
@@ -146,26 +183,52 @@ export class LocalCluster {
     this.pipeline.close();
     await this.events.close();
     await Promise.all(this.workers.map((w) => w.stop()));
+    // After the workers: their last stage spans are flushed with the providers.
+    await Promise.all(this.ownTracings.map((t) => t.shutdown()));
     await this.ownNats?.stop();
   }
 }
 
 function inProcessWorker(worker: RunningWorker): WorkerHandle {
-  return { address: worker.address, stop: () => worker.close() };
+  return { address: worker.address, metricsUrl: worker.metricsUrl, stop: () => worker.close() };
 }
 
-async function spawnWorker(index: number, natsUrl: string, threads: number, log?: (line: string) => void): Promise<WorkerHandle> {
+async function spawnWorker(
+  index: number,
+  natsUrl: string,
+  threads: number,
+  log?: (line: string) => void,
+  telemetry: { tracesUrl?: string; metricsPort?: number } = {},
+): Promise<WorkerHandle> {
   const child: ChildProcess = spawn(
     process.execPath,
-    ["--import", "tsx", WORKER_MAIN, "--port", "0", "--worker-id", `worker-${index}`, "--nats-url", natsUrl, "--threads", String(threads)],
-    { cwd: REPO_ROOT, stdio: ["pipe", "pipe", "pipe"] },
+    [
+      "--import",
+      "tsx",
+      WORKER_MAIN,
+      "--port",
+      "0",
+      "--worker-id",
+      `worker-${index}`,
+      "--nats-url",
+      natsUrl,
+      "--threads",
+      String(threads),
+      "--metrics-port",
+      telemetry.metricsPort === undefined ? "none" : String(telemetry.metricsPort),
+    ],
+    {
+      cwd: REPO_ROOT,
+      stdio: ["pipe", "pipe", "pipe"],
+      env: telemetry.tracesUrl ? { ...process.env, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: telemetry.tracesUrl } : process.env,
+    },
   );
   child.stderr!.on("data", (chunk: Buffer) => log?.(chunk.toString().trimEnd()));
-  const address = await new Promise<string>((resolve, reject) => {
+  const { address, metricsUrl } = await new Promise<{ address: string; metricsUrl?: string }>((resolve, reject) => {
     const lines = createInterface({ input: child.stdout! });
     lines.once("line", (line) => {
       try {
-        resolve((JSON.parse(line) as { address: string }).address);
+        resolve(JSON.parse(line) as { address: string; metricsUrl?: string });
       } catch {
         reject(new Error(`worker ${index} printed an unexpected first line: ${line}`));
       }
@@ -174,6 +237,7 @@ async function spawnWorker(index: number, natsUrl: string, threads: number, log?
   });
   return {
     address,
+    metricsUrl,
     stop: () =>
       new Promise<void>((resolve) => {
         if (child.exitCode !== null) return resolve();

@@ -96,6 +96,13 @@ export class Engine {
     return [...this.active.keys()].sort((a, b) => a.arrival - b.arrival).map((s) => s.seqId);
   }
 
+  /** The request behind each live stage-side sequence id (ids change on preemption); read by step tracing. */
+  requestsBySeqId(): Map<number, GenerateRequest> {
+    const map = new Map<number, GenerateRequest>();
+    for (const [seq, active] of this.active) map.set(seq.seqId, active.req);
+    return map;
+  }
+
   get numRunning(): number {
     return this.scheduler.numRunning;
   }

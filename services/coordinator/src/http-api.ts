@@ -1,94 +1,213 @@
+import { randomUUID } from "node:crypto";
 import { Hono, type Context } from "hono";
 import { bodyLimit } from "hono/body-limit";
-import { z } from "zod";
+import type { z } from "zod";
 import type { Tokenizer } from "@strata/model";
-import { ContextLengthError, RequestAbortedError, RequestValidationError, type Engine } from "./engine.ts";
+import { TRACING_OFF } from "@strata/telemetry";
+import { ApiError, errorBody, errorResponse, invalidRequest, toApiError } from "./api-errors.ts";
+import { ChatTemplate, ChatTemplateError, DEFAULT_CHAT_TEMPLATE } from "./chat-template.ts";
+import { runCompletion, type CompletionJob } from "./completions.ts";
+import type { Engine } from "./engine.ts";
+import { CoordinatorMetrics } from "./metrics.ts";
+import { ModelRegistry, type ServedModel } from "./models.ts";
+import { ChatCompletionRequestSchema, CompletionRequestSchema, promptOf, stopStrings } from "./openai-schemas.ts";
+import { chatFormat, completionFormat, type ResponseFormat, type ResponseMeta } from "./openai-responses.ts";
+import type { PipelineClient } from "./pipeline-client.ts";
+import { SseStream } from "./sse.ts";
+import { renderWaterfall } from "./trace-view.ts";
+import { CoordinatorTelemetry, type RequestInfo } from "./tracing.ts";
 
 export interface HttpApiOptions {
   engine: Engine;
   tokenizer: Tokenizer;
   modelName: string;
+  /** Largest request body accepted (default 1 MiB); larger ones get 413. */
   maxBodyBytes?: number;
+  /** Requests waiting for admission beyond which new ones get 429 with Retry-After (default 1024). */
+  maxQueuedRequests?: number;
+  /** The model's chat template (default: DEFAULT_CHAT_TEMPLATE). */
+  chatTemplate?: ChatTemplate;
+  /** Names served as `model` (default: just modelName). */
+  models?: ModelRegistry;
+  /** Stages to health-check for GET /ready (default: ready once the API exists). */
+  pipeline?: PipelineClient;
+  /** Metrics, request spans and the step ring (default: metrics only, tracing off). */
+  telemetry?: CoordinatorTelemetry;
+  log?: (line: string) => void;
 }
 
-const CompletionRequest = z.object({
-  model: z.string().optional(),
-  prompt: z.union([z.string(), z.array(z.number().int().nonnegative()).min(1)]),
-  max_tokens: z.number().int().positive().optional().default(16),
-  temperature: z.number().min(0).max(2).optional().default(1),
-  top_p: z.number().gt(0).max(1).optional().default(1),
-  top_k: z.number().int().min(0).optional().default(0),
-  seed: z.number().int().optional(),
-  stream: z.literal(false).optional(),
-});
+const DEFAULT_MAX_BODY_BYTES = 1024 * 1024;
+const DEFAULT_MAX_QUEUED_REQUESTS = 1024;
 
-type ErrorType = "invalid_request_error" | "not_found_error" | "server_error";
-
-// OpenAI's error body; the one place HTTP errors are shaped.
-function openAiError(c: Context, status: 400 | 404 | 413 | 500 | 503, type: ErrorType, message: string, param: string | null = null) {
-  return c.json({ error: { message, type, param, code: null } }, status);
+async function parseBody<S extends z.ZodType>(c: Context, schema: S): Promise<z.infer<S>> {
+  let body: unknown;
+  try {
+    body = await c.req.json();
+  } catch {
+    throw invalidRequest("request body is not valid JSON", null, "invalid_json");
+  }
+  return schema.parse(body);
 }
 
+function messageText(content: string | Array<{ type: "text"; text: string }> | null | undefined): string {
+  if (content === undefined || content === null) return "";
+  return typeof content === "string" ? content : content.map((p) => p.text).join("");
+}
+
+/**
+ * The OpenAI-compatible HTTP API. Handlers parse with a schema, call runCompletion and shape the
+ * answer; every error becomes an OpenAI error body in api-errors.ts.
+ */
 export function createHttpApi(opts: HttpApiOptions): Hono {
+  const { engine, tokenizer } = opts;
+  const models = opts.models ?? new ModelRegistry(opts.modelName);
+  const chatTemplate = opts.chatTemplate ?? ChatTemplate.fromSource(DEFAULT_CHAT_TEMPLATE, { fromModel: false });
+  const telemetry = opts.telemetry ?? new CoordinatorTelemetry(TRACING_OFF, new CoordinatorMetrics(engine));
+  telemetry.engine ??= engine;
+  const metrics = telemetry.metrics;
+  const maxBodyBytes = opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
+  const maxQueued = opts.maxQueuedRequests ?? DEFAULT_MAX_QUEUED_REQUESTS;
   const app = new Hono();
-  const { engine, tokenizer, modelName } = opts;
+
+  app.use(async (c, next) => {
+    await next();
+    metrics.httpResponses.inc({ route: c.req.routePath, status: c.res.status });
+  });
+  app.onError((error, c) => {
+    const apiError = toApiError(error);
+    if (apiError.status >= 500) opts.log?.(`${c.req.method} ${c.req.path}: ${error.stack ?? error.message}`);
+    return errorResponse(c, apiError);
+  });
+  app.notFound((c) => errorResponse(c, new ApiError(404, "invalid_request_error", `no route for ${c.req.method} ${c.req.path}`, null, "not_found")));
 
   app.get("/health", (c) => c.json({ status: "ok" }));
-  app.get("/v1/models", (c) => c.json({ object: "list", data: [{ id: modelName, object: "model", owned_by: "strata", created: 0 }] }));
+  app.get("/ready", async (c) => {
+    const pipeline = opts.pipeline;
+    if (!pipeline) return c.json({ status: "ready", stages: [] });
+    const stages = await Promise.all(
+      pipeline.addresses.map((address, stage) =>
+        pipeline.health(stage, 1000).then(
+          (h) => ({ stage, address, serving: h.serving, loaded: h.loaded }),
+          (error: Error) => ({ stage, address, serving: false, loaded: false, error: error.message }),
+        ),
+      ),
+    );
+    const ready = stages.every((s) => s.serving && s.loaded);
+    return c.json({ status: ready ? "ready" : "not_ready", stages }, ready ? 200 : 503);
+  });
+  app.get("/metrics", async (c) => c.body(await metrics.registry.metrics(), 200, { "content-type": metrics.registry.contentType }));
 
-  app.post(
-    "/v1/completions",
-    bodyLimit({
-      maxSize: opts.maxBodyBytes ?? 1024 * 1024,
-      onError: (c) => openAiError(c, 413, "invalid_request_error", `request body exceeds ${opts.maxBodyBytes ?? 1024 * 1024} bytes`),
-    }),
-    async (c) => {
-      let body: unknown;
-      try {
-        body = await c.req.json();
-      } catch {
-        return openAiError(c, 400, "invalid_request_error", "request body is not valid JSON");
-      }
-      const parsed = CompletionRequest.safeParse(body);
-      if (!parsed.success) {
-        const issue = parsed.error.issues[0];
-        return openAiError(c, 400, "invalid_request_error", `${issue.path.join(".") || "body"}: ${issue.message}`, issue.path.join(".") || null);
-      }
-      const req = parsed.data;
-      if (req.model !== undefined && req.model !== modelName) {
-        return openAiError(c, 404, "not_found_error", `model "${req.model}" does not exist; this server serves "${modelName}"`, "model");
-      }
-      const promptIds = typeof req.prompt === "string" ? tokenizer.encode(req.prompt) : req.prompt;
-      const abort = new AbortController();
-      c.req.raw.signal.addEventListener("abort", () => abort.abort(), { once: true });
-      try {
-        const result = await engine.generate({
-          promptIds,
-          maxTokens: req.max_tokens,
-          sampling: { temperature: req.temperature, topP: req.top_p, topK: req.top_k },
-          seed: req.seed,
-          signal: abort.signal,
-        });
-        return c.json({
-          id: `cmpl-${crypto.randomUUID()}`,
-          object: "text_completion",
-          created: Math.floor(Date.now() / 1000),
-          model: modelName,
-          choices: [{ index: 0, text: tokenizer.decode(result.tokenIds), logprobs: null, finish_reason: result.finishReason }],
-          usage: {
-            prompt_tokens: result.promptTokenIds.length,
-            completion_tokens: result.tokenIds.length,
-            total_tokens: result.promptTokenIds.length + result.tokenIds.length,
-          },
-        });
-      } catch (error) {
-        if (error instanceof ContextLengthError) return openAiError(c, 400, "invalid_request_error", error.message, "max_tokens");
-        if (error instanceof RequestValidationError) return openAiError(c, 400, "invalid_request_error", error.message);
-        // The client is gone when its request aborts; the status only reaches logs.
-        if (error instanceof RequestAbortedError) return openAiError(c, 400, "invalid_request_error", "request aborted");
-        return openAiError(c, 500, "server_error", (error as Error).message);
-      }
-    },
+  const modelObject = (m: ServedModel) => ({ id: m.id, object: "model", created: m.createdUnixS, owned_by: "strata", root: m.base ?? m.id, parent: m.base ?? null });
+  app.get("/v1/models", (c) => c.json({ object: "list", data: models.list().map(modelObject) }));
+  app.get("/v1/models/:id{.+}", (c) => c.json(modelObject(models.resolve(c.req.param("id")))));
+
+  app.get("/debug/trace", (c) =>
+    c.json({ requests: telemetry.log.recentRequests().map((r) => ({ id: r.requestId, trace_id: r.traceId ?? null, finish_reason: r.finishReason ?? null })) }),
   );
+  app.get("/debug/trace/:id", (c) => {
+    const id = c.req.param("id");
+    const request = telemetry.log.request(id);
+    if (!request) throw new ApiError(404, "invalid_request_error", `no request ${id} in the coordinator's recent requests`, "id", "not_found");
+    return c.text(renderWaterfall(request, telemetry.log.stepsOf(id)));
+  });
+
+  const limit = bodyLimit({
+    maxSize: maxBodyBytes,
+    onError: (c) => errorResponse(c, new ApiError(413, "invalid_request_error", `request body exceeds ${maxBodyBytes} bytes`, null, "request_too_large")),
+  });
+
+  function resolveModel(name: string | null | undefined): ServedModel {
+    const model = models.resolve(name);
+    if (model.kind === "adapter") {
+      throw new ApiError(501, "invalid_request_error", `model "${model.id}" is a LoRA adapter; this engine cannot apply adapters yet`, "model", "adapters_not_implemented");
+    }
+    return model;
+  }
+
+  /** Shared by both endpoints: admission, the request's trace, then a JSON answer or an SSE stream. */
+  function serve(c: Context, operation: RequestInfo["operation"], format: ResponseFormat, model: ServedModel, job: CompletionJob, stream: { on: boolean; includeUsage: boolean }) {
+    if (engine.numWaiting >= maxQueued) {
+      throw new ApiError(429, "rate_limit_error", `${engine.numWaiting} requests are already waiting; try again shortly`, null, "too_many_queued_requests", { "Retry-After": "1" });
+    }
+    const meta: ResponseMeta = { id: `${format.idPrefix}-${randomUUID()}`, created: Math.floor(Date.now() / 1000), model: model.id };
+    c.header("x-request-id", meta.id);
+    const trace = telemetry.startRequest({ requestId: meta.id, operation, model: model.id, promptTokens: job.promptIds.length, maxTokens: job.maxTokens, n: job.n, stream: stream.on });
+    const withLogprobs = job.topLogprobs !== undefined;
+    // Aborted when the client disconnects: every sequence of the request is cancelled and its KV freed.
+    const cancel = new AbortController();
+    c.req.raw.signal.addEventListener("abort", () => cancel.abort(), { once: true });
+    if (!stream.on) return runCompletion({ engine, tokenizer }, trace, job, cancel.signal).then((outcome) => c.json(format.response(meta, outcome, withLogprobs)));
+
+    const sse = new SseStream(() => cancel.abort());
+    for (const chunk of format.openingChunks(meta, job.n, stream.includeUsage)) sse.send(chunk);
+    // Validation errors throw here, before any byte is sent: they become a JSON error response.
+    const done = runCompletion({ engine, tokenizer }, trace, job, cancel.signal, (event) => sse.send(format.chunk(meta, event, withLogprobs, stream.includeUsage)));
+    done.then(
+      (outcome) => {
+        if (stream.includeUsage) sse.send(format.usageChunk(meta, outcome));
+        sse.send("[DONE]");
+        sse.close();
+      },
+      (error: unknown) => {
+        // Headers are gone: a failure mid-stream travels as an error event, as OpenAI sends it.
+        if (!cancel.signal.aborted) sse.send(errorBody(toApiError(error)));
+        sse.send("[DONE]");
+        sse.close();
+      },
+    );
+    return sse.response({ "x-request-id": meta.id });
+  }
+
+  const samplingOf = (req: { temperature?: number | null; top_p?: number | null; top_k?: number | null }) => ({
+    temperature: req.temperature ?? 1,
+    topP: req.top_p ?? 1,
+    topK: req.top_k === undefined || req.top_k === null || req.top_k < 0 ? 0 : req.top_k,
+  });
+
+  app.post("/v1/completions", limit, async (c) => {
+    const req = await parseBody(c, CompletionRequestSchema);
+    const model = resolveModel(req.model);
+    const prompt = promptOf(req.prompt);
+    const job: CompletionJob = {
+      promptIds: typeof prompt === "string" ? tokenizer.encode(prompt) : prompt,
+      maxTokens: req.max_tokens ?? 16,
+      n: req.n ?? 1,
+      sampling: samplingOf(req),
+      seed: req.seed ?? undefined,
+      stop: stopStrings(req.stop),
+      topLogprobs: req.logprobs ?? undefined,
+      ignoreEos: req.ignore_eos ?? false,
+    };
+    return serve(c, "completion", completionFormat(), model, job, { on: req.stream ?? false, includeUsage: req.stream_options?.include_usage ?? false });
+  });
+
+  app.post("/v1/chat/completions", limit, async (c) => {
+    const req = await parseBody(c, ChatCompletionRequestSchema);
+    const model = resolveModel(req.model);
+    let promptIds: number[];
+    try {
+      promptIds = chatTemplate.encode(
+        tokenizer,
+        req.messages.map((m) => ({ role: m.role, content: messageText(m.content) })),
+      );
+    } catch (error) {
+      if (error instanceof ChatTemplateError) throw invalidRequest(error.message, "messages");
+      throw error;
+    }
+    if (req.top_logprobs !== undefined && req.top_logprobs !== null && !req.logprobs) throw invalidRequest("top_logprobs needs logprobs: true", "top_logprobs");
+    const job: CompletionJob = {
+      promptIds,
+      // No limit given: up to the context (the engine rejects a prompt that leaves no room).
+      maxTokens: req.max_completion_tokens ?? req.max_tokens ?? Math.max(1, engine.limits.maxPositionEmbeddings - promptIds.length),
+      n: req.n ?? 1,
+      sampling: samplingOf(req),
+      seed: req.seed ?? undefined,
+      stop: stopStrings(req.stop),
+      topLogprobs: req.logprobs ? (req.top_logprobs ?? 0) : undefined,
+      ignoreEos: req.ignore_eos ?? false,
+    };
+    return serve(c, "chat", chatFormat(), model, job, { on: req.stream ?? false, includeUsage: req.stream_options?.include_usage ?? false });
+  });
+
   return app;
 }

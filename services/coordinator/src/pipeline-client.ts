@@ -56,6 +56,18 @@ interface Pending {
   reject(error: Error): void;
 }
 
+/** What an observer (tracing, metrics, the trace ring) makes of one micro-batch's trip. */
+export interface StepObservation {
+  /** W3C trace context to send with the batch; every stage's span becomes its child. */
+  traceContext?: Record<string, string>;
+  finished(result: ResultsResponse): void;
+  failed(error: Error): void;
+}
+
+export interface PipelineObserver {
+  stepStarted(batchId: number, seqs: readonly SequenceChunk[]): StepObservation | undefined;
+}
+
 /**
  * The coordinator's view of one pipeline replica: micro-batches go to stage 0 on a long-lived
  * stream, results come back from the last stage on another; batch ids match them up.
@@ -67,6 +79,7 @@ export class PipelineClient {
   private readonly pending = new Map<number, Pending>();
   private nextBatchId = 1;
   stages: DescribeResponse[] = [];
+  observer: PipelineObserver | undefined;
 
   constructor(readonly addresses: string[]) {
     this.stubs = addresses.map((a) => new WorkerClient(a, grpc.credentials.createInsecure(), grpcChannelOptions) as unknown as WorkerStub);
@@ -138,9 +151,24 @@ export class PipelineClient {
     const batchId = this.nextBatchId;
     this.nextBatchId = (this.nextBatchId % 0xffffffff) + 1;
     if (!this.toFirstStage) this.openStreams();
+    const step = this.observer?.stepStarted(batchId, seqs);
     return new Promise<ResultsResponse>((resolve, reject) => {
-      this.pending.set(batchId, { resolve, reject });
-      this.toFirstStage!.write(create(ForwardRequestSchema, { batchId, seqs, traceContext }));
+      this.pending.set(
+        batchId,
+        step
+          ? {
+              resolve: (result) => {
+                step.finished(result);
+                resolve(result);
+              },
+              reject: (error) => {
+                step.failed(error);
+                reject(error);
+              },
+            }
+          : { resolve, reject },
+      );
+      this.toFirstStage!.write(create(ForwardRequestSchema, { batchId, seqs, traceContext: step?.traceContext ?? traceContext }));
     });
   }
 

@@ -1,4 +1,5 @@
 import { parseArgs } from "node:util";
+import { otlpTracesUrlFromEnv, startTracing } from "@strata/telemetry";
 import { startWorkerServer } from "./server.ts";
 
 // A worker process: serves one stage over gRPC; the coordinator tells it what to load.
@@ -9,8 +10,13 @@ const { values } = parseArgs({
     "worker-id": { type: "string", default: `worker-${process.pid}` },
     "nats-url": { type: "string" },
     threads: { type: "string", default: "1" },
+    // Prometheus metrics port: 0 picks a free one; "none" serves none.
+    "metrics-port": { type: "string", default: "0" },
   },
 });
+
+// Stage spans export to OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT when set, as service strata-<worker id>.
+const tracing = startTracing({ serviceName: `strata-${values["worker-id"]}`, tracesUrl: otlpTracesUrlFromEnv(process.env), global: true });
 
 const worker = await startWorkerServer({
   host: values.host,
@@ -19,15 +25,18 @@ const worker = await startWorkerServer({
   natsUrl: values["nats-url"],
   intraOpThreads: Number(values.threads),
   log: (line) => process.stderr.write(`[${values["worker-id"]}] ${line}\n`),
+  tracing,
+  metricsPort: values["metrics-port"] === "none" ? undefined : Number(values["metrics-port"]),
 });
 // The launcher reads this line to learn the port.
-process.stdout.write(JSON.stringify({ event: "listening", address: worker.address, port: worker.port }) + "\n");
+process.stdout.write(JSON.stringify({ event: "listening", address: worker.address, port: worker.port, metricsPort: worker.metricsPort, metricsUrl: worker.metricsUrl }) + "\n");
 
 let closing = false;
 const shutdown = async () => {
   if (closing) return;
   closing = true;
   await worker.close();
+  await tracing.shutdown();
   process.exit(0);
 };
 process.on("SIGINT", shutdown);

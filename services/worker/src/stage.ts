@@ -1,5 +1,5 @@
 import { status as GrpcStatus } from "@grpc/grpc-js";
-import { StageBlockTables, blocksForBudget, kvBytesPerToken } from "@strata/kv";
+import { StageBlockTables, blocksForKvBudget, kvBytesPerBlock, kvBytesPerElement, kvBytesPerToken, type KvDtype } from "@strata/kv";
 import { StageEngine, type Device, type StageChunk } from "@strata/compute";
 import type { ModelConfig, ModelSource } from "@strata/model";
 import type { SequenceChunk } from "@strata/proto";
@@ -7,8 +7,6 @@ import { StageRequestError } from "./errors.ts";
 
 export const DEFAULT_BLOCK_SIZE_TOKENS = 16;
 export const DEFAULT_KV_CACHE_BYTES = 128 * 1024 * 1024;
-
-export type KvDtype = "fp32" | "fp16" | "int8" | "fp8";
 
 export interface StageSpec {
   layerStart: number;
@@ -55,12 +53,15 @@ export class LoadedStage {
       withHead: lastStage,
       onProgress: (p) => onProgress(p.bytesLoaded, p.bytesTotal),
     });
-    const bytesPerToken = kvBytesPerToken(spec.layerEnd - spec.layerStart, config.numKvHeads, config.headDim, 4);
-    const numBlocks = blocksForBudget(spec.kvCacheBytes, bytesPerToken, spec.blockSizeTokens);
+    const numLayers = spec.layerEnd - spec.layerStart;
+    const bytesPerToken = kvBytesPerToken(numLayers, config.numKvHeads, config.headDim, kvBytesPerElement(spec.kvDtype));
+    // Exact block bytes of the dtype, int8 / fp8 scales included.
+    const blockLayout = { numLayers, numKvHeads: config.numKvHeads, headDim: config.headDim, blockSizeTokens: spec.blockSizeTokens, kvDtype: spec.kvDtype };
+    const numBlocks = blocksForKvBudget(spec.kvCacheBytes, blockLayout);
     if (numBlocks < 1) {
       throw new StageRequestError(
         GrpcStatus.INVALID_ARGUMENT,
-        `kv_cache_bytes ${spec.kvCacheBytes} holds no block of ${spec.blockSizeTokens} tokens at ${bytesPerToken} bytes/token`,
+        `kv_cache_bytes ${spec.kvCacheBytes} holds no block of ${spec.blockSizeTokens} tokens at ${kvBytesPerBlock(blockLayout)} bytes/block (${spec.kvDtype})`,
       );
     }
     const engine = await StageEngine.create(weights, {
@@ -70,6 +71,7 @@ export class LoadedStage {
       lastStage,
       device: spec.device,
       intraOpThreads: spec.intraOpThreads,
+      kvDtype: spec.kvDtype,
     });
     const tables = new StageBlockTables(numBlocks, spec.blockSizeTokens);
     return new LoadedStage(spec, config, engine, tables, bytesPerToken, source.bytesRead());

@@ -1,5 +1,6 @@
 import * as grpc from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
+import { parseKvDtype, type KvDtype } from "@strata/kv";
 import { openModel } from "@strata/model";
 import { sampleToken } from "@strata/sampling";
 import type { EventBus } from "@strata/events";
@@ -14,6 +15,7 @@ import {
   LoadResponseSchema,
   ResultsResponseSchema,
   SequenceOutputSchema,
+  StageTimingSchema,
   StageErrorSchema,
   WorkerService,
   f32Tensor,
@@ -29,9 +31,12 @@ import {
   type LoadRequest,
   type ResultsResponse,
   type StageError,
+  type StageTiming,
 } from "@strata/proto";
+import { wallClockMs } from "@strata/telemetry";
 import { errorMessage, grpcCodeFor, StageRequestError } from "./errors.ts";
-import { DEFAULT_BLOCK_SIZE_TOKENS, DEFAULT_KV_CACHE_BYTES, LoadedStage, type KvDtype } from "./stage.ts";
+import type { StageObserver } from "./telemetry.ts";
+import { DEFAULT_BLOCK_SIZE_TOKENS, DEFAULT_KV_CACHE_BYTES, LoadedStage } from "./stage.ts";
 
 const WorkerClient = grpcClientConstructor(WorkerService);
 
@@ -57,6 +62,8 @@ export class WorkerNode {
   private readonly resultSubscribers = new Set<grpc.ServerWritableStream<unknown, ResultsResponse>>();
   private queue: Promise<void> = Promise.resolve();
   private readonly log: (line: string) => void;
+  /** Metrics and stage spans; set by the server that hosts this node. */
+  observer: StageObserver | undefined;
 
   constructor(private readonly opts: WorkerOptions) {
     this.log = opts.log ?? (() => {});
@@ -148,7 +155,7 @@ export class WorkerNode {
             blockSizeTokens: req.blockSizeTokens || DEFAULT_BLOCK_SIZE_TOKENS,
             kvCacheBytes: Number(req.kvCacheBytes) || DEFAULT_KV_CACHE_BYTES,
             device,
-            kvDtype: parseKvDtype(req.kvDtype),
+            kvDtype: kvDtypeOf(req.kvDtype),
             intraOpThreads: this.opts.intraOpThreads ?? 1,
           },
           (loaded, total) =>
@@ -163,7 +170,9 @@ export class WorkerNode {
       call.write(create(LoadResponseSchema, { event: { case: "ready", value: this.describe() } }));
       call.end();
     } catch (error) {
-      call.destroy(Object.assign(new Error(errorMessage(error)), { code: grpcCodeFor(error), details: errorMessage(error) }));
+      // grpc-js sends a server stream's status from its 'error' handler (which ends the call);
+      // destroy() would skip that and leave the client waiting forever.
+      call.emit("error", Object.assign(new Error(errorMessage(error)), { code: grpcCodeFor(error), details: errorMessage(error) }));
     }
   }
 
@@ -199,13 +208,15 @@ export class WorkerNode {
 
   private handleForward(call: ForwardCall): void {
     call.on("data", (req: ForwardRequest) => {
-      this.queue = this.queue.then(() => this.processBatch(req, call));
+      const receivedUnixMs = wallClockMs();
+      this.queue = this.queue.then(() => this.processBatch(req, call, receivedUnixMs));
     });
     call.on("end", () => call.end());
     call.on("error", () => {});
   }
 
-  private async processBatch(req: ForwardRequest, sender: ForwardCall): Promise<void> {
+  private async processBatch(req: ForwardRequest, sender: ForwardCall, receivedUnixMs: number): Promise<void> {
+    const startedUnixMs = wallClockMs();
     const stage = this.stage;
     if (req.error) return this.passOnError(req, req.error);
     let failure: StageError | undefined;
@@ -223,14 +234,16 @@ export class WorkerNode {
         throw error;
       }
       if (!stage.lastStage) {
-        this.downstream().write(
-          create(ForwardRequestSchema, {
-            batchId: req.batchId,
-            seqs: req.seqs.map((c) => ({ ...c, tokenIds: [] })),
-            hidden: f32Tensor(output.hidden!, [totalTokens, stage.config.hiddenSize]),
-            traceContext: req.traceContext,
-          }),
-        );
+        const next = create(ForwardRequestSchema, {
+          batchId: req.batchId,
+          seqs: req.seqs.map((c) => ({ ...c, tokenIds: [] })),
+          hidden: f32Tensor(output.hidden!, [totalTokens, stage.config.hiddenSize]),
+          traceContext: req.traceContext,
+        });
+        const timing = this.stageTiming(stage, receivedUnixMs, startedUnixMs, next.hidden?.data.byteLength ?? 0);
+        next.stageTimings = [...req.stageTimings, timing];
+        this.downstream().write(next);
+        this.observer?.batchDone(req, timing);
         return;
       }
       const logits = output.logits!;
@@ -242,7 +255,9 @@ export class WorkerNode {
           logits: c.returnLogits ? f32Tensor(logits.slice(i * V, (i + 1) * V), [V]) : undefined,
         }),
       );
-      this.publishResult(create(ResultsResponseSchema, { batchId: req.batchId, outputs }));
+      const timing = this.stageTiming(stage, receivedUnixMs, startedUnixMs, 0);
+      this.publishResult(create(ResultsResponseSchema, { batchId: req.batchId, outputs, stageTimings: [...req.stageTimings, timing] }));
+      this.observer?.batchDone(req, timing);
     } catch (error) {
       failure = create(StageErrorSchema, { code: grpcCodeFor(error), message: errorMessage(error), stageIndex: stage?.spec.stageIndex ?? 0 });
     }
@@ -250,7 +265,21 @@ export class WorkerNode {
       this.log(`rejected batch ${req.batchId}: ${failure.message}`);
       sender.write(create(ForwardResponseSchema, { batchId: req.batchId, error: failure }));
       this.passOnError(req, failure);
+      this.observer?.batchFailed(req, failure, receivedUnixMs);
     }
+  }
+
+  private stageTiming(stage: LoadedStage, receivedUnixMs: number, startedUnixMs: number, hiddenBytesSent: number): StageTiming {
+    return create(StageTimingSchema, {
+      stageIndex: stage.spec.stageIndex,
+      workerId: this.opts.workerId,
+      receivedUnixMs,
+      startedUnixMs,
+      sentUnixMs: wallClockMs(),
+      kvBlocksUsed: stage.tables.blocksUsed,
+      kvBlocksTotal: stage.tables.numBlocks,
+      hiddenBytesSent: BigInt(hiddenBytesSent),
+    });
   }
 
   // A rejected batch still reaches the coordinator, through the remaining stages, so its requests fail fast.
@@ -277,10 +306,12 @@ export class WorkerNode {
   }
 }
 
-function parseKvDtype(value: string): KvDtype {
-  if (value === "") return "fp32";
-  if (value === "fp32" || value === "fp16" || value === "int8" || value === "fp8") return value;
-  throw new StageRequestError(grpc.status.INVALID_ARGUMENT, `kv_dtype "${value}" is not one of fp32, fp16, int8, fp8`);
+function kvDtypeOf(value: string): KvDtype {
+  try {
+    return parseKvDtype(value);
+  } catch (error) {
+    throw new StageRequestError(grpc.status.INVALID_ARGUMENT, (error as Error).message);
+  }
 }
 
 export function workerServiceDefinition(): grpc.ServiceDefinition {

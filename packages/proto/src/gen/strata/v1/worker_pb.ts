@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file strata/v1/worker.proto.
  */
 export const file_strata_v1_worker: GenFile = /*@__PURE__*/
-  fileDesc("ChZzdHJhdGEvdjEvd29ya2VyLnByb3RvEglzdHJhdGEudjEi4gEKC0xvYWRSZXF1ZXN0EhEKCW1vZGVsX2RpchgBIAEoCRITCgtsYXllcl9zdGFydBgCIAEoDRIRCglsYXllcl9lbmQYAyABKA0SDgoGZGV2aWNlGAQgASgJEhkKEWJsb2NrX3NpemVfdG9rZW5zGAUgASgNEhYKDmt2X2NhY2hlX2J5dGVzGAYgASgEEhoKEm5leHRfc3RhZ2VfYWRkcmVzcxgHIAEoCRITCgtzdGFnZV9pbmRleBgIIAEoDRISCgpudW1fc3RhZ2VzGAkgASgNEhAKCGt2X2R0eXBlGAogASgJIkgKDExvYWRQcm9ncmVzcxIUCgxieXRlc19sb2FkZWQYASABKAQSEwoLYnl0ZXNfdG90YWwYAiABKAQSDQoFcGhhc2UYAyABKAkicgoMTG9hZFJlc3BvbnNlEisKCHByb2dyZXNzGAEgASgLMhcuc3RyYXRhLnYxLkxvYWRQcm9ncmVzc0gAEiwKBXJlYWR5GAIgASgLMhsuc3RyYXRhLnYxLkRlc2NyaWJlUmVzcG9uc2VIAEIHCgVldmVudCIiCg9EZXNjcmliZVJlcXVlc3QSDwoHc2VxX2lkcxgBIAMoDSJDCg5TZXF1ZW5jZUJsb2NrcxIOCgZzZXFfaWQYASABKA0SDgoGbGVuZ3RoGAIgASgNEhEKCWJsb2NrX2lkcxgDIAMoDSLAAQoHS3ZTdGF0cxIZChFibG9ja19zaXplX3Rva2VucxgBIAEoDRIUCgxibG9ja3NfdG90YWwYAiABKA0SEwoLYmxvY2tzX3VzZWQYAyABKA0SEwoLYmxvY2tzX2ZyZWUYBCABKA0SGgoSa3ZfYnl0ZXNfcGVyX3Rva2VuGAUgASgEEhEKCXNlcXVlbmNlcxgGIAEoDRIQCghrdl9kdHlwZRgHIAEoCRIZChFzZXF1ZW5jZXNfZXZpY3RlZBgIIAEoBCKaAwoQRGVzY3JpYmVSZXNwb25zZRIRCgl3b3JrZXJfaWQYASABKAkSDgoGbG9hZGVkGAIgASgIEhMKC2xheWVyX3N0YXJ0GAMgASgNEhEKCWxheWVyX2VuZBgEIAEoDRISCgpudW1fbGF5ZXJzGAUgASgNEhMKC2hpZGRlbl9zaXplGAYgASgNEhIKCnZvY2FiX3NpemUYByABKA0SHwoXbWF4X3Bvc2l0aW9uX2VtYmVkZGluZ3MYCCABKA0SEwoLZmlyc3Rfc3RhZ2UYCSABKAgSEgoKbGFzdF9zdGFnZRgKIAEoCBIeCgJrdhgLIAEoCzISLnN0cmF0YS52MS5LdlN0YXRzEg4KBmRldmljZRgMIAEoCRIZChF3ZWlnaHRfYnl0ZXNfcmVhZBgNIAEoBBIPCgdzZXFfaWRzGA4gAygNEhMKC3N0YWdlX2luZGV4GA8gASgNEhIKCm51bV9zdGFnZXMYECABKA0SLwoMYmxvY2tfdGFibGVzGBEgAygLMhkuc3RyYXRhLnYxLlNlcXVlbmNlQmxvY2tzIkMKDlNhbXBsaW5nUGFyYW1zEhMKC3RlbXBlcmF0dXJlGAEgASgCEg0KBXRvcF9wGAIgASgCEg0KBXRvcF9rGAMgASgNIusBCg1TZXF1ZW5jZUNodW5rEg4KBnNlcV9pZBgBIAEoDRIWCg5zdGFydF9wb3NpdGlvbhgCIAEoDRISCgpudW1fdG9rZW5zGAMgASgNEhEKCXRva2VuX2lkcxgEIAMoDRIOCgZzYW1wbGUYBSABKAgSKwoIc2FtcGxpbmcYBiABKAsyGS5zdHJhdGEudjEuU2FtcGxpbmdQYXJhbXMSDgoGcmFuZG9tGAcgASgBEhUKDXJldHVybl9sb2dpdHMYCCABKAgSEQoJYmxvY2tfaWRzGAkgAygNEhQKDG5ld19zZXF1ZW5jZRgKIAEoCCKMAgoORm9yd2FyZFJlcXVlc3QSEAoIYmF0Y2hfaWQYASABKA0SJgoEc2VxcxgCIAMoCzIYLnN0cmF0YS52MS5TZXF1ZW5jZUNodW5rEiEKBmhpZGRlbhgDIAEoCzIRLnN0cmF0YS52MS5UZW5zb3ISQgoNdHJhY2VfY29udGV4dBgEIAMoCzIrLnN0cmF0YS52MS5Gb3J3YXJkUmVxdWVzdC5UcmFjZUNvbnRleHRFbnRyeRIkCgVlcnJvchgFIAEoCzIVLnN0cmF0YS52MS5TdGFnZUVycm9yGjMKEVRyYWNlQ29udGV4dEVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiQAoKU3RhZ2VFcnJvchIMCgRjb2RlGAEgASgNEg8KB21lc3NhZ2UYAiABKAkSEwoLc3RhZ2VfaW5kZXgYAyABKA0iSQoPRm9yd2FyZFJlc3BvbnNlEhAKCGJhdGNoX2lkGAEgASgNEiQKBWVycm9yGAIgASgLMhUuc3RyYXRhLnYxLlN0YWdlRXJyb3IiEAoOUmVzdWx0c1JlcXVlc3QiVQoOU2VxdWVuY2VPdXRwdXQSDgoGc2VxX2lkGAEgASgNEhAKCHRva2VuX2lkGAIgASgNEiEKBmxvZ2l0cxgDIAEoCzIRLnN0cmF0YS52MS5UZW5zb3IidQoPUmVzdWx0c1Jlc3BvbnNlEhAKCGJhdGNoX2lkGAEgASgNEioKB291dHB1dHMYAiADKAsyGS5zdHJhdGEudjEuU2VxdWVuY2VPdXRwdXQSJAoFZXJyb3IYAyABKAsyFS5zdHJhdGEudjEuU3RhZ2VFcnJvciInChRGcmVlU2VxdWVuY2VzUmVxdWVzdBIPCgdzZXFfaWRzGAEgAygNIi0KFUZyZWVTZXF1ZW5jZXNSZXNwb25zZRIUCgxibG9ja3NfZnJlZWQYASABKA0iDwoNSGVhbHRoUmVxdWVzdCIxCg5IZWFsdGhSZXNwb25zZRIPCgdzZXJ2aW5nGAEgASgIEg4KBmxvYWRlZBgCIAEoCDKsAwoNV29ya2VyU2VydmljZRI5CgRMb2FkEhYuc3RyYXRhLnYxLkxvYWRSZXF1ZXN0Ghcuc3RyYXRhLnYxLkxvYWRSZXNwb25zZTABEkMKCERlc2NyaWJlEhouc3RyYXRhLnYxLkRlc2NyaWJlUmVxdWVzdBobLnN0cmF0YS52MS5EZXNjcmliZVJlc3BvbnNlEkQKB0ZvcndhcmQSGS5zdHJhdGEudjEuRm9yd2FyZFJlcXVlc3QaGi5zdHJhdGEudjEuRm9yd2FyZFJlc3BvbnNlKAEwARJCCgdSZXN1bHRzEhkuc3RyYXRhLnYxLlJlc3VsdHNSZXF1ZXN0Ghouc3RyYXRhLnYxLlJlc3VsdHNSZXNwb25zZTABElIKDUZyZWVTZXF1ZW5jZXMSHy5zdHJhdGEudjEuRnJlZVNlcXVlbmNlc1JlcXVlc3QaIC5zdHJhdGEudjEuRnJlZVNlcXVlbmNlc1Jlc3BvbnNlEj0KBkhlYWx0aBIYLnN0cmF0YS52MS5IZWFsdGhSZXF1ZXN0Ghkuc3RyYXRhLnYxLkhlYWx0aFJlc3BvbnNlYgZwcm90bzM", [file_strata_v1_tensor]);
+  fileDesc("ChZzdHJhdGEvdjEvd29ya2VyLnByb3RvEglzdHJhdGEudjEi4gEKC0xvYWRSZXF1ZXN0EhEKCW1vZGVsX2RpchgBIAEoCRITCgtsYXllcl9zdGFydBgCIAEoDRIRCglsYXllcl9lbmQYAyABKA0SDgoGZGV2aWNlGAQgASgJEhkKEWJsb2NrX3NpemVfdG9rZW5zGAUgASgNEhYKDmt2X2NhY2hlX2J5dGVzGAYgASgEEhoKEm5leHRfc3RhZ2VfYWRkcmVzcxgHIAEoCRITCgtzdGFnZV9pbmRleBgIIAEoDRISCgpudW1fc3RhZ2VzGAkgASgNEhAKCGt2X2R0eXBlGAogASgJIkgKDExvYWRQcm9ncmVzcxIUCgxieXRlc19sb2FkZWQYASABKAQSEwoLYnl0ZXNfdG90YWwYAiABKAQSDQoFcGhhc2UYAyABKAkicgoMTG9hZFJlc3BvbnNlEisKCHByb2dyZXNzGAEgASgLMhcuc3RyYXRhLnYxLkxvYWRQcm9ncmVzc0gAEiwKBXJlYWR5GAIgASgLMhsuc3RyYXRhLnYxLkRlc2NyaWJlUmVzcG9uc2VIAEIHCgVldmVudCIiCg9EZXNjcmliZVJlcXVlc3QSDwoHc2VxX2lkcxgBIAMoDSJDCg5TZXF1ZW5jZUJsb2NrcxIOCgZzZXFfaWQYASABKA0SDgoGbGVuZ3RoGAIgASgNEhEKCWJsb2NrX2lkcxgDIAMoDSLAAQoHS3ZTdGF0cxIZChFibG9ja19zaXplX3Rva2VucxgBIAEoDRIUCgxibG9ja3NfdG90YWwYAiABKA0SEwoLYmxvY2tzX3VzZWQYAyABKA0SEwoLYmxvY2tzX2ZyZWUYBCABKA0SGgoSa3ZfYnl0ZXNfcGVyX3Rva2VuGAUgASgEEhEKCXNlcXVlbmNlcxgGIAEoDRIQCghrdl9kdHlwZRgHIAEoCRIZChFzZXF1ZW5jZXNfZXZpY3RlZBgIIAEoBCKaAwoQRGVzY3JpYmVSZXNwb25zZRIRCgl3b3JrZXJfaWQYASABKAkSDgoGbG9hZGVkGAIgASgIEhMKC2xheWVyX3N0YXJ0GAMgASgNEhEKCWxheWVyX2VuZBgEIAEoDRISCgpudW1fbGF5ZXJzGAUgASgNEhMKC2hpZGRlbl9zaXplGAYgASgNEhIKCnZvY2FiX3NpemUYByABKA0SHwoXbWF4X3Bvc2l0aW9uX2VtYmVkZGluZ3MYCCABKA0SEwoLZmlyc3Rfc3RhZ2UYCSABKAgSEgoKbGFzdF9zdGFnZRgKIAEoCBIeCgJrdhgLIAEoCzISLnN0cmF0YS52MS5LdlN0YXRzEg4KBmRldmljZRgMIAEoCRIZChF3ZWlnaHRfYnl0ZXNfcmVhZBgNIAEoBBIPCgdzZXFfaWRzGA4gAygNEhMKC3N0YWdlX2luZGV4GA8gASgNEhIKCm51bV9zdGFnZXMYECABKA0SLwoMYmxvY2tfdGFibGVzGBEgAygLMhkuc3RyYXRhLnYxLlNlcXVlbmNlQmxvY2tzIkMKDlNhbXBsaW5nUGFyYW1zEhMKC3RlbXBlcmF0dXJlGAEgASgCEg0KBXRvcF9wGAIgASgCEg0KBXRvcF9rGAMgASgNIusBCg1TZXF1ZW5jZUNodW5rEg4KBnNlcV9pZBgBIAEoDRIWCg5zdGFydF9wb3NpdGlvbhgCIAEoDRISCgpudW1fdG9rZW5zGAMgASgNEhEKCXRva2VuX2lkcxgEIAMoDRIOCgZzYW1wbGUYBSABKAgSKwoIc2FtcGxpbmcYBiABKAsyGS5zdHJhdGEudjEuU2FtcGxpbmdQYXJhbXMSDgoGcmFuZG9tGAcgASgBEhUKDXJldHVybl9sb2dpdHMYCCABKAgSEQoJYmxvY2tfaWRzGAkgAygNEhQKDG5ld19zZXF1ZW5jZRgKIAEoCCK7AgoORm9yd2FyZFJlcXVlc3QSEAoIYmF0Y2hfaWQYASABKA0SJgoEc2VxcxgCIAMoCzIYLnN0cmF0YS52MS5TZXF1ZW5jZUNodW5rEiEKBmhpZGRlbhgDIAEoCzIRLnN0cmF0YS52MS5UZW5zb3ISQgoNdHJhY2VfY29udGV4dBgEIAMoCzIrLnN0cmF0YS52MS5Gb3J3YXJkUmVxdWVzdC5UcmFjZUNvbnRleHRFbnRyeRIkCgVlcnJvchgFIAEoCzIVLnN0cmF0YS52MS5TdGFnZUVycm9yEi0KDXN0YWdlX3RpbWluZ3MYBiADKAsyFi5zdHJhdGEudjEuU3RhZ2VUaW1pbmcaMwoRVHJhY2VDb250ZXh0RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLKAQoLU3RhZ2VUaW1pbmcSEwoLc3RhZ2VfaW5kZXgYASABKA0SEQoJd29ya2VyX2lkGAIgASgJEhgKEHJlY2VpdmVkX3VuaXhfbXMYAyABKAESFwoPc3RhcnRlZF91bml4X21zGAQgASgBEhQKDHNlbnRfdW5peF9tcxgFIAEoARIWCg5rdl9ibG9ja3NfdXNlZBgGIAEoDRIXCg9rdl9ibG9ja3NfdG90YWwYByABKA0SGQoRaGlkZGVuX2J5dGVzX3NlbnQYCCABKAQiQAoKU3RhZ2VFcnJvchIMCgRjb2RlGAEgASgNEg8KB21lc3NhZ2UYAiABKAkSEwoLc3RhZ2VfaW5kZXgYAyABKA0iSQoPRm9yd2FyZFJlc3BvbnNlEhAKCGJhdGNoX2lkGAEgASgNEiQKBWVycm9yGAIgASgLMhUuc3RyYXRhLnYxLlN0YWdlRXJyb3IiEAoOUmVzdWx0c1JlcXVlc3QiVQoOU2VxdWVuY2VPdXRwdXQSDgoGc2VxX2lkGAEgASgNEhAKCHRva2VuX2lkGAIgASgNEiEKBmxvZ2l0cxgDIAEoCzIRLnN0cmF0YS52MS5UZW5zb3IipAEKD1Jlc3VsdHNSZXNwb25zZRIQCghiYXRjaF9pZBgBIAEoDRIqCgdvdXRwdXRzGAIgAygLMhkuc3RyYXRhLnYxLlNlcXVlbmNlT3V0cHV0EiQKBWVycm9yGAMgASgLMhUuc3RyYXRhLnYxLlN0YWdlRXJyb3ISLQoNc3RhZ2VfdGltaW5ncxgEIAMoCzIWLnN0cmF0YS52MS5TdGFnZVRpbWluZyInChRGcmVlU2VxdWVuY2VzUmVxdWVzdBIPCgdzZXFfaWRzGAEgAygNIi0KFUZyZWVTZXF1ZW5jZXNSZXNwb25zZRIUCgxibG9ja3NfZnJlZWQYASABKA0iDwoNSGVhbHRoUmVxdWVzdCIxCg5IZWFsdGhSZXNwb25zZRIPCgdzZXJ2aW5nGAEgASgIEg4KBmxvYWRlZBgCIAEoCDKsAwoNV29ya2VyU2VydmljZRI5CgRMb2FkEhYuc3RyYXRhLnYxLkxvYWRSZXF1ZXN0Ghcuc3RyYXRhLnYxLkxvYWRSZXNwb25zZTABEkMKCERlc2NyaWJlEhouc3RyYXRhLnYxLkRlc2NyaWJlUmVxdWVzdBobLnN0cmF0YS52MS5EZXNjcmliZVJlc3BvbnNlEkQKB0ZvcndhcmQSGS5zdHJhdGEudjEuRm9yd2FyZFJlcXVlc3QaGi5zdHJhdGEudjEuRm9yd2FyZFJlc3BvbnNlKAEwARJCCgdSZXN1bHRzEhkuc3RyYXRhLnYxLlJlc3VsdHNSZXF1ZXN0Ghouc3RyYXRhLnYxLlJlc3VsdHNSZXNwb25zZTABElIKDUZyZWVTZXF1ZW5jZXMSHy5zdHJhdGEudjEuRnJlZVNlcXVlbmNlc1JlcXVlc3QaIC5zdHJhdGEudjEuRnJlZVNlcXVlbmNlc1Jlc3BvbnNlEj0KBkhlYWx0aBIYLnN0cmF0YS52MS5IZWFsdGhSZXF1ZXN0Ghkuc3RyYXRhLnYxLkhlYWx0aFJlc3BvbnNlYgZwcm90bzM", [file_strata_v1_tensor]);
 
 /**
  * @generated from message strata.v1.LoadRequest
@@ -478,6 +478,13 @@ export type ForwardRequest = Message<"strata.v1.ForwardRequest"> & {
    * @generated from field: strata.v1.StageError error = 5;
    */
   error?: StageError | undefined;
+
+  /**
+   * One entry per stage the batch has passed, appended by each stage as it sends the batch on.
+   *
+   * @generated from field: repeated strata.v1.StageTiming stage_timings = 6;
+   */
+  stageTimings: StageTiming[];
 };
 
 /**
@@ -486,6 +493,67 @@ export type ForwardRequest = Message<"strata.v1.ForwardRequest"> & {
  */
 export const ForwardRequestSchema: GenMessage<ForwardRequest> = /*@__PURE__*/
   messageDesc(file_strata_v1_worker, 9);
+
+/**
+ * A stage's part in one micro-batch: the coordinator derives per-hop latency and its trace
+ * waterfall from these. Times are the stage host's wall clock, Unix epoch milliseconds.
+ *
+ * @generated from message strata.v1.StageTiming
+ */
+export type StageTiming = Message<"strata.v1.StageTiming"> & {
+  /**
+   * @generated from field: uint32 stage_index = 1;
+   */
+  stageIndex: number;
+
+  /**
+   * @generated from field: string worker_id = 2;
+   */
+  workerId: string;
+
+  /**
+   * The batch arrived on the stage's Forward stream.
+   *
+   * @generated from field: double received_unix_ms = 3;
+   */
+  receivedUnixMs: number;
+
+  /**
+   * Compute began (after the batches queued before it).
+   *
+   * @generated from field: double started_unix_ms = 4;
+   */
+  startedUnixMs: number;
+
+  /**
+   * Hidden states written to the next stage, or results published by the last.
+   *
+   * @generated from field: double sent_unix_ms = 5;
+   */
+  sentUnixMs: number;
+
+  /**
+   * @generated from field: uint32 kv_blocks_used = 6;
+   */
+  kvBlocksUsed: number;
+
+  /**
+   * @generated from field: uint32 kv_blocks_total = 7;
+   */
+  kvBlocksTotal: number;
+
+  /**
+   * @generated from field: uint64 hidden_bytes_sent = 8;
+   */
+  hiddenBytesSent: bigint;
+};
+
+/**
+ * Describes the message strata.v1.StageTiming.
+ * Use `create(StageTimingSchema)` to create a new message.
+ */
+export const StageTimingSchema: GenMessage<StageTiming> = /*@__PURE__*/
+  messageDesc(file_strata_v1_worker, 10);
 
 /**
  * @generated from message strata.v1.StageError
@@ -514,7 +582,7 @@ export type StageError = Message<"strata.v1.StageError"> & {
  * Use `create(StageErrorSchema)` to create a new message.
  */
 export const StageErrorSchema: GenMessage<StageError> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 10);
+  messageDesc(file_strata_v1_worker, 11);
 
 /**
  * Forward's replies go to the sender only when a micro-batch is rejected (bad shape, unknown
@@ -539,7 +607,7 @@ export type ForwardResponse = Message<"strata.v1.ForwardResponse"> & {
  * Use `create(ForwardResponseSchema)` to create a new message.
  */
 export const ForwardResponseSchema: GenMessage<ForwardResponse> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 11);
+  messageDesc(file_strata_v1_worker, 12);
 
 /**
  * @generated from message strata.v1.ResultsRequest
@@ -552,7 +620,7 @@ export type ResultsRequest = Message<"strata.v1.ResultsRequest"> & {
  * Use `create(ResultsRequestSchema)` to create a new message.
  */
 export const ResultsRequestSchema: GenMessage<ResultsRequest> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 12);
+  messageDesc(file_strata_v1_worker, 13);
 
 /**
  * @generated from message strata.v1.SequenceOutput
@@ -581,7 +649,7 @@ export type SequenceOutput = Message<"strata.v1.SequenceOutput"> & {
  * Use `create(SequenceOutputSchema)` to create a new message.
  */
 export const SequenceOutputSchema: GenMessage<SequenceOutput> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 13);
+  messageDesc(file_strata_v1_worker, 14);
 
 /**
  * @generated from message strata.v1.ResultsResponse
@@ -601,6 +669,13 @@ export type ResultsResponse = Message<"strata.v1.ResultsResponse"> & {
    * @generated from field: strata.v1.StageError error = 3;
    */
   error?: StageError | undefined;
+
+  /**
+   * Every stage's timing for this batch, in stage order.
+   *
+   * @generated from field: repeated strata.v1.StageTiming stage_timings = 4;
+   */
+  stageTimings: StageTiming[];
 };
 
 /**
@@ -608,7 +683,7 @@ export type ResultsResponse = Message<"strata.v1.ResultsResponse"> & {
  * Use `create(ResultsResponseSchema)` to create a new message.
  */
 export const ResultsResponseSchema: GenMessage<ResultsResponse> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 14);
+  messageDesc(file_strata_v1_worker, 15);
 
 /**
  * @generated from message strata.v1.FreeSequencesRequest
@@ -625,7 +700,7 @@ export type FreeSequencesRequest = Message<"strata.v1.FreeSequencesRequest"> & {
  * Use `create(FreeSequencesRequestSchema)` to create a new message.
  */
 export const FreeSequencesRequestSchema: GenMessage<FreeSequencesRequest> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 15);
+  messageDesc(file_strata_v1_worker, 16);
 
 /**
  * @generated from message strata.v1.FreeSequencesResponse
@@ -642,7 +717,7 @@ export type FreeSequencesResponse = Message<"strata.v1.FreeSequencesResponse"> &
  * Use `create(FreeSequencesResponseSchema)` to create a new message.
  */
 export const FreeSequencesResponseSchema: GenMessage<FreeSequencesResponse> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 16);
+  messageDesc(file_strata_v1_worker, 17);
 
 /**
  * @generated from message strata.v1.HealthRequest
@@ -655,7 +730,7 @@ export type HealthRequest = Message<"strata.v1.HealthRequest"> & {
  * Use `create(HealthRequestSchema)` to create a new message.
  */
 export const HealthRequestSchema: GenMessage<HealthRequest> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 17);
+  messageDesc(file_strata_v1_worker, 18);
 
 /**
  * @generated from message strata.v1.HealthResponse
@@ -677,7 +752,7 @@ export type HealthResponse = Message<"strata.v1.HealthResponse"> & {
  * Use `create(HealthResponseSchema)` to create a new message.
  */
 export const HealthResponseSchema: GenMessage<HealthResponse> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 18);
+  messageDesc(file_strata_v1_worker, 19);
 
 /**
  * One pipeline stage: a contiguous layer range [layer_start, layer_end) of one model.

@@ -1,0 +1,511 @@
+import { kvBytesPerBlock, kvBytesPerElement, kvScaleBytesPerBlockHead, type KvDtype, NO_BLOCK } from "@strata/kv";
+import { f16BitsToF32 } from "@strata/model";
+
+/** The part of a StageChunk the KV store reads: where the sequence is and which blocks hold it. */
+export interface KvChunk {
+  startPosition: number;
+  numTokens: number;
+  blockTable: readonly number[];
+}
+
+/** A pool's storage: float32, half bits, int8 codes or e4m3 codes. */
+export type KvCodes = Float32Array | Uint16Array | Int8Array | Uint8Array;
+
+export interface KvPoolShape {
+  numBlocks: number;
+  blockSizeTokens: number;
+  numKvHeads: number;
+  headDim: number;
+}
+
+/**
+ * One layer's K or V, shaped [numBlocks, blockSizeTokens, kvHeads, headDim] so a block's tokens
+ * are contiguous. scatter encodes a step's float32 K/V into the blocks; gatherEncoded copies a
+ * batch's past out as stored (one set() per block run) for the stage graph to decode, and gather
+ * decodes it to float32 in JS, the definition the graph's decoding is tested against.
+ */
+export abstract class KvPool {
+  abstract readonly dtype: KvDtype;
+  readonly numBlocks: number;
+  readonly blockSizeTokens: number;
+  readonly numKvHeads: number;
+  readonly headDim: number;
+  /** Floats per token: kvHeads * headDim. */
+  protected readonly row: number;
+
+  constructor(shape: KvPoolShape) {
+    this.numBlocks = shape.numBlocks;
+    this.blockSizeTokens = shape.blockSizeTokens;
+    this.numKvHeads = shape.numKvHeads;
+    this.headDim = shape.headDim;
+    this.row = shape.numKvHeads * shape.headDim;
+  }
+
+  static create(dtype: KvDtype, shape: KvPoolShape): KvPool {
+    switch (dtype) {
+      case "fp32":
+        return new Fp32Pool(shape);
+      case "fp16":
+        return new Fp16Pool(shape);
+      case "int8":
+        return new Int8Pool(shape);
+      case "fp8":
+        return new Fp8Pool(shape);
+    }
+  }
+
+  /** Bytes this pool holds, scales included. */
+  get byteLength(): number {
+    return this.numBlocks * (this.blockSizeTokens * this.row * kvBytesPerElement(this.dtype) + this.numKvHeads * kvScaleBytesPerBlockHead(this.dtype));
+  }
+
+  /**
+   * Each chunk's past, positions [0, startPosition), into out[outOffset..] as [chunks, P, kvHeads,
+   * headDim] (P ≥ every startPosition). Slots past a sequence's length are left as they are.
+   */
+  gather(chunks: readonly KvChunk[], P: number, out: Float32Array, outOffset = 0): void {
+    const bs = this.blockSizeTokens;
+    const row = this.row;
+    for (let b = 0; b < chunks.length; b++) {
+      const c = chunks[b];
+      for (let start = 0; start < c.startPosition; start += bs) {
+        const block = c.blockTable[start / bs];
+        if (block === NO_BLOCK) continue; // outside the sliding window: masked
+        this.readRun(block, Math.min(bs, c.startPosition - start), out, outOffset + (b * P + start) * row);
+      }
+    }
+  }
+
+  /**
+   * This step's values, [chunks, T, kvHeads, headDim] from values[valuesOffset..] (T ≥ every
+   * numTokens; padded slots are ignored), into positions [startPosition, startPosition +
+   * numTokens) of each chunk's blocks. A sequence's positions must arrive in order: a run
+   * starting at a block's first slot begins that block afresh.
+   */
+  scatter(values: Float32Array, chunks: readonly KvChunk[], T: number, valuesOffset = 0): void {
+    const bs = this.blockSizeTokens;
+    const row = this.row;
+    for (let b = 0; b < chunks.length; b++) {
+      const c = chunks[b];
+      let t = 0;
+      while (t < c.numTokens) {
+        const pos = c.startPosition + t;
+        const slot = pos % bs;
+        const n = Math.min(bs - slot, c.numTokens - t);
+        this.writeRun(c.blockTable[Math.floor(pos / bs)], slot, n, values, valuesOffset + (b * T + t) * row);
+        t += n;
+      }
+    }
+  }
+
+  /**
+   * Like gather, but copies the stored codes as they are into `out` (the pool's storage type),
+   * a block's run at a time: what the stage graph decodes itself.
+   */
+  gatherEncoded(chunks: readonly KvChunk[], P: number, out: KvCodes, outOffset = 0): void {
+    const bs = this.blockSizeTokens;
+    const row = this.row;
+    const data = this.storage();
+    for (let b = 0; b < chunks.length; b++) {
+      const c = chunks[b];
+      for (let start = 0; start < c.startPosition; start += bs) {
+        if (c.blockTable[start / bs] === NO_BLOCK) continue; // outside the sliding window: masked
+        const src = c.blockTable[start / bs] * bs * row;
+        const n = Math.min(bs, c.startPosition - start);
+        copyCodes(out, data.subarray(src, src + n * row), outOffset + (b * P + start) * row);
+      }
+    }
+  }
+
+  /** Copies block `from` (values and scales) over block `to`: a forked sequence's partial last block. */
+  copyBlock(from: number, to: number): void {
+    const size = this.blockSizeTokens * this.row;
+    this.storage().copyWithin(to * size, from * size, (from + 1) * size);
+  }
+
+  /** A zeroed array of the pool's storage type. */
+  abstract newCodes(length: number): KvCodes;
+
+  protected abstract storage(): KvCodes;
+
+  /** Tokens [0, n) of `block`, decoded to float32 at out[outOffset..]. */
+  protected abstract readRun(block: number, n: number, out: Float32Array, outOffset: number): void;
+
+  /** n tokens from values[src..] into slots [slot, slot + n) of `block`. */
+  protected abstract writeRun(block: number, slot: number, n: number, values: Float32Array, src: number): void;
+}
+
+class Fp32Pool extends KvPool {
+  readonly dtype = "fp32";
+  readonly data: Float32Array;
+
+  constructor(shape: KvPoolShape) {
+    super(shape);
+    this.data = new Float32Array(shape.numBlocks * shape.blockSizeTokens * this.row);
+  }
+
+  newCodes(length: number): Float32Array {
+    return new Float32Array(length);
+  }
+
+  protected storage(): Float32Array {
+    return this.data;
+  }
+
+  protected readRun(block: number, n: number, out: Float32Array, outOffset: number): void {
+    const src = block * this.blockSizeTokens * this.row;
+    out.set(this.data.subarray(src, src + n * this.row), outOffset);
+  }
+
+  protected writeRun(block: number, slot: number, n: number, values: Float32Array, src: number): void {
+    const row = this.row;
+    this.data.set(values.subarray(src, src + n * row), (block * this.blockSizeTokens + slot) * row);
+  }
+}
+
+let f16Decode: Float32Array | undefined;
+function f16Table(): Float32Array {
+  if (f16Decode === undefined) {
+    f16Decode = new Float32Array(65536);
+    for (let h = 0; h < 65536; h++) f16Decode[h] = f16BitsToF32(h);
+  }
+  return f16Decode;
+}
+
+/** float32 bits -> IEEE half bits, round to nearest even; the bit-level twin of f32ToF16Bits. */
+function f16FromF32Bits(x: number): number {
+  const sign = (x >>> 16) & 0x8000;
+  const exp = (x >>> 23) & 0xff;
+  const mant = x & 0x7fffff;
+  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
+  const e = exp - 112; // rebias 127 -> 15
+  if (e >= 0x1f) return sign | 0x7c00;
+  if (e <= 0) {
+    if (e < -10) return sign;
+    const m = mant | 0x800000;
+    const shift = 14 - e;
+    let half = m >>> shift;
+    const rest = m & ((1 << shift) - 1);
+    const mid = 1 << (shift - 1);
+    if (rest > mid || (rest === mid && half & 1)) half++;
+    return sign | half;
+  }
+  let half = (e << 10) | (mant >>> 13);
+  const rest = mant & 0x1fff;
+  if (rest > 0x1000 || (rest === 0x1000 && half & 1)) half++;
+  return sign | half;
+}
+
+class Fp16Pool extends KvPool {
+  readonly dtype = "fp16";
+  readonly data: Uint16Array;
+  private readonly decode = f16Table();
+
+  constructor(shape: KvPoolShape) {
+    super(shape);
+    this.data = new Uint16Array(shape.numBlocks * shape.blockSizeTokens * this.row);
+  }
+
+  newCodes(length: number): Uint16Array {
+    return new Uint16Array(length);
+  }
+
+  protected storage(): Uint16Array {
+    return this.data;
+  }
+
+  protected readRun(block: number, n: number, out: Float32Array, outOffset: number): void {
+    const { data, decode } = this;
+    const src = block * this.blockSizeTokens * this.row;
+    const count = n * this.row;
+    for (let i = 0; i < count; i++) out[outOffset + i] = decode[data[src + i]];
+  }
+
+  protected writeRun(block: number, slot: number, n: number, values: Float32Array, src: number): void {
+    // The float32 bits, read in place: no per-element scratch round trip.
+    const bits = new Uint32Array(values.buffer, values.byteOffset + src * 4, n * this.row);
+    const data = this.data;
+    const dst = (block * this.blockSizeTokens + slot) * this.row;
+    for (let i = 0; i < bits.length; i++) data[dst + i] = f16FromF32Bits(bits[i]);
+  }
+}
+
+/**
+ * Storage with one float32 scale per block and KV head: value = decode(code) * scale, with
+ * scale chosen so the block-head's largest magnitude maps to `qmax`. Blocks fill a few tokens at
+ * a time; when a new token is larger than the block-head's scale can hold, the entries already
+ * there are re-encoded at the new, larger scale. Each re-encoding adds at most half a step of the
+ * new scale to those entries' error.
+ */
+export abstract class ScaledPool extends KvPool {
+  readonly scales: Float32Array;
+  protected abstract readonly qmax: number;
+  // One head row at a time, reused.
+  protected readonly scratch: Float32Array;
+
+  constructor(shape: KvPoolShape) {
+    super(shape);
+    this.scales = new Float32Array(shape.numBlocks * shape.numKvHeads);
+    this.scratch = new Float32Array(shape.headDim);
+  }
+
+  /** The scale of one block's KV head. */
+  scale(block: number, head: number): number {
+    return this.scales[block * this.numKvHeads + head];
+  }
+
+  override copyBlock(from: number, to: number): void {
+    super.copyBlock(from, to);
+    const kv = this.numKvHeads;
+    this.scales.copyWithin(to * kv, from * kv, (from + 1) * kv);
+  }
+
+  /**
+   * Each chunk's past blocks' scales into out[outOffset..] as [chunks, P / blockSizeTokens,
+   * kvHeads], beside gatherEncoded's codes. Slots past a sequence's blocks are left as they are.
+   */
+  gatherScales(chunks: readonly KvChunk[], P: number, out: Float32Array, outOffset = 0): void {
+    const bs = this.blockSizeTokens;
+    const kv = this.numKvHeads;
+    const blocksPerSeq = P / bs;
+    for (let b = 0; b < chunks.length; b++) {
+      const c = chunks[b];
+      const blocks = Math.ceil(c.startPosition / bs);
+      for (let i = 0; i < blocks; i++) {
+        const block = c.blockTable[i];
+        if (block === NO_BLOCK) continue;
+        out.set(this.scales.subarray(block * kv, (block + 1) * kv), outOffset + (b * blocksPerSeq + i) * kv);
+      }
+    }
+  }
+  /** len values at src[srcOff..] times `inv` -> codes at codes()[dst..]. */
+  protected abstract encodeRow(src: Float32Array, srcOff: number, len: number, inv: number, dst: number): void;
+  /** len codes at codes()[srcIdx..] times `scale` -> out[outOff..]. */
+  protected abstract decodeRow(srcIdx: number, len: number, scale: number, out: Float32Array, outOff: number): void;
+
+  protected readRun(block: number, n: number, out: Float32Array, outOffset: number): void {
+    const { numKvHeads: kv, headDim: hd, row, scales } = this;
+    const base = block * this.blockSizeTokens * row;
+    for (let t = 0; t < n; t++) {
+      for (let h = 0; h < kv; h++) this.decodeRow(base + t * row + h * hd, hd, scales[block * kv + h], out, outOffset + t * row + h * hd);
+    }
+  }
+
+  protected writeRun(block: number, slot: number, n: number, values: Float32Array, src: number): void {
+    const { numKvHeads: kv, headDim: hd, row, scales, scratch, qmax } = this;
+    const base = block * this.blockSizeTokens * row;
+    for (let h = 0; h < kv; h++) {
+      let maxAbs = 0;
+      for (let t = 0; t < n; t++) {
+        const off = src + t * row + h * hd;
+        for (let d = 0; d < hd; d++) {
+          const a = Math.abs(values[off + d]);
+          if (a > maxAbs) maxAbs = a;
+        }
+      }
+      const si = block * kv + h;
+      // Slot 0 starts the block afresh: whatever scale a previous owner left is meaningless.
+      let scale = slot === 0 ? 0 : scales[si];
+      if (maxAbs > scale * qmax) {
+        const grown = maxAbs / qmax;
+        if (scale > 0) {
+          const ratio = scale / grown;
+          for (let t = 0; t < slot; t++) {
+            const idx = base + t * row + h * hd;
+            this.decodeRow(idx, hd, ratio, scratch, 0);
+            this.encodeRow(scratch, 0, hd, 1, idx);
+          }
+        }
+        scale = grown;
+        scales[si] = grown;
+      }
+      const inv = scale > 0 ? 1 / scale : 0;
+      for (let t = 0; t < n; t++) {
+        this.encodeRow(values, src + t * row + h * hd, hd, inv, base + (slot + t) * row + h * hd);
+      }
+    }
+  }
+}
+
+/** Symmetric int8: code = round(x / scale) in [-127, 127], scale = maxAbs / 127. */
+class Int8Pool extends ScaledPool {
+  readonly dtype = "int8";
+  protected readonly qmax = 127;
+  readonly data: Int8Array;
+
+  constructor(shape: KvPoolShape) {
+    super(shape);
+    this.data = new Int8Array(shape.numBlocks * shape.blockSizeTokens * this.row);
+  }
+
+  newCodes(length: number): Int8Array {
+    return new Int8Array(length);
+  }
+
+  protected storage(): Int8Array {
+    return this.data;
+  }
+
+  protected encodeRow(src: Float32Array, srcOff: number, len: number, inv: number, dst: number): void {
+    const data = this.data;
+    for (let i = 0; i < len; i++) {
+      const q = Math.round(src[srcOff + i] * inv);
+      // Int8Array stores wrap, so clamp the one-ulp overshoot of maxAbs * (1 / scale).
+      data[dst + i] = q > 127 ? 127 : q < -127 ? -127 : q;
+    }
+  }
+
+  protected decodeRow(srcIdx: number, len: number, scale: number, out: Float32Array, outOff: number): void {
+    const data = this.data;
+    for (let i = 0; i < len; i++) out[outOff + i] = data[srcIdx + i] * scale;
+  }
+}
+
+/** Largest finite e4m3 (OCP FP8 E4M3FN: no infinities, S.1111.111 is NaN). */
+export const E4M3_MAX = 448;
+
+/** e4m3 byte -> value, for all 256 codes. */
+export const E4M3_DECODE: Float32Array = (() => {
+  const table = new Float32Array(256);
+  for (let c = 0; c < 256; c++) {
+    const sign = c & 0x80 ? -1 : 1;
+    const e = (c >> 3) & 0xf;
+    const m = c & 7;
+    if (e === 0xf && m === 7) table[c] = NaN;
+    else if (e === 0) table[c] = sign * m * 2 ** -9;
+    else table[c] = sign * (1 + m / 8) * 2 ** (e - 7);
+  }
+  return table;
+})();
+
+/** float32 bits -> e4m3 byte, round to nearest even, saturating at ±448 (NaN stays NaN). */
+export function e4m3FromF32Bits(x: number): number {
+  const sign = (x >>> 24) & 0x80;
+  const abs = x & 0x7fffffff;
+  if (abs > 0x7f800000) return sign | 0x7f;
+  if (abs >= 0x43e00000) return sign | 0x7e; // ≥ 448, infinity included
+  const exp = abs >>> 23;
+  if (exp < 121) {
+    // Below e4m3's smallest normal (2^-6): a multiple of 2^-9. Half the smallest step and less is 0.
+    if (exp < 117) return sign;
+    const m = (abs & 0x7fffff) | 0x800000;
+    const shift = 141 - exp; // value * 2^9 = m * 2^(exp - 150 + 9)
+    let q = m >>> shift;
+    const rest = m & ((1 << shift) - 1);
+    const mid = 1 << (shift - 1);
+    if (rest > mid || (rest === mid && q & 1)) q++;
+    return sign | q; // q = 8 carries into the smallest normal's encoding
+  }
+  let code = ((exp - 120) << 3) | ((abs >>> 20) & 7);
+  const rest = abs & 0xfffff;
+  if (rest > 0x80000 || (rest === 0x80000 && code & 1)) code++;
+  return sign | (code > 0x7e ? 0x7e : code);
+}
+
+/** FP8 e4m3, emulated: code = e4m3(x / scale), scale = maxAbs / 448, decoded through a 256-entry table. */
+class Fp8Pool extends ScaledPool {
+  readonly dtype = "fp8";
+  protected readonly qmax = E4M3_MAX;
+  readonly data: Uint8Array;
+  private readonly scaled: Float32Array;
+  private readonly scaledBits: Uint32Array;
+
+  constructor(shape: KvPoolShape) {
+    super(shape);
+    this.data = new Uint8Array(shape.numBlocks * shape.blockSizeTokens * this.row);
+    this.scaled = new Float32Array(shape.headDim);
+    this.scaledBits = new Uint32Array(this.scaled.buffer);
+  }
+
+  newCodes(length: number): Uint8Array {
+    return new Uint8Array(length);
+  }
+
+  protected storage(): Uint8Array {
+    return this.data;
+  }
+
+  protected encodeRow(src: Float32Array, srcOff: number, len: number, inv: number, dst: number): void {
+    const { data, scaled, scaledBits } = this;
+    for (let i = 0; i < len; i++) scaled[i] = src[srcOff + i] * inv;
+    for (let i = 0; i < len; i++) data[dst + i] = e4m3FromF32Bits(scaledBits[i]);
+  }
+
+  protected decodeRow(srcIdx: number, len: number, scale: number, out: Float32Array, outOff: number): void {
+    const data = this.data;
+    for (let i = 0; i < len; i++) out[outOff + i] = E4M3_DECODE[data[srcIdx + i]] * scale;
+  }
+}
+
+function copyCodes(out: KvCodes, src: KvCodes, offset: number): void {
+  // Every pool copies into its own storage type; set() between equal types is a memcpy.
+  (out as Uint8Array).set(src as Uint8Array, offset);
+}
+
+export interface KvStoreOptions extends KvPoolShape {
+  numLayers: number;
+  kvDtype: KvDtype;
+}
+
+/**
+ * A stage's whole KV cache: for every layer a K pool and a V pool, in the order the stage graph
+ * packs them (layer-major, K then V). gatherEncoded / scatter move a micro-batch's K/V between
+ * the pools and the graph's packed past_kv (+ past_kv_scales) / new_kv tensors.
+ */
+export class KvStore {
+  readonly kvDtype: KvDtype;
+  readonly numLayers: number;
+  /** 2 * numLayers pools: pools[2l] is layer l's K, pools[2l + 1] its V. */
+  readonly pools: readonly KvPool[];
+  private readonly row: number;
+
+  constructor(opts: KvStoreOptions) {
+    for (const [name, value] of Object.entries({ numLayers: opts.numLayers, numBlocks: opts.numBlocks, blockSizeTokens: opts.blockSizeTokens, numKvHeads: opts.numKvHeads, headDim: opts.headDim })) {
+      if (!Number.isInteger(value) || value < 1) throw new RangeError(`${name} must be a positive integer, got ${value}`);
+    }
+    this.kvDtype = opts.kvDtype;
+    this.numLayers = opts.numLayers;
+    this.row = opts.numKvHeads * opts.headDim;
+    this.pools = Array.from({ length: 2 * opts.numLayers }, () => KvPool.create(opts.kvDtype, opts));
+  }
+
+  /** Bytes held, scales included: numBlocks × kvBytesPerBlock. */
+  get byteLength(): number {
+    const p = this.pools[0];
+    return p.numBlocks * kvBytesPerBlock({ numLayers: this.numLayers, numKvHeads: p.numKvHeads, headDim: p.headDim, blockSizeTokens: p.blockSizeTokens, kvDtype: this.kvDtype });
+  }
+
+  /** Every layer's past K and V into `out`, [2 * layers * chunks, P, kvHeads, headDim] (past_kv). */
+  gather(chunks: readonly KvChunk[], P: number, out: Float32Array): void {
+    const perPool = chunks.length * P * this.row;
+    this.pools.forEach((pool, i) => pool.gather(chunks, P, out, i * perPool));
+  }
+
+  /** This step's K and V from `values`, [2 * layers * chunks, T, kvHeads, headDim] (new_kv), into the blocks. */
+  scatter(chunks: readonly KvChunk[], T: number, values: Float32Array): void {
+    const perPool = chunks.length * T * this.row;
+    this.pools.forEach((pool, i) => pool.scatter(values, chunks, T, i * perPool));
+  }
+
+  /**
+   * Every layer's past K and V as stored, for the stage graph to decode: codes shaped like
+   * gather's output, and for int8 / fp8 the scales, [2 * layers * chunks, P / blockSizeTokens,
+   * kvHeads]. P must be a whole number of blocks.
+   */
+  gatherEncoded(chunks: readonly KvChunk[], P: number): { codes: KvCodes; scales?: Float32Array } {
+    const first = this.pools[0];
+    if (P % first.blockSizeTokens !== 0) throw new RangeError(`P ${P} is not a whole number of ${first.blockSizeTokens}-token blocks`);
+    const perPool = chunks.length * P * this.row;
+    const codes = first.newCodes(this.pools.length * perPool);
+    this.pools.forEach((pool, i) => pool.gatherEncoded(chunks, P, codes, i * perPool));
+    if (!(first instanceof ScaledPool)) return { codes };
+    const perPoolScales = (chunks.length * P * first.numKvHeads) / first.blockSizeTokens;
+    const scales = new Float32Array(this.pools.length * perPoolScales);
+    this.pools.forEach((pool, i) => (pool as ScaledPool).gatherScales(chunks, P, scales, i * perPoolScales));
+    return { codes, scales };
+  }
+
+  copyBlock(from: number, to: number): void {
+    for (const pool of this.pools) pool.copyBlock(from, to);
+  }
+}

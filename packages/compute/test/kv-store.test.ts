@@ -1,0 +1,354 @@
+import { describe, expect, it } from "vitest";
+import { f16BitsToF32, f32ToF16Bits } from "@strata/model";
+import { E4M3_DECODE, E4M3_MAX, KvPool, KvStore, ScaledPool, e4m3FromF32Bits, type KvChunk, type KvPoolShape } from "../src/index.ts";
+import type { KvDtype } from "@strata/kv";
+
+const SHAPE: KvPoolShape = { numBlocks: 8, blockSizeTokens: 4, numKvHeads: 2, headDim: 8 };
+const ROW = SHAPE.numKvHeads * SHAPE.headDim;
+
+function lcg(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (Math.imul(a, 1664525) + 1013904223) >>> 0;
+    return a / 4294967296;
+  };
+}
+
+/** Values with magnitudes spread over [1e-2, 8) and both signs, so every dtype's range is exercised. */
+function randomValues(n: number, seed: number): Float32Array {
+  const rnd = lcg(seed);
+  return Float32Array.from({ length: n }, () => (rnd() < 0.5 ? -1 : 1) * 10 ** (rnd() * 2.9 - 2));
+}
+
+const f32Bits = (x: number): number => new Uint32Array(Float32Array.of(x).buffer)[0];
+
+interface Seq {
+  blockTable: number[];
+  tokens: Float32Array; // [length, kvHeads, headDim]
+}
+
+/**
+ * Writes each sequence through `pool` in the given chunk sizes (several sequences per scatter,
+ * padded to the longest chunk, as the engine does), then gathers every sequence's whole past.
+ */
+function roundTrip(pool: KvPool, seqs: Seq[], chunkSizes: number[]): Float32Array[] {
+  const written = seqs.map(() => 0);
+  for (const size of chunkSizes) {
+    const chunks: KvChunk[] = seqs.map((s, i) => ({
+      startPosition: written[i],
+      numTokens: Math.min(size, s.tokens.length / ROW - written[i]),
+      blockTable: s.blockTable,
+    }));
+    const live = chunks.map((c, i) => [c, i] as const).filter(([c]) => c.numTokens > 0);
+    if (live.length === 0) continue;
+    const T = Math.max(...live.map(([c]) => c.numTokens));
+    const values = new Float32Array(live.length * T * ROW).fill(NaN); // padding must never be read
+    live.forEach(([c, i], b) => values.set(seqs[i].tokens.subarray(c.startPosition * ROW, (c.startPosition + c.numTokens) * ROW), b * T * ROW));
+    pool.scatter(values, live.map(([c]) => c), T);
+    live.forEach(([c, i]) => (written[i] += c.numTokens));
+  }
+  const P = Math.max(...seqs.map((s) => s.tokens.length / ROW)) + 3;
+  const out = new Float32Array(seqs.length * P * ROW);
+  pool.gather(
+    seqs.map((s) => ({ startPosition: s.tokens.length / ROW, numTokens: 1, blockTable: s.blockTable })),
+    P,
+    out,
+  );
+  return seqs.map((s, b) => {
+    const len = s.tokens.length / ROW;
+    // Past each sequence's length the output stays as it was (zero).
+    expect(out.subarray((b * P + len) * ROW, (b + 1) * P * ROW).every((x) => x === 0)).toBe(true);
+    return out.slice(b * P * ROW, (b * P + len) * ROW);
+  });
+}
+
+// Two sequences with non-contiguous, interleaved blocks; lengths end mid-block.
+function twoSeqs(seed: number): Seq[] {
+  return [
+    { blockTable: [5, 0, 3], tokens: randomValues(11 * ROW, seed) },
+    { blockTable: [2, 7, 1, 4], tokens: randomValues(14 * ROW, seed + 1) },
+  ];
+}
+
+// A prefill chunk that ends mid-block, then chunks crossing block boundaries, then single-token decodes.
+const CHUNKINGS: number[][] = [[5, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1], [14], Array(14).fill(1)];
+
+describe("KV store: fp32", () => {
+  it.each(CHUNKINGS)("round-trips exactly (chunks %j)", (...sizes) => {
+    const seqs = twoSeqs(1);
+    const got = roundTrip(KvPool.create("fp32", SHAPE), seqs, sizes);
+    seqs.forEach((s, i) => expect(got[i]).toEqual(s.tokens));
+  });
+});
+
+describe("KV store: fp16", () => {
+  it("stores float32 -> half with round-to-nearest-even, exactly as f32ToF16Bits", () => {
+    const specials = [0, -0, 1, -1, 65504, 65520, 1e6, 6e-8, 3e-8, 2.98e-8, 1e-10, 1 + 2 ** -11, 1 + 3 * 2 ** -11, Infinity, -Infinity];
+    const values = Float32Array.from([...specials, ...randomValues(ROW * 4 - specials.length, 3)]);
+    const got = roundTrip(KvPool.create("fp16", SHAPE), [{ blockTable: [0], tokens: values }], [4])[0];
+    values.forEach((x, i) => expect(Object.is(got[i], f16BitsToF32(f32ToF16Bits(x))), `value ${x}`).toBe(true));
+  });
+
+  it.each(CHUNKINGS)("round-trips within 2^-11 relative error (chunks %j)", (...sizes) => {
+    const seqs = twoSeqs(2);
+    const got = roundTrip(KvPool.create("fp16", SHAPE), seqs, sizes);
+    seqs.forEach((s, i) => s.tokens.forEach((x, j) => expect(Math.abs(got[i][j] - x)).toBeLessThanOrEqual(Math.abs(x) * 2 ** -11)));
+  });
+});
+
+/** The largest |x| of each block-head of a sequence's tokens. */
+function blockHeadMax(s: Seq, bs: number): number[][] {
+  const len = s.tokens.length / ROW;
+  return s.blockTable.map((_, blk) =>
+    Array.from({ length: SHAPE.numKvHeads }, (_, h) => {
+      let m = 0;
+      for (let t = blk * bs; t < Math.min(len, (blk + 1) * bs); t++) {
+        for (let d = 0; d < SHAPE.headDim; d++) m = Math.max(m, Math.abs(s.tokens[t * ROW + h * SHAPE.headDim + d]));
+      }
+      return m;
+    }),
+  );
+}
+
+describe("KV store: int8 (per-block, per-head scales)", () => {
+  it("sets each block-head's scale to its max |x| / 127 and round-trips within scale / 2 when a block is written at once", () => {
+    const seqs = twoSeqs(4);
+    const pool = KvPool.create("int8", SHAPE) as ScaledPool;
+    expect(pool).toBeInstanceOf(ScaledPool);
+    const got = roundTrip(pool, seqs, [14]);
+    seqs.forEach((s, i) => {
+      const maxes = blockHeadMax(s, SHAPE.blockSizeTokens);
+      s.tokens.forEach((x, j) => {
+        const t = Math.floor(j / ROW);
+        const h = Math.floor((j % ROW) / SHAPE.headDim);
+        const block = s.blockTable[Math.floor(t / SHAPE.blockSizeTokens)];
+        const scale = pool.scale(block, h);
+        expect(scale).toBeCloseTo(maxes[Math.floor(t / SHAPE.blockSizeTokens)][h] / 127, 7);
+        expect(Math.abs(got[i][j] - x)).toBeLessThanOrEqual(scale / 2 + 1e-7);
+      });
+    });
+  });
+
+  it.each(CHUNKINGS)("round-trips token by token within scale / 2 plus the requantization bound (chunks %j)", (...sizes) => {
+    const seqs = twoSeqs(5);
+    const pool = KvPool.create("int8", SHAPE) as ScaledPool;
+    const got = roundTrip(pool, seqs, sizes);
+    seqs.forEach((s, i) =>
+      s.tokens.forEach((x, j) => {
+        const t = Math.floor(j / ROW);
+        const scale = pool.scale(s.blockTable[Math.floor(t / SHAPE.blockSizeTokens)], Math.floor((j % ROW) / SHAPE.headDim));
+        // At most blockSizeTokens - 1 re-encodings, each adding ≤ half a step of a scale ≤ the final one.
+        expect(Math.abs(got[i][j] - x)).toBeLessThanOrEqual((scale / 2) * SHAPE.blockSizeTokens + 1e-7);
+      }),
+    );
+  });
+
+  it("requantizes a block-head's earlier tokens when a later token is larger", () => {
+    const pool = KvPool.create("int8", SHAPE) as ScaledPool;
+    const small = randomValues(ROW, 6).map((x) => x / 8); // |x| < 1
+    const large = Float32Array.from(small, (x) => x * 10);
+    large[3] = 12.7; // head 0 max -> scale 0.1
+    const table = [6];
+    pool.scatter(small, [{ startPosition: 0, numTokens: 1, blockTable: table }], 1);
+    const s0 = pool.scale(6, 0);
+    const before = new Float32Array(ROW);
+    pool.gather([{ startPosition: 1, numTokens: 1, blockTable: table }], 1, before);
+    pool.scatter(large, [{ startPosition: 1, numTokens: 1, blockTable: table }], 1);
+    const s1 = pool.scale(6, 0);
+    expect(s1).toBeCloseTo(0.1, 7);
+    expect(s1).toBeGreaterThan(s0);
+    const after = new Float32Array(2 * ROW);
+    pool.gather([{ startPosition: 2, numTokens: 1, blockTable: table }], 2, after);
+    for (let d = 0; d < SHAPE.headDim; d++) {
+      // Token 0 now lives on the coarser grid: a whole multiple of s1, within s0/2 + s1/2 of the truth.
+      expect(after[d] / s1).toBeCloseTo(Math.round(after[d] / s1), 4);
+      expect(Math.abs(after[d] - small[d])).toBeLessThanOrEqual(s0 / 2 + s1 / 2 + 1e-7);
+      expect(Math.abs(after[ROW + d] - large[d])).toBeLessThanOrEqual(s1 / 2 + 1e-7);
+    }
+    expect(after[ROW + 3]).toBeCloseTo(12.7, 5);
+  });
+
+  it("starts a reused block afresh: a previous owner's large scale does not leak", () => {
+    const pool = KvPool.create("int8", SHAPE) as ScaledPool;
+    pool.scatter(Float32Array.from({ length: ROW }, () => 100), [{ startPosition: 0, numTokens: 1, blockTable: [2] }], 1);
+    expect(pool.scale(2, 0)).toBeCloseTo(100 / 127, 6);
+    const small = randomValues(ROW, 7).map((x) => x / 10);
+    pool.scatter(small, [{ startPosition: 0, numTokens: 1, blockTable: [2] }], 1);
+    const got = new Float32Array(ROW);
+    pool.gather([{ startPosition: 1, numTokens: 1, blockTable: [2] }], 1, got);
+    for (let h = 0; h < SHAPE.numKvHeads; h++) {
+      const maxAbs = Math.max(...small.subarray(h * SHAPE.headDim, (h + 1) * SHAPE.headDim).map(Math.abs));
+      expect(pool.scale(2, h)).toBeCloseTo(maxAbs / 127, 7);
+    }
+    small.forEach((x, j) => expect(Math.abs(got[j] - x)).toBeLessThanOrEqual(pool.scale(2, Math.floor(j / SHAPE.headDim)) / 2 + 1e-8));
+  });
+});
+
+describe("e4m3", () => {
+  it("decodes the format's landmarks", () => {
+    expect(E4M3_DECODE[0x7e]).toBe(448);
+    expect(E4M3_DECODE[0xfe]).toBe(-448);
+    expect(E4M3_DECODE[0x38]).toBe(1);
+    expect(E4M3_DECODE[0x08]).toBe(2 ** -6); // smallest normal
+    expect(E4M3_DECODE[0x01]).toBe(2 ** -9); // smallest subnormal
+    expect(E4M3_DECODE[0x07]).toBe(7 * 2 ** -9);
+    expect(Number.isNaN(E4M3_DECODE[0x7f])).toBe(true);
+    expect(Object.is(E4M3_DECODE[0x80], -0)).toBe(true);
+  });
+
+  it("encodes every finite code's value back to that code", () => {
+    for (let c = 0; c < 256; c++) {
+      if ((c & 0x7f) === 0x7f) continue;
+      expect(e4m3FromF32Bits(f32Bits(E4M3_DECODE[c]))).toBe(c);
+    }
+  });
+
+  it("rounds to nearest even and saturates at 448", () => {
+    const enc = (x: number): number => E4M3_DECODE[e4m3FromF32Bits(f32Bits(x))];
+    expect(enc(1.0625)).toBe(1); // tie between 1 (even) and 1.125
+    expect(enc(1.0626)).toBe(1.125);
+    expect(enc(1.1875)).toBe(1.25); // tie between 1.125 and 1.25 (even)
+    expect(enc(464)).toBe(448);
+    expect(enc(1e9)).toBe(448);
+    expect(enc(-Infinity)).toBe(-448);
+    expect(enc(2 ** -10)).toBe(0); // tie between 0 (even) and 2^-9
+    expect(enc(1.5 * 2 ** -9)).toBe(2 * 2 ** -9); // tie between 1 and 2 subnormal steps
+    expect(enc(15.5 * 2 ** -10)).toBe(2 ** -6); // rounds up into the smallest normal
+    expect(enc(1e-30)).toBe(0);
+    expect(Number.isNaN(enc(NaN))).toBe(true);
+  });
+
+  it("matches a brute-force nearest-value search (ties to even) on random inputs", () => {
+    const finite = [...E4M3_DECODE.keys()].filter((c) => c < 0x7f && c !== 0x7f);
+    const rnd = lcg(8);
+    for (let i = 0; i < 2000; i++) {
+      const x = Math.fround(rnd() * 460 * 2 ** -(rnd() * 18));
+      const code = e4m3FromF32Bits(f32Bits(x));
+      const best = Math.min(...finite.map((c) => Math.abs(E4M3_DECODE[c] - x)));
+      expect(Math.abs(E4M3_DECODE[code] - x)).toBe(best);
+    }
+  });
+});
+
+describe("KV store: fp8 e4m3 (per-block, per-head scales)", () => {
+  // Relative error 2^-4 of the scale-normalised value in the normal range; half the smallest
+  // subnormal step (2^-10, normalised) below it.
+  const bound = (x: number, scale: number): number => Math.max(2 ** -4 * Math.abs(x), 2 ** -10 * scale) + 1e-7;
+
+  it("maps each block-head's max |x| to 448 and round-trips within 2^-4 of the scale-normalised value", () => {
+    const seqs = twoSeqs(9);
+    const pool = KvPool.create("fp8", SHAPE) as ScaledPool;
+    const got = roundTrip(pool, seqs, [14]);
+    seqs.forEach((s, i) => {
+      const maxes = blockHeadMax(s, SHAPE.blockSizeTokens);
+      s.tokens.forEach((x, j) => {
+        const t = Math.floor(j / ROW);
+        const h = Math.floor((j % ROW) / SHAPE.headDim);
+        const scale = pool.scale(s.blockTable[Math.floor(t / SHAPE.blockSizeTokens)], h);
+        expect(scale).toBeCloseTo(maxes[Math.floor(t / SHAPE.blockSizeTokens)][h] / E4M3_MAX, 8);
+        expect(Math.abs(got[i][j] - x)).toBeLessThanOrEqual(bound(x, scale));
+      });
+    });
+  });
+
+  it.each(CHUNKINGS)("round-trips token by token within the bound plus one re-encoding per later token (chunks %j)", (...sizes) => {
+    const seqs = twoSeqs(10);
+    const pool = KvPool.create("fp8", SHAPE) as ScaledPool;
+    const got = roundTrip(pool, seqs, sizes);
+    seqs.forEach((s, i) =>
+      s.tokens.forEach((x, j) => {
+        const t = Math.floor(j / ROW);
+        const scale = pool.scale(s.blockTable[Math.floor(t / SHAPE.blockSizeTokens)], Math.floor((j % ROW) / SHAPE.headDim));
+        const reencodings = SHAPE.blockSizeTokens - 1;
+        expect(Math.abs(got[i][j] - x)).toBeLessThanOrEqual(bound(x, scale) * (1 + reencodings * (1 + 2 ** -4)));
+      }),
+    );
+  });
+
+  it("requantizes a block-head's earlier tokens when a later token is larger", () => {
+    const pool = KvPool.create("fp8", SHAPE) as ScaledPool;
+    const small = randomValues(ROW, 11).map((x) => x / 8);
+    const large = Float32Array.from(small, (x) => x * 10);
+    large[2] = 44.8; // head 0 max -> scale 0.1
+    pool.scatter(small, [{ startPosition: 0, numTokens: 1, blockTable: [1] }], 1);
+    const s0 = pool.scale(1, 0);
+    pool.scatter(large, [{ startPosition: 1, numTokens: 1, blockTable: [1] }], 1);
+    const s1 = pool.scale(1, 0);
+    expect(s1).toBeCloseTo(0.1, 7);
+    expect(s1).toBeGreaterThan(s0);
+    const after = new Float32Array(2 * ROW);
+    pool.gather([{ startPosition: 2, numTokens: 1, blockTable: [1] }], 2, after);
+    for (let d = 0; d < SHAPE.headDim; d++) {
+      // Token 0's code is now an e4m3 value at scale s1.
+      const code = e4m3FromF32Bits(f32Bits(after[d] / s1));
+      expect(E4M3_DECODE[code] * s1).toBeCloseTo(after[d], 6);
+      const once = Math.max(2 ** -4 * Math.abs(small[d]), 2 ** -10 * s0);
+      expect(Math.abs(after[d] - small[d])).toBeLessThanOrEqual(once + bound(small[d] + once, s1));
+      expect(Math.abs(after[ROW + d] - large[d])).toBeLessThanOrEqual(bound(large[d], s1));
+    }
+    expect(after[ROW + 2]).toBeCloseTo(44.8, 4);
+  });
+});
+
+describe("KV store: every dtype", () => {
+  const dtypes: KvDtype[] = ["fp32", "fp16", "int8", "fp8"];
+
+  it.each(dtypes)("%s: copyBlock carries values and scales", (dtype) => {
+    const pool = KvPool.create(dtype, SHAPE);
+    const values = randomValues(3 * ROW, 12);
+    pool.scatter(values, [{ startPosition: 0, numTokens: 3, blockTable: [4] }], 3);
+    pool.copyBlock(4, 6);
+    const a = new Float32Array(3 * ROW);
+    const b = new Float32Array(3 * ROW);
+    pool.gather([{ startPosition: 3, numTokens: 1, blockTable: [4] }], 3, a);
+    pool.gather([{ startPosition: 3, numTokens: 1, blockTable: [6] }], 3, b);
+    expect(b).toEqual(a);
+  });
+
+  it.each(dtypes)("%s: KvStore packs layers K then V like the stage graph's past_kv / new_kv", (dtype) => {
+    const numLayers = 3;
+    const store = new KvStore({ ...SHAPE, numLayers, kvDtype: dtype });
+    expect(store.pools).toHaveLength(2 * numLayers);
+    const chunks: KvChunk[] = [
+      { startPosition: 0, numTokens: 6, blockTable: [3, 1] },
+      { startPosition: 0, numTokens: 2, blockTable: [0] },
+    ];
+    const T = 6;
+    const fresh = randomValues(2 * numLayers * chunks.length * T * ROW, 13);
+    store.scatter(chunks, T, fresh);
+    const next = chunks.map((c) => ({ ...c, startPosition: c.numTokens, numTokens: 1 }));
+    const P = 8;
+    const past = new Float32Array(2 * numLayers * chunks.length * P * ROW);
+    store.gather(next, P, past);
+    // Pool by pool, the same as gathering that pool alone.
+    store.pools.forEach((pool, i) => {
+      const alone = new Float32Array(chunks.length * P * ROW);
+      pool.gather(next, P, alone);
+      expect(past.subarray(i * alone.length, (i + 1) * alone.length)).toEqual(alone);
+    });
+    if (dtype === "fp32") {
+      // Part i, sequence b, token t of the input comes back at part i, sequence b, position t.
+      for (let part = 0; part < 2 * numLayers; part++) {
+        chunks.forEach((c, b) => {
+          const src = ((part * chunks.length + b) * T) * ROW;
+          const dst = ((part * chunks.length + b) * P) * ROW;
+          expect(past.subarray(dst, dst + c.numTokens * ROW)).toEqual(fresh.subarray(src, src + c.numTokens * ROW));
+        });
+      }
+    }
+  });
+
+  it("reports its bytes, scales included", () => {
+    const layout = { ...SHAPE, numLayers: 2 };
+    const elements = 2 * 2 * SHAPE.numBlocks * SHAPE.blockSizeTokens * ROW;
+    const scales = 2 * 2 * SHAPE.numBlocks * SHAPE.numKvHeads * 4;
+    expect(new KvStore({ ...layout, kvDtype: "fp32" }).byteLength).toBe(elements * 4);
+    expect(new KvStore({ ...layout, kvDtype: "fp16" }).byteLength).toBe(elements * 2);
+    expect(new KvStore({ ...layout, kvDtype: "int8" }).byteLength).toBe(elements + scales);
+    expect(new KvStore({ ...layout, kvDtype: "fp8" }).byteLength).toBe(elements + scales);
+    for (const dtype of ["fp32", "fp16", "int8", "fp8"] as const) {
+      const store = new KvStore({ ...layout, kvDtype: dtype });
+      expect(store.pools.reduce((a, p) => a + p.byteLength, 0)).toBe(store.byteLength);
+    }
+  });
+});

@@ -1,0 +1,262 @@
+import { ROOT_CONTEXT, SpanKind, SpanStatusCode, type Link, type Span } from "@opentelemetry/api";
+import type { ResultsResponse, SequenceChunk } from "@strata/proto";
+import { injectTraceContext, wallClockMs, type Tracing } from "@strata/telemetry";
+import type { GenerateRequest } from "./engine.ts";
+import type { CoordinatorMetrics } from "./metrics.ts";
+import type { PipelineObserver, StepObservation } from "./pipeline-client.ts";
+import { TraceLog, type StageTimingRecord, type StepRecord } from "./trace-view.ts";
+
+/** Where the telemetry finds the request behind a stage-side sequence id (ids change on preemption). */
+export interface EngineRequestSource {
+  requestsBySeqId(): Map<number, GenerateRequest>;
+}
+
+export interface RequestInfo {
+  requestId: string;
+  operation: "completion" | "chat";
+  model: string;
+  promptTokens: number;
+  maxTokens: number;
+  n: number;
+  stream: boolean;
+}
+
+export type RequestOutcome = "stop" | "length" | "abort" | "error";
+
+interface ChoiceTiming {
+  firstTokenMs?: number;
+  lastTokenMs?: number;
+  tokens: number;
+}
+
+/**
+ * One API request: a root span (its own trace), its record in the coordinator's ring, and its
+ * latency metrics. Steps link to it and it links back to every step it took part in.
+ */
+export class RequestTrace {
+  readonly span: Span | undefined;
+  private readonly choices: ChoiceTiming[] = [];
+  private finished = false;
+
+  constructor(
+    private readonly telemetry: CoordinatorTelemetry,
+    readonly info: RequestInfo,
+    readonly startUnixMs: number,
+  ) {
+    const tracing = telemetry.tracing;
+    if (tracing.enabled) {
+      this.span = tracing.tracer.startSpan(
+        "request",
+        {
+          kind: SpanKind.SERVER,
+          startTime: startUnixMs,
+          attributes: {
+            "strata.request.id": info.requestId,
+            "strata.request.operation": info.operation,
+            "strata.request.n": info.n,
+            "strata.request.stream": info.stream,
+            "gen_ai.request.model": info.model,
+            "gen_ai.request.max_tokens": info.maxTokens,
+            "gen_ai.usage.input_tokens": info.promptTokens,
+          },
+        },
+        ROOT_CONTEXT,
+      );
+    }
+    const spanContext = this.span?.spanContext();
+    telemetry.log.addRequest({
+      requestId: info.requestId,
+      traceId: spanContext?.traceId,
+      spanId: spanContext?.spanId,
+      startUnixMs,
+      promptTokens: info.promptTokens,
+      completionTokens: 0,
+    });
+  }
+
+  /** Marks an engine request as choice `index` of this API request, so the steps that carry it find it. */
+  bind(req: GenerateRequest, index: number): GenerateRequest {
+    this.choices[index] = { tokens: 0 };
+    this.telemetry.bind(req, this);
+    return req;
+  }
+
+  tokenEmitted(index: number): void {
+    const now = wallClockMs();
+    const choice = this.choices[index];
+    choice.tokens++;
+    choice.lastTokenMs = now;
+    if (choice.firstTokenMs === undefined) choice.firstTokenMs = now;
+    const record = this.telemetry.log.request(this.info.requestId);
+    if (record) {
+      record.completionTokens++;
+      if (record.firstTokenUnixMs === undefined) {
+        record.firstTokenUnixMs = now;
+        this.telemetry.metrics.timeToFirstToken.observe((now - this.startUnixMs) / 1000);
+        this.span?.addEvent("first_token", now);
+      }
+    }
+    this.telemetry.metrics.generationTokens.inc();
+  }
+
+  finish(outcome: RequestOutcome, error?: Error): void {
+    if (this.finished) return;
+    this.finished = true;
+    const now = wallClockMs();
+    const metrics = this.telemetry.metrics;
+    const completionTokens = this.choices.reduce((sum, c) => sum + c.tokens, 0);
+    metrics.requests.inc({ finish_reason: outcome });
+    metrics.promptTokens.inc(this.info.promptTokens);
+    metrics.e2eLatency.observe((now - this.startUnixMs) / 1000);
+    for (const c of this.choices) {
+      if (c && c.tokens > 1) metrics.timePerOutputToken.observe((c.lastTokenMs! - c.firstTokenMs!) / 1000 / (c.tokens - 1));
+    }
+    const record = this.telemetry.log.request(this.info.requestId);
+    if (record) {
+      record.endUnixMs = now;
+      record.finishReason = outcome;
+    }
+    if (this.span) {
+      this.span.setAttribute("gen_ai.usage.output_tokens", completionTokens);
+      this.span.setAttribute("strata.request.finish_reason", outcome);
+      if (error) this.span.setStatus({ code: SpanStatusCode.ERROR, message: error.message });
+      this.span.end(now);
+    }
+  }
+}
+
+/**
+ * The coordinator's side of observability for the data path: each micro-batch becomes a step
+ * span (a root span of its own trace, linked to the request spans of its batch; the stages' spans
+ * are its children via ForwardRequest.trace_context), a record in the TraceLog ring, and step and
+ * per-hop latency metrics. Tracing off costs one branch per step.
+ */
+export class CoordinatorTelemetry implements PipelineObserver {
+  readonly log: TraceLog;
+  private readonly traces = new WeakMap<GenerateRequest, RequestTrace>();
+  private stepCounter = 0;
+  engine: EngineRequestSource | undefined;
+
+  constructor(
+    readonly tracing: Tracing,
+    readonly metrics: CoordinatorMetrics,
+    opts: { stepCapacity?: number; requestCapacity?: number } = {},
+  ) {
+    this.log = new TraceLog(opts.stepCapacity, opts.requestCapacity);
+  }
+
+  startRequest(info: RequestInfo): RequestTrace {
+    return new RequestTrace(this, info, wallClockMs());
+  }
+
+  bind(req: GenerateRequest, trace: RequestTrace): void {
+    this.traces.set(req, trace);
+  }
+
+  stepStarted(batchId: number, seqs: readonly SequenceChunk[]): StepObservation {
+    const sentUnixMs = wallClockMs();
+    const step = ++this.stepCounter;
+    const bySeq = this.engine?.requestsBySeqId();
+    const requests: Array<RequestTrace | undefined> = seqs.map((c) => {
+      const req = bySeq?.get(c.seqId);
+      return req ? this.traces.get(req) : undefined;
+    });
+    let prefillTokens = 0;
+    let decodeTokens = 0;
+    seqs.forEach((c, i) => {
+      const promptTokens = requests[i]?.info.promptTokens ?? 0;
+      if (c.numTokens === 1 && c.startPosition >= promptTokens && promptTokens > 0) decodeTokens++;
+      else prefillTokens += c.numTokens;
+    });
+    const unique = [...new Set(requests.filter((r): r is RequestTrace => r !== undefined))];
+    const record: StepRecord = {
+      step,
+      batchId,
+      sentUnixMs,
+      seqIds: seqs.map((c) => c.seqId),
+      requestIds: unique.map((r) => r.info.requestId),
+      tokens: prefillTokens + decodeTokens,
+      prefillTokens,
+      decodeTokens,
+      stages: [],
+    };
+    let span: Span | undefined;
+    let traceContext: Record<string, string> | undefined;
+    if (this.tracing.enabled) {
+      const links: Link[] = unique
+        .filter((r) => r.span !== undefined)
+        .map((r) => ({ context: r.span!.spanContext(), attributes: { "strata.request.id": r.info.requestId } }));
+      span = this.tracing.tracer.startSpan(
+        "step",
+        {
+          kind: SpanKind.CLIENT,
+          startTime: sentUnixMs,
+          links,
+          attributes: {
+            "strata.step": step,
+            "strata.batch.id": batchId,
+            "strata.batch.size": seqs.length,
+            "strata.batch.seq_ids": record.seqIds,
+            "strata.batch.request_ids": record.requestIds,
+            "strata.step.tokens": record.tokens,
+            "strata.step.prefill_tokens": prefillTokens,
+            "strata.step.decode_tokens": decodeTokens,
+          },
+        },
+        ROOT_CONTEXT,
+      );
+      const ctx = span.spanContext();
+      record.traceId = ctx.traceId;
+      record.spanId = ctx.spanId;
+      traceContext = injectTraceContext(ctx);
+    }
+    this.log.addStep(record);
+    return {
+      traceContext,
+      finished: (result) => this.stepFinished(record, result, span, unique),
+      failed: (error) => {
+        record.receivedUnixMs = wallClockMs();
+        record.error = error.message;
+        if (span) {
+          span.setStatus({ code: SpanStatusCode.ERROR, message: error.message });
+          span.end(record.receivedUnixMs);
+        }
+      },
+    };
+  }
+
+  private stepFinished(record: StepRecord, result: ResultsResponse, span: Span | undefined, requests: RequestTrace[]): void {
+    const receivedUnixMs = wallClockMs();
+    record.receivedUnixMs = receivedUnixMs;
+    record.stages = result.stageTimings.map(
+      (t): StageTimingRecord => ({
+        stageIndex: t.stageIndex,
+        workerId: t.workerId,
+        receivedUnixMs: t.receivedUnixMs,
+        startedUnixMs: t.startedUnixMs,
+        sentUnixMs: t.sentUnixMs,
+        kvBlocksUsed: t.kvBlocksUsed,
+        kvBlocksTotal: t.kvBlocksTotal,
+        hiddenBytesSent: Number(t.hiddenBytesSent),
+      }),
+    );
+    const m = this.metrics;
+    m.stepDuration.observe((receivedUnixMs - record.sentUnixMs) / 1000);
+    m.stepTokens.observe(record.tokens);
+    let previous = "coordinator";
+    let at = record.sentUnixMs;
+    for (const t of record.stages) {
+      m.hopLatency.observe({ hop: `${previous}->${t.stageIndex}` }, Math.max(0, t.receivedUnixMs - at) / 1000);
+      previous = String(t.stageIndex);
+      at = t.sentUnixMs;
+    }
+    if (record.stages.length > 0) m.hopLatency.observe({ hop: `${previous}->coordinator` }, Math.max(0, receivedUnixMs - at) / 1000);
+    if (!span) return;
+    span.setAttribute("strata.stage.kv_blocks_used", record.stages.map((t) => t.kvBlocksUsed));
+    span.setAttribute("strata.stage.hidden_bytes_sent", record.stages.map((t) => t.hiddenBytesSent));
+    span.setAttribute("strata.stage.worker_ids", record.stages.map((t) => t.workerId));
+    span.end(receivedUnixMs);
+    const link: Link = { context: span.spanContext(), attributes: { "strata.step": record.step, "strata.batch.id": record.batchId } };
+    for (const r of requests) if (r.span?.isRecording()) r.span.addLink(link);
+  }
+}

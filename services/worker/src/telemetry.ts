@@ -1,0 +1,138 @@
+import { SpanKind, SpanStatusCode } from "@opentelemetry/api";
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import type { EventBus } from "@strata/events";
+import type { DescribeResponse, ForwardRequest, StageError, StageTiming } from "@strata/proto";
+import { extractTraceContext, setCounterTotal, type Tracing } from "@strata/telemetry";
+
+/** What a WorkerNode reports about each micro-batch it handled. */
+export interface StageObserver {
+  /** The stage computed the batch and sent it on; `timing` is the entry it appended. */
+  batchDone(req: ForwardRequest, timing: StageTiming): void;
+  batchFailed(req: ForwardRequest, error: StageError, receivedUnixMs: number): void;
+}
+
+const SECONDS_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
+
+/**
+ * A worker's Prometheus registry and its stage spans. Each stage span is a child of the
+ * coordinator's step span (the context travels in ForwardRequest.trace_context and every stage
+ * passes the same one on), so a step shows one child per stage it crossed.
+ */
+export class StageTelemetry implements StageObserver {
+  readonly registry = new Registry();
+  private readonly batches: Counter<"stage">;
+  private readonly batchErrors: Counter<"stage">;
+  private readonly tokens: Counter<"stage">;
+  private readonly hiddenBytes: Counter<"stage">;
+  private readonly computeSeconds: Histogram<"stage">;
+  private readonly queueSeconds: Histogram<"stage">;
+
+  constructor(
+    private readonly workerId: string,
+    private readonly describe: () => DescribeResponse,
+    private readonly tracing: Tracing,
+    events?: EventBus,
+  ) {
+    const registers = [this.registry];
+    this.registry.setDefaultLabels({ worker_id: workerId });
+    this.batches = new Counter({ name: "strata_stage_batches_total", help: "Micro-batches this stage computed and sent on", labelNames: ["stage"], registers });
+    this.batchErrors = new Counter({ name: "strata_stage_batch_errors_total", help: "Micro-batches this stage rejected", labelNames: ["stage"], registers });
+    this.tokens = new Counter({ name: "strata_stage_tokens_total", help: "Token positions this stage computed", labelNames: ["stage"], registers });
+    this.hiddenBytes = new Counter({ name: "strata_stage_hidden_state_sent_bytes_total", help: "Bytes of hidden state sent to the next stage", labelNames: ["stage"], registers });
+    this.computeSeconds = new Histogram({
+      name: "strata_stage_compute_seconds",
+      help: "Time from the start of a batch's compute to sending it on",
+      labelNames: ["stage"],
+      buckets: SECONDS_BUCKETS,
+      registers,
+    });
+    this.queueSeconds = new Histogram({
+      name: "strata_stage_queue_seconds",
+      help: "Time a batch waited on this stage behind earlier batches",
+      labelNames: ["stage"],
+      buckets: SECONDS_BUCKETS,
+      registers,
+    });
+    const kv = () => {
+      const d = this.describe();
+      return d.loaded && d.kv ? { stage: String(d.stageIndex), kv: d.kv } : undefined;
+    };
+    const gauge = (name: string, help: string, value: (k: NonNullable<DescribeResponse["kv"]>) => number) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: ["stage"],
+        registers,
+        collect() {
+          this.reset();
+          const s = kv();
+          if (s) this.set({ stage: s.stage }, value(s.kv));
+        },
+      });
+    gauge("strata_kv_blocks_used", "KV blocks referenced by live sequences on this stage", (k) => k.blocksUsed);
+    gauge("strata_kv_blocks_free", "KV blocks holding nothing on this stage", (k) => k.blocksFree);
+    gauge("strata_kv_blocks_total", "KV blocks this stage holds", (k) => k.blocksTotal);
+    gauge("strata_kv_usage_ratio", "Fraction of this stage's KV blocks in use (0 to 1)", (k) => (k.blocksTotal > 0 ? k.blocksUsed / k.blocksTotal : 0));
+    gauge("strata_kv_sequences", "Sequences holding KV on this stage", (k) => k.sequences);
+    if (events) {
+      new Counter({
+        name: "strata_nats_events_received_total",
+        help: "NATS events this worker received, by kind and reason",
+        labelNames: ["kind", "reason"],
+        registers,
+        collect() {
+          for (const c of events.eventCounts()) if (c.direction === "received") setCounterTotal(this, c.count, { kind: c.kind, reason: c.reason });
+        },
+      });
+    }
+  }
+
+  batchDone(req: ForwardRequest, timing: StageTiming): void {
+    const stage = String(timing.stageIndex);
+    const tokens = req.seqs.reduce((sum, c) => sum + c.numTokens, 0);
+    const hiddenBytes = Number(timing.hiddenBytesSent);
+    this.batches.inc({ stage });
+    this.tokens.inc({ stage }, tokens);
+    if (hiddenBytes > 0) this.hiddenBytes.inc({ stage }, hiddenBytes);
+    this.computeSeconds.observe({ stage }, (timing.sentUnixMs - timing.startedUnixMs) / 1000);
+    this.queueSeconds.observe({ stage }, (timing.startedUnixMs - timing.receivedUnixMs) / 1000);
+    if (!this.tracing.enabled) return;
+    const decodeSeqs = req.seqs.filter((c) => c.numTokens === 1).length;
+    const span = this.tracing.tracer.startSpan(
+      `stage ${timing.stageIndex}`,
+      {
+        kind: SpanKind.SERVER,
+        startTime: timing.receivedUnixMs,
+        attributes: {
+          "strata.worker.id": this.workerId,
+          "strata.stage.index": timing.stageIndex,
+          "strata.batch.id": req.batchId,
+          "strata.batch.size": req.seqs.length,
+          "strata.batch.seq_ids": req.seqs.map((c) => c.seqId),
+          "strata.step.tokens": tokens,
+          "strata.step.decode_seqs": decodeSeqs,
+          "strata.step.prefill_seqs": req.seqs.length - decodeSeqs,
+          "strata.stage.queue_ms": timing.startedUnixMs - timing.receivedUnixMs,
+          "strata.stage.compute_ms": timing.sentUnixMs - timing.startedUnixMs,
+          "strata.kv.blocks_used": timing.kvBlocksUsed,
+          "strata.kv.blocks_total": timing.kvBlocksTotal,
+          "strata.hidden_state.bytes_sent": hiddenBytes,
+        },
+      },
+      extractTraceContext(req.traceContext),
+    );
+    span.end(timing.sentUnixMs);
+  }
+
+  batchFailed(req: ForwardRequest, error: StageError, receivedUnixMs: number): void {
+    this.batchErrors.inc({ stage: String(error.stageIndex) });
+    if (!this.tracing.enabled) return;
+    const span = this.tracing.tracer.startSpan(
+      `stage ${error.stageIndex}`,
+      { kind: SpanKind.SERVER, startTime: receivedUnixMs, attributes: { "strata.worker.id": this.workerId, "strata.batch.id": req.batchId, "strata.stage.index": error.stageIndex } },
+      extractTraceContext(req.traceContext),
+    );
+    span.setStatus({ code: SpanStatusCode.ERROR, message: error.message });
+    span.end();
+  }
+}

@@ -1,0 +1,93 @@
+import { statSync } from "node:fs";
+import { join } from "node:path";
+import * as grpc from "@grpc/grpc-js";
+import { create } from "@bufbuild/protobuf";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { BUNDLED_HF_MODEL_DIR, BUNDLED_MODEL_DIR } from "@strata/model";
+import {
+  DescribeRequestSchema,
+  LoadRequestSchema,
+  WorkerService,
+  grpcChannelOptions,
+  grpcClientConstructor,
+  type DescribeResponse,
+  type LoadResponse,
+} from "@strata/proto";
+import { startWorkerServer, type RunningWorker } from "../src/index.ts";
+
+// A worker loading one layer range reads that range's bytes from the weight file and not the rest:
+// a middle stage of stories260K reads one layer's tensors, not the embedding, not the other layers.
+
+const D = 64; // stories260K: dim 64, 8 heads, 4 KV heads (head_dim 8), hidden_dim 172, 5 layers, vocab 512
+const KV = 32;
+const FF = 172;
+const LAYER_FLOATS = D + D * D + KV * D + KV * D + D * D + D + 3 * FF * D;
+const LAYER_BYTES = LAYER_FLOATS * 4; // 181,760
+const EMBEDDING_BYTES = 512 * D * 4; // 131,072
+
+const WorkerClient = grpcClientConstructor(WorkerService);
+interface Stub extends grpc.Client {
+  load(req: unknown): grpc.ClientReadableStream<LoadResponse>;
+  describe(req: unknown, cb: (err: grpc.ServiceError | null, res: DescribeResponse) => void): void;
+}
+
+let worker: RunningWorker;
+let stub: Stub;
+beforeAll(async () => {
+  // No NATS: a lone worker serves Load and Describe without one.
+  worker = await startWorkerServer({ workerId: "loader-test" });
+  stub = new WorkerClient(worker.address, grpc.credentials.createInsecure(), grpcChannelOptions) as unknown as Stub;
+});
+afterAll(async () => {
+  stub?.close();
+  await worker?.close();
+});
+
+function load(modelDir: string, layerStart: number, layerEnd: number): Promise<DescribeResponse> {
+  return new Promise((resolve, reject) => {
+    const call = stub.load(create(LoadRequestSchema, { modelDir, layerStart, layerEnd, stageIndex: 1, numStages: 3, device: "cpu", blockSizeTokens: 16, kvCacheBytes: 1n << 20n }));
+    let ready: DescribeResponse | undefined;
+    call.on("data", (msg: LoadResponse) => {
+      if (msg.event.case === "ready") ready = msg.event.value;
+    });
+    call.on("error", reject);
+    call.on("end", () => (ready ? resolve(ready) : reject(new Error("load ended without ready"))));
+  });
+}
+
+function describeWorker(): Promise<DescribeResponse> {
+  return new Promise((resolve, reject) => stub.describe(create(DescribeRequestSchema, {}), (err, res) => (err ? reject(err) : resolve(res))));
+}
+
+describe("a worker reads only its layer range", () => {
+  it("llama2.c checkpoint: layer 2 of 5 as a middle stage reads one layer's bytes", async () => {
+    const fileBytes = statSync(join(BUNDLED_MODEL_DIR, "stories260K.bin")).size;
+    expect(fileBytes).toBe(1_056_540);
+
+    const ready = await load(BUNDLED_MODEL_DIR, 2, 3);
+    expect(ready).toMatchObject({ loaded: true, layerStart: 2, layerEnd: 3, firstStage: false, lastStage: false });
+
+    const described = await describeWorker();
+    expect(described.loaded).toBe(true);
+    const read = Number(described.weightBytesRead);
+    expect(read).toBeGreaterThanOrEqual(LAYER_BYTES);
+    expect(read).toBeLessThan(fileBytes / 4);
+    // Not the embedding (the only tensor larger than the slack) nor a second layer: one layer plus headers.
+    expect(read).toBeLessThan(LAYER_BYTES + Math.min(EMBEDDING_BYTES, LAYER_BYTES) / 4);
+  });
+
+  it("Hugging Face safetensors: the same range reads the same share of the file", async () => {
+    const fileBytes = statSync(join(BUNDLED_HF_MODEL_DIR, "model.safetensors")).size;
+    await load(BUNDLED_HF_MODEL_DIR, 2, 3);
+    const read = Number((await describeWorker()).weightBytesRead);
+    expect(read).toBeGreaterThanOrEqual(LAYER_BYTES);
+    expect(read).toBeLessThan(fileBytes / 4);
+  });
+
+  it("a first stage adds the embedding, and the count is per load, not cumulative", async () => {
+    await load(BUNDLED_MODEL_DIR, 0, 1);
+    const read = Number((await describeWorker()).weightBytesRead);
+    expect(read).toBeGreaterThanOrEqual(LAYER_BYTES + EMBEDDING_BYTES);
+    expect(read).toBeLessThan(LAYER_BYTES + EMBEDDING_BYTES + LAYER_BYTES / 4);
+  });
+});

@@ -1,0 +1,200 @@
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import { performance } from "node:perf_hooks";
+import { serve, type ServerType } from "@hono/node-server";
+import { createHttpApi, type LocalCluster } from "@strata/coordinator";
+import { BUNDLED_MODEL_DIR, loadTokenizer, openModel } from "@strata/model";
+import { GREEDY } from "@strata/sampling";
+import { streamCompletion } from "../../loadtest/client.ts";
+import { describeModel, fmt, median, round, table, withCluster, type BenchContext, type BenchPart } from "./support.ts";
+
+const WORKERS = 2;
+const CONCURRENT = 16;
+const NEW_TOKENS = 64;
+const RUNS = 3;
+const PAIRS = 2;
+
+async function modelLine(): Promise<string> {
+  const source = await openModel(BUNDLED_MODEL_DIR);
+  const line = describeModel(BUNDLED_MODEL_DIR, source.config);
+  await source.close();
+  return line;
+}
+
+/** The cluster's HTTP API on a free loopback port. */
+async function withApi<T>(cluster: LocalCluster, fn: (url: string) => Promise<T>): Promise<T> {
+  const app = createHttpApi({ engine: cluster.engine, tokenizer: await loadTokenizer(BUNDLED_MODEL_DIR), modelName: "stories260K", telemetry: cluster.telemetry });
+  const server: ServerType = await new Promise((resolve) => {
+    const s = serve({ fetch: app.fetch, hostname: "127.0.0.1", port: 0 }, () => resolve(s));
+  });
+  try {
+    return await fn(`http://127.0.0.1:${(server.address() as AddressInfo).port}`);
+  } finally {
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+}
+
+/** CONCURRENT streamed requests of NEW_TOKENS tokens each over HTTP; generated tokens/s. */
+async function httpRound(url: string, cluster: LocalCluster): Promise<number> {
+  const started = performance.now();
+  const results = await Promise.all(
+    Array.from({ length: CONCURRENT }, () => streamCompletion(url, { prompt: [1], max_tokens: NEW_TOKENS, temperature: 0, ignore_eos: true })),
+  );
+  const seconds = (performance.now() - started) / 1000;
+  const bad = results.find((r) => !r.ok || r.completionTokens !== NEW_TOKENS);
+  if (bad) throw new Error(`a streamed request failed: status ${bad.status}, ${bad.completionTokens} tokens, ${bad.error ?? ""}`);
+  await cluster.waitForBlocksFreed();
+  return (CONCURRENT * NEW_TOKENS) / seconds;
+}
+
+/** How far apart the last HTTP round's requests reached the engine (from the coordinator's request records). */
+function arrivalSpreadMs(cluster: LocalCluster): number {
+  const starts = cluster.telemetry.log.recentRequests(CONCURRENT).map((r) => r.startUnixMs);
+  return Math.max(...starts) - Math.min(...starts);
+}
+
+/**
+ * The same load through engine.generate in this process, no HTTP; generated tokens/s. With
+ * `spreadMs`, the requests arrive evenly over that time instead of all at once.
+ */
+async function inProcessRound(cluster: LocalCluster, spreadMs = 0): Promise<number> {
+  const started = performance.now();
+  const results = await Promise.all(
+    Array.from({ length: CONCURRENT }, async (_, i) => {
+      if (spreadMs > 0) await new Promise((r) => setTimeout(r, (i * spreadMs) / (CONCURRENT - 1)));
+      return cluster.engine.generate({ promptIds: [1], maxTokens: NEW_TOKENS, sampling: GREEDY, stopTokenIds: [] });
+    }),
+  );
+  const seconds = (performance.now() - started) / 1000;
+  if (results.some((r) => r.tokenIds.length !== NEW_TOKENS)) throw new Error("a request ended early");
+  await cluster.waitForBlocksFreed();
+  return (CONCURRENT * NEW_TOKENS) / seconds;
+}
+
+/** Alternates the two measurements RUNS times after one warm-up each, so drift hits both alike. */
+async function sideBySide(a: () => Promise<number>, b: () => Promise<number>): Promise<{ a: number; b: number; aSamples: number[]; bSamples: number[] }> {
+  await a();
+  await b();
+  const aSamples: number[] = [];
+  const bSamples: number[] = [];
+  for (let i = 0; i < RUNS; i++) {
+    aSamples.push(await a());
+    bSamples.push(await b());
+  }
+  return { a: median(aSamples), b: median(bSamples), aSamples, bSamples };
+}
+
+const loadLine = `${CONCURRENT} concurrent requests, BOS prompt, ${NEW_TOKENS} new tokens each (ignore_eos), greedy; ${WORKERS} worker processes, 1 onnxruntime thread each; median of ${RUNS} alternating runs after a warm-up`;
+
+export const httpVsInprocess: BenchPart = {
+  name: "http-api",
+  description: `API overhead: HTTP streaming (SSE) vs in-process engine.generate at ${CONCURRENT} concurrent requests`,
+  async run(ctx: BenchContext) {
+    ctx.print(await modelLine());
+    ctx.print(loadLine);
+    ctx.print("HTTP: POST /v1/completions stream=true from a fetch client in the coordinator's process, each SSE chunk parsed; tok/s = tokens / wall time");
+    const figures: Record<string, number> = {};
+    await withCluster(ctx, { modelDir: BUNDLED_MODEL_DIR, workers: WORKERS }, (cluster) =>
+      withApi(cluster, async (url) => {
+        const spreads: number[] = [];
+        const r = await sideBySide(
+          async () => {
+            const rate = await httpRound(url, cluster);
+            spreads.push(arrivalSpreadMs(cluster));
+            return rate;
+          },
+          () => inProcessRound(cluster),
+        );
+        // Requests over HTTP reach the engine one after another, not in one instant; the same
+        // arrival spread in-process separates the API's own cost from the scheduler's response to it.
+        const spreadMs = median(spreads);
+        const staggered = await sideBySide(
+          () => inProcessRound(cluster, spreadMs),
+          () => inProcessRound(cluster),
+        );
+        figures.http_stream_16_tok_s = r.a;
+        figures.inprocess_16_tok_s = r.b;
+        figures.inprocess_spread_16_tok_s = staggered.a;
+        figures.http_arrival_spread_ms = spreadMs;
+        figures.http_vs_inprocess = r.a / r.b;
+        figures.http_vs_inprocess_same_arrivals = r.a / staggered.a;
+        for (const line of table([
+          ["path", "tok/s (median)", "runs"],
+          ["HTTP streaming", fmt(r.a), r.aSamples.map(fmt).join(" ")],
+          ["in-process, all 16 at once", fmt(r.b), r.bSamples.map(fmt).join(" ")],
+          [`in-process, arrivals spread over ${fmt(spreadMs)} ms as over HTTP`, fmt(staggered.a), staggered.aSamples.map(fmt).join(" ")],
+          ["http_vs_inprocess (goal >= 0.9)", `${fmt(figures.http_vs_inprocess)}x`, ""],
+          ["http_vs_inprocess_same_arrivals", `${fmt(figures.http_vs_inprocess_same_arrivals)}x`, ""],
+        ])) ctx.print(line);
+      }),
+    );
+    return Object.fromEntries(Object.entries(figures).map(([k, v]) => [k, round(v)]));
+  },
+};
+
+/** An OTLP/HTTP endpoint that reads and acknowledges every export (a collector's cost, not ours, is left out). */
+async function startOtlpSink(): Promise<{ url: string; exports: () => number; bytes: () => number; close(): Promise<void> }> {
+  let exports = 0;
+  let bytes = 0;
+  const server = createServer((req, res) => {
+    req.on("data", (chunk: Buffer) => (bytes += chunk.length));
+    req.on("end", () => {
+      exports++;
+      res.writeHead(200, { "content-type": "application/x-protobuf" }).end();
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/traces`,
+    exports: () => exports,
+    bytes: () => bytes,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+export const tracingOnVsOff: BenchPart = {
+  name: "tracing",
+  description: `throughput with tracing exporting over OTLP to a local receiver vs off, ${CONCURRENT} concurrent HTTP streams`,
+  async run(ctx: BenchContext) {
+    ctx.print(await modelLine());
+    ctx.print(loadLine);
+    ctx.print(
+      `one cluster at a time (an idle cluster alongside costs the other measurably on 2 cores), identical but for tracing: ` +
+        `every request, step and stage span exported (OTLP/HTTP protobuf, batched) vs none; off and on alternate ${PAIRS} times, ${RUNS} runs each after a warm-up`,
+    );
+    const sink = await startOtlpSink();
+    const figures: Record<string, number> = {};
+    const on: number[] = [];
+    const off: number[] = [];
+    const measure = (tracesUrl: string | undefined, into: number[]) =>
+      withCluster(ctx, { modelDir: BUNDLED_MODEL_DIR, workers: WORKERS, tracesUrl }, (cluster) =>
+        withApi(cluster, async (url) => {
+          await httpRound(url, cluster);
+          for (let i = 0; i < RUNS; i++) into.push(await httpRound(url, cluster));
+        }),
+      );
+    try {
+      for (let pair = 0; pair < PAIRS; pair++) {
+        await measure(undefined, off);
+        await measure(sink.url, on);
+      }
+    } finally {
+      await sink.close();
+    }
+    figures.tracing_on_16_tok_s = median(on);
+    figures.tracing_off_16_tok_s = median(off);
+    figures.tracing_on_vs_off = figures.tracing_on_16_tok_s / figures.tracing_off_16_tok_s;
+    for (const line of table([
+      ["tracing", "tok/s (median)", "runs"],
+      ["on (OTLP export)", fmt(figures.tracing_on_16_tok_s), on.map(fmt).join(" ")],
+      ["off", fmt(figures.tracing_off_16_tok_s), off.map(fmt).join(" ")],
+      ["tracing_on_vs_off (goal >= 0.95)", `${fmt(figures.tracing_on_vs_off)}x`, ""],
+    ])) ctx.print(line);
+    ctx.print(`  the receiver took ${sink.exports()} OTLP exports, ${fmt(sink.bytes() / 1024)} KiB`);
+    return Object.fromEntries(Object.entries(figures).map(([k, v]) => [k, round(v)]));
+  },
+};

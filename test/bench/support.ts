@@ -1,0 +1,102 @@
+import { basename } from "node:path";
+import { performance } from "node:perf_hooks";
+import { LocalCluster, type ClusterOptions } from "@strata/coordinator";
+import type { ModelConfig } from "@strata/model";
+import type { Partition } from "@strata/planner";
+
+export interface BenchContext {
+  /** One nats-server shared by every cluster in the run (started once by index.ts). */
+  natsUrl: string;
+  /** Human-readable output. It goes to stdout, so --json's object must stay the last line. */
+  print(line?: string): void;
+}
+
+export interface BenchPart {
+  /** Used on the command line (`pnpm bench <name>`). */
+  name: string;
+  description: string;
+  /** Returns every figure it measured, keyed as they appear in --json (flat, snake_case, unique across parts). */
+  run(ctx: BenchContext): Promise<Record<string, number>>;
+}
+
+/**
+ * Starts a cluster of worker processes (not in-process servers, so each stage has its own event loop
+ * as in production), runs `fn`, and always tears it down so the next measurement starts on an idle machine.
+ */
+export async function withCluster<T>(
+  ctx: BenchContext,
+  opts: Omit<ClusterOptions, "natsUrl" | "inProcessWorkers">,
+  fn: (cluster: LocalCluster) => Promise<T>,
+): Promise<T> {
+  const cluster = await LocalCluster.start({ ...opts, natsUrl: ctx.natsUrl, log: (line) => process.stderr.write(`${line}\n`) });
+  try {
+    return await fn(cluster);
+  } finally {
+    await cluster.stop();
+  }
+}
+
+export function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+export interface RateResult {
+  /** Median of the per-run rates (units / s). */
+  median: number;
+  samples: number[];
+}
+
+/**
+ * Runs `fn` `warmups` times untimed, then `runs` times timed; `fn` returns how many units it produced.
+ * `between` runs untimed after every run (e.g. wait for KV to be freed) so runs don't overlap.
+ */
+export async function medianRate(
+  opts: { warmups: number; runs: number; between?: () => Promise<unknown> },
+  fn: () => Promise<number>,
+): Promise<RateResult> {
+  const samples: number[] = [];
+  for (let i = 0; i < opts.warmups + opts.runs; i++) {
+    const start = performance.now();
+    const units = await fn();
+    const seconds = (performance.now() - start) / 1000;
+    if (i >= opts.warmups) samples.push(units / seconds);
+    await opts.between?.();
+  }
+  return { median: median(samples), samples };
+}
+
+/** "bundled stories260K: dim 64, 5 layers, 8 heads, 4 KV heads, vocab 512" */
+export function describeModel(modelDir: string, config: ModelConfig, label = "bundled"): string {
+  return (
+    `${label} ${basename(modelDir)}: dim ${config.hiddenSize}, ${config.numLayers} layers, ${config.numHeads} heads, ` +
+    `${config.numKvHeads} KV heads, vocab ${config.vocabSize}`
+  );
+}
+
+export function describePartition(partition: Partition): string {
+  return partition.map(([a, b]) => `[${a},${b})`).join(" ");
+}
+
+/** Four significant digits: the noise on a shared 2-core machine is far larger than that. */
+export function round(value: number): number {
+  return Number(value.toPrecision(4));
+}
+
+export function fmt(value: number): string {
+  return round(value).toLocaleString("en-US", { maximumFractionDigits: 3 });
+}
+
+/** Left-aligns text columns and right-aligns numeric-looking ones. */
+export function table(rows: string[][], indent = "  "): string[] {
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => (r[c] ?? "").length)));
+  return rows.map(
+    (r) =>
+      indent +
+      r
+        .map((cell, c) => (/^[\d.,]+[x×]?$/.test(cell) ? cell.padStart(widths[c]) : cell.padEnd(widths[c])))
+        .join("  ")
+        .trimEnd(),
+  );
+}

@@ -1,0 +1,96 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { CLI, runToExit, workersUsing, type Exited } from "./support/processes.ts";
+import { loadGreedyOracle, useNats } from "./support/cluster.ts";
+
+// `strata generate` end to end: real worker processes, the bundled model, one JSON line out.
+
+const oracle = loadGreedyOracle();
+const generatedIds = oracle.token_ids.slice(oracle.prompt_token_ids.length);
+const nats = useNats();
+beforeAll(nats.start);
+afterAll(nats.stop);
+
+interface GenerateJson {
+  prompt_token_ids: number[];
+  token_ids: number[];
+  text: string;
+  finish_reason: string;
+  workers: number;
+  partition: Array<[number, number]>;
+  tokens_per_s: number;
+}
+
+function lastJsonLine(run: Exited): GenerateJson {
+  if (run.code !== 0) throw new Error(`generate exited with ${run.code ?? run.signal}\nstderr:\n${run.stderr}`);
+  const lines = run.stdout.trimEnd().split("\n");
+  return JSON.parse(lines[lines.length - 1]) as GenerateJson;
+}
+
+function cli(...args: string[]): Promise<Exited> {
+  return runToExit(process.execPath, ["--import", "tsx", CLI, ...args, "--nats-url", nats.url()]);
+}
+
+const STORY = ["--prompt", "Once upon a time", "--max-tokens", "60"];
+
+describe("strata generate --json", () => {
+  it("pnpm strata generate over 3 workers prints the greedy oracle", async () => {
+    const run = await runToExit("pnpm", ["strata", "generate", "--workers", "3", ...STORY, "--temperature", "0", "--json", "--nats-url", nats.url()]);
+    const out = lastJsonLine(run);
+    expect(out.prompt_token_ids).toEqual([1, 403, 407, 261, 378]);
+    expect(out.token_ids).toEqual(generatedIds);
+    expect(out.text).toBe(oracle.text.slice(oracle.prompt.length));
+    expect(out.finish_reason).toBe("length");
+    expect(out.workers).toBe(3);
+    expect(out.partition).toEqual([[0, 2], [2, 4], [4, 5]]);
+    expect(out.tokens_per_s).toBeGreaterThan(0);
+    expect(workersUsing(nats.url())).toEqual([]);
+  });
+
+  it("--partition sets the stages and gives the same ids", async () => {
+    const out = lastJsonLine(await cli("generate", "--partition", "0-1,1-4,4-5", ...STORY, "--temperature", "0", "--json"));
+    expect(out.workers).toBe(3);
+    expect(out.partition).toEqual([[0, 1], [1, 4], [4, 5]]);
+    expect(out.token_ids).toEqual(generatedIds);
+    expect(out.finish_reason).toBe("length");
+  });
+
+  it("seeded sampling repeats exactly, whatever the partition", async () => {
+    const sampled = ["generate", ...STORY, "--temperature", "0.8", "--seed", "7", "--json"];
+    const a = lastJsonLine(await cli(...sampled, "--workers", "1"));
+    const b = lastJsonLine(await cli(...sampled, "--workers", "2"));
+    expect(a.partition).toEqual([[0, 5]]);
+    expect(b.partition).toEqual([[0, 3], [3, 5]]);
+    expect(a.token_ids.length).toBeGreaterThan(0);
+    expect(b.token_ids).toEqual(a.token_ids);
+    expect(b.text).toBe(a.text);
+    // Temperature 0.8 over 60 tokens: not the greedy story.
+    expect(a.token_ids).not.toEqual(generatedIds);
+    expect(workersUsing(nats.url())).toEqual([]);
+  });
+});
+
+describe("strata generate refuses bad input clearly", () => {
+  it("a partition that skips or overruns layers is a usage error (exit 2)", async () => {
+    const [gap, overrun] = await Promise.all([
+      cli("generate", "--partition", "0-2,3-5", "--prompt", "Hi", "--max-tokens", "4"),
+      cli("generate", "--partition", "0-3,3-7", "--prompt", "Hi", "--max-tokens", "4"),
+    ]);
+    expect(gap.code).toBe(2);
+    expect(gap.stderr).toMatch(/^error: --partition: .*\[3, 5\).*layer 2/m);
+    expect(gap.stdout).toBe("");
+    expect(overrun.code).toBe(2);
+    expect(overrun.stderr).toMatch(/^error: --partition: .*5 layers/m);
+  });
+
+  it("a prompt past the context length fails before any worker starts", async () => {
+    // About 540 tokens (the llama2.c tokenizer is quadratic in the text, so not much more).
+    const longPrompt = "Once upon a time there was a very long story. ".repeat(36);
+    const run = await cli("generate", "--prompt", longPrompt, "--max-tokens", "10", "--workers", "1");
+    expect(run.code).not.toBe(0);
+    expect(run.code).not.toBeNull();
+    expect(run.stderr).toMatch(/^error: .*maximum context length is 512 tokens/m);
+    // No worker was started (so none can be left behind): no load progress was printed.
+    expect(run.stderr).not.toMatch(/loaded/);
+    expect(workersUsing(nats.url())).toEqual([]);
+  });
+});

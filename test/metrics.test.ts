@@ -1,0 +1,129 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type OpenAI from "openai";
+import { BUNDLED_MODEL_DIR } from "@strata/model";
+import { LocalCluster } from "@strata/coordinator";
+import { loadGreedyOracle, useNats } from "./support/cluster.ts";
+import { startApiServer, type ApiServer } from "./support/api-server.ts";
+import { scrape, type Scrape } from "./support/prometheus.ts";
+
+// Traffic through the API over 3 worker processes (each serving /metrics on the port its
+// `--metrics-port 0` picked), then the scrapes must add up: tokens counted = tokens in the
+// responses' usage, every step crossed every stage, and no KV block stays used.
+
+const MODEL = "stories260K";
+const oracle = loadGreedyOracle();
+const nats = useNats();
+let cluster: LocalCluster;
+let api: ApiServer;
+let before: Scrape[];
+let coordinatorBefore: Scrape;
+let coordinator: Scrape;
+let workers: Scrape[];
+const usages: OpenAI.CompletionUsage[] = [];
+let sequences = 0;
+
+beforeAll(async () => {
+  await nats.start();
+  cluster = await LocalCluster.start({ modelDir: BUNDLED_MODEL_DIR, workers: 3, natsUrl: nats.url() });
+  api = await startApiServer(cluster, BUNDLED_MODEL_DIR);
+  // The cluster's warm-up already moved the worker and NATS counters: the test reads differences.
+  before = await Promise.all(cluster.workerMetricsUrls.map(scrape));
+  coordinatorBefore = await scrape(`${api.url}/metrics`);
+  const client = api.client;
+  const completion = (max: number, extra: Partial<OpenAI.CompletionCreateParamsNonStreaming> = {}) =>
+    client.completions.create({ model: MODEL, prompt: oracle.prompt, max_tokens: max, temperature: 0.8, seed: max, ...extra }).then((r) => {
+      usages.push(r.usage!);
+      sequences += r.choices.length;
+    });
+  const chat = client.chat.completions.create({ model: MODEL, messages: [{ role: "user", content: "Tell me a story" }], max_tokens: 30, temperature: 0 }).then((r) => {
+    usages.push(r.usage!);
+    sequences += 1;
+  });
+  const stream = (async () => {
+    const s = await client.completions.create({ model: MODEL, prompt: "Lily", max_tokens: 40, temperature: 0, stream: true, stream_options: { include_usage: true } });
+    for await (const chunk of s) if (chunk.usage) usages.push(chunk.usage);
+    sequences += 1;
+  })();
+  await Promise.all([completion(5), completion(17), completion(64), completion(12, { n: 2 }), completion(8, { stop: ["."] }), chat, stream]);
+  await cluster.waitForBlocksFreed();
+  coordinator = await scrape(`${api.url}/metrics`);
+  workers = await Promise.all(cluster.workerMetricsUrls.map(scrape));
+});
+
+afterAll(async () => {
+  await api?.close();
+  await cluster?.stop();
+  await nats.stop();
+});
+
+const sum = (f: (u: OpenAI.CompletionUsage) => number) => usages.reduce((a, u) => a + f(u), 0);
+
+describe("GET /metrics after traffic", () => {
+  it("worker processes print their metrics port and serve /metrics", () => {
+    expect(cluster.workerMetricsUrls).toHaveLength(3);
+    for (const url of cluster.workerMetricsUrls) expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/metrics$/);
+  });
+
+  it("counts exactly the tokens the responses reported in usage", () => {
+    expect(usages).toHaveLength(7);
+    expect(coordinator.value("strata_generation_tokens_total")).toBe(sum((u) => u.completion_tokens));
+    expect(coordinator.value("strata_prompt_tokens_total")).toBe(sum((u) => u.prompt_tokens));
+    expect(coordinator.value("strata_requests_total")).toBe(7);
+    expect(coordinator.value("strata_time_to_first_token_seconds_count")).toBe(7);
+    expect(coordinator.value("strata_e2e_request_latency_seconds_count")).toBe(7);
+    expect(coordinator.value("strata_time_per_output_token_seconds_count")).toBe(sequences);
+    expect(coordinator.value("strata_http_responses_total", { route: "/v1/completions", status: "200" })).toBe(6);
+    expect(coordinator.value("strata_http_responses_total", { route: "/v1/chat/completions", status: "200" })).toBe(1);
+  });
+
+  it("ends with nothing running, waiting or holding KV, on the coordinator and on every stage", () => {
+    expect(coordinator.value("strata_requests_running")).toBe(0);
+    expect(coordinator.value("strata_requests_waiting")).toBe(0);
+    expect(coordinator.value("strata_kv_pool_blocks_used")).toBe(0);
+    expect(coordinator.value("strata_kv_pool_blocks_total")).toBeGreaterThan(0);
+    workers.forEach((w, stage) => {
+      expect(w.value("strata_kv_blocks_used", { stage: String(stage) })).toBe(0);
+      expect(w.value("strata_kv_usage_ratio", { stage: String(stage) })).toBe(0);
+      expect(w.value("strata_kv_blocks_total", { stage: String(stage) })).toBeGreaterThan(0);
+      expect(w.samples.find((s) => s.name === "strata_kv_blocks_used")!.labels.worker_id).toBe(`worker-${stage}`);
+    });
+  });
+
+  it("every step crossed every stage, and each hop was timed once per step", () => {
+    const steps = coordinator.value("strata_step_duration_seconds_count");
+    expect(steps).toBeGreaterThan(0);
+    workers.forEach((w, stage) => {
+      const batches = w.value("strata_stage_batches_total", { stage: String(stage) }) - before[stage].value("strata_stage_batches_total", { stage: String(stage) });
+      expect(batches).toBe(steps);
+      expect(w.value("strata_stage_compute_seconds_count", { stage: String(stage) })).toBeGreaterThanOrEqual(batches);
+    });
+    for (const hop of ["coordinator->0", "0->1", "1->2", "2->coordinator"]) {
+      expect(coordinator.value("strata_stage_hop_latency_seconds_count", { hop })).toBe(steps);
+    }
+    expect(workers[2].value("strata_stage_hidden_state_sent_bytes_total")).toBe(0);
+    expect(workers[0].value("strata_stage_hidden_state_sent_bytes_total")).toBeGreaterThan(0);
+  });
+
+  it("counts the NATS eviction of every finished sequence, published once and received by each stage", () => {
+    const published =
+      coordinator.value("strata_nats_events_published_total", { kind: "kv_evict" }) - coordinatorBefore.value("strata_nats_events_published_total", { kind: "kv_evict" });
+    expect(published).toBe(sequences);
+    workers.forEach((w, stage) => {
+      const received = w.value("strata_nats_events_received_total", { kind: "kv_evict" }) - before[stage].value("strata_nats_events_received_total", { kind: "kv_evict" });
+      expect(received).toBe(published);
+    });
+    expect(coordinator.has("strata_preemptions_total")).toBe(true);
+    expect(coordinator.value("strata_prefix_cache_queries_total")).toBeGreaterThanOrEqual(coordinator.value("strata_prefix_cache_hits_total"));
+  });
+
+  it("follows Prometheus naming: strata_ prefix, base units, counters end in _total", () => {
+    for (const s of [coordinator, ...workers]) {
+      for (const [name, type] of s.types) {
+        expect(name).toMatch(/^strata_[a-z0-9_]+$/);
+        if (type === "counter") expect(name).toMatch(/_total$/);
+        if (type === "histogram") expect(name).toMatch(/_(seconds|tokens)$/);
+        expect(name).not.toMatch(/_(ms|milliseconds|percent)$/);
+      }
+    }
+  });
+});
