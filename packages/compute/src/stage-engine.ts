@@ -6,6 +6,10 @@ import { buildStageGraph, STAGE_IO } from "./stage-graph.ts";
 
 export type Device = "cpu" | "cuda";
 
+export class DeviceUnavailableError extends Error {
+  override name = "DeviceUnavailableError";
+}
+
 /** One sequence's share of a micro-batch, with the physical blocks that hold its KV on this stage. */
 export interface StageChunk {
   seqId: number;
@@ -66,13 +70,24 @@ export class StageEngine {
   static async create(weights: StageWeights, opts: StageEngineOptions): Promise<StageEngine> {
     const rotated = toRotateHalfLayout(weights);
     const graph = buildStageGraph(rotated, { firstStage: opts.firstStage, lastStage: opts.lastStage, kvDtype: opts.kvDtype });
-    const session = await ort.InferenceSession.create(graph, {
-      executionProviders: [opts.device ?? "cpu"],
-      graphOptimizationLevel: "all",
-      executionMode: "sequential",
-      intraOpNumThreads: opts.intraOpThreads ?? 1,
-      interOpNumThreads: 1,
-    });
+    const device = opts.device ?? "cpu";
+    let session: ort.InferenceSession;
+    try {
+      session = await ort.InferenceSession.create(graph, {
+        executionProviders: [device],
+        graphOptimizationLevel: "all",
+        executionMode: "sequential",
+        intraOpNumThreads: opts.intraOpThreads ?? 1,
+        interOpNumThreads: 1,
+      });
+    } catch (error) {
+      if (device !== "cuda") throw error;
+      throw new DeviceUnavailableError(
+        `the CUDA execution provider could not start (${(error as Error).message}). onnxruntime-node ships only the CPU ` +
+          `provider; its install script fetches the CUDA provider libraries on a machine with CUDA 12 and network access ` +
+          `(ONNXRUNTIME_NODE_INSTALL=cuda12 pnpm rebuild onnxruntime-node), or use --device cpu`,
+      );
+    }
     return new StageEngine(session, rotated, opts);
   }
 
