@@ -1,5 +1,5 @@
 import { kvBytesPerBlock, kvBytesPerElement, kvScaleBytesPerBlockHead, type KvDtype, NO_BLOCK } from "@strata/kv";
-import { f16BitsToF32 } from "@strata/model";
+import { f16BitsFromF32Bits, f16BitsToF32 } from "@strata/model";
 
 /** The part of a StageChunk the KV store reads: where the sequence is and which blocks hold it. */
 export interface KvChunk {
@@ -172,30 +172,6 @@ function f16Table(): Float32Array {
   return f16Decode;
 }
 
-/** float32 bits -> IEEE half bits, round to nearest even; the bit-level twin of f32ToF16Bits. */
-function f16FromF32Bits(x: number): number {
-  const sign = (x >>> 16) & 0x8000;
-  const exp = (x >>> 23) & 0xff;
-  const mant = x & 0x7fffff;
-  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  const e = exp - 112; // rebias 127 -> 15
-  if (e >= 0x1f) return sign | 0x7c00;
-  if (e <= 0) {
-    if (e < -10) return sign;
-    const m = mant | 0x800000;
-    const shift = 14 - e;
-    let half = m >>> shift;
-    const rest = m & ((1 << shift) - 1);
-    const mid = 1 << (shift - 1);
-    if (rest > mid || (rest === mid && half & 1)) half++;
-    return sign | half;
-  }
-  let half = (e << 10) | (mant >>> 13);
-  const rest = mant & 0x1fff;
-  if (rest > 0x1000 || (rest === 0x1000 && half & 1)) half++;
-  return sign | half;
-}
-
 class Fp16Pool extends KvPool {
   readonly dtype = "fp16";
   readonly data: Uint16Array;
@@ -226,7 +202,7 @@ class Fp16Pool extends KvPool {
     const bits = new Uint32Array(values.buffer, values.byteOffset + src * 4, n * this.row);
     const data = this.data;
     const dst = (block * this.blockSizeTokens + slot) * this.row;
-    for (let i = 0; i < bits.length; i++) data[dst + i] = f16FromF32Bits(bits[i]);
+    for (let i = 0; i < bits.length; i++) data[dst + i] = f16BitsFromF32Bits(bits[i]);
   }
 }
 

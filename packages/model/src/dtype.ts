@@ -22,7 +22,11 @@ export function f16BitsToF32(h: number): number {
 /** float32 -> IEEE half bits, round to nearest even (subnormals and overflow to infinity included). */
 export function f32ToF16Bits(value: number): number {
   f32[0] = value;
-  const x = u32[0];
+  return f16BitsFromF32Bits(u32[0]);
+}
+
+/** The same from float32 bits (a Uint32Array view), for loops that avoid a conversion per element. */
+export function f16BitsFromF32Bits(x: number): number {
   const sign = (x >>> 16) & 0x8000;
   const exp = (x >>> 23) & 0xff;
   const mant = x & 0x7fffff;

@@ -2,7 +2,7 @@
 // reference forward pass out.
 export { BUNDLED_HF_MODEL_DIR, BUNDLED_MODEL_DIR } from "./bundled.ts";
 export { hfSpecialTokens, kvBytesPerToken, parseHfConfig, type ModelConfig } from "./config.ts";
-export { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, type DType } from "./dtype.ts";
+export { bf16BitsToF32, f16BitsFromF32Bits, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, type DType } from "./dtype.ts";
 export { LayerRangeError, ModelFormatError } from "./errors.ts";
 export { readHfConfig } from "./hf.ts";
 export { argmax, referenceForward, referenceGenerateGreedy } from "./reference.ts";
