@@ -1,5 +1,15 @@
 import { performance } from "node:perf_hooks";
-import { ProxyTracerProvider, ROOT_CONTEXT, defaultTextMapGetter, defaultTextMapSetter, trace, type Context, type SpanContext, type Tracer } from "@opentelemetry/api";
+import {
+  ProxyTracerProvider,
+  ROOT_CONTEXT,
+  defaultTextMapGetter,
+  defaultTextMapSetter,
+  trace,
+  type Context,
+  type ContextManager,
+  type SpanContext,
+  type Tracer,
+} from "@opentelemetry/api";
 import { W3CTraceContextPropagator } from "@opentelemetry/core";
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-proto";
 import { resourceFromAttributes } from "@opentelemetry/resources";
@@ -68,6 +78,10 @@ export function startTracing(opts: TracingOptions): Tracing {
       spanProcessors: [processor],
       spanLimits: SPAN_LIMITS,
       textMapPropagator: new W3CTraceContextPropagator(),
+      // No context manager: Strata passes parent contexts explicitly, and the default one
+      // (AsyncLocalStorage over async_hooks on Node 20) taxes every promise in the process.
+      // sdk-node documents null as "do not register"; its type does not admit it.
+      contextManager: null as unknown as ContextManager,
       // Traces only: no OTLP metrics or logs (metrics are Prometheus, scraped from /metrics).
       metricReaders: [],
       logRecordProcessors: [],

@@ -125,7 +125,7 @@ export function createHttpApi(opts: HttpApiOptions): Hono {
   }
 
   /** Shared by both endpoints: admission, the request's trace, then a JSON answer or an SSE stream. */
-  function serve(c: Context, operation: RequestInfo["operation"], format: ResponseFormat, model: ServedModel, job: CompletionJob, stream: { on: boolean; includeUsage: boolean }) {
+  async function serve(c: Context, operation: RequestInfo["operation"], format: ResponseFormat, model: ServedModel, job: CompletionJob, stream: { on: boolean; includeUsage: boolean }) {
     if (engine.numWaiting >= maxQueued) {
       throw new ApiError(429, "rate_limit_error", `${engine.numWaiting} requests are already waiting; try again shortly`, null, "too_many_queued_requests", { "Retry-After": "1" });
     }
@@ -136,12 +136,17 @@ export function createHttpApi(opts: HttpApiOptions): Hono {
     // Aborted when the client disconnects: every sequence of the request is cancelled and its KV freed.
     const cancel = new AbortController();
     c.req.raw.signal.addEventListener("abort", () => cancel.abort(), { once: true });
-    if (!stream.on) return runCompletion({ engine, tokenizer }, trace, job, cancel.signal).then((outcome) => c.json(format.response(meta, outcome, withLogprobs)));
+    if (!stream.on) return c.json(format.response(meta, await runCompletion({ engine, tokenizer }, trace, job, cancel.signal), withLogprobs));
 
     const sse = new SseStream(() => cancel.abort());
     for (const chunk of format.openingChunks(meta, job.n, stream.includeUsage)) sse.send(chunk);
     // Validation errors throw here, before any byte is sent: they become a JSON error response.
-    const done = runCompletion({ engine, tokenizer }, trace, job, cancel.signal, (event) => sse.send(format.chunk(meta, event, withLogprobs, stream.includeUsage)));
+    let firstEvent!: () => void;
+    const started = new Promise<void>((resolve) => (firstEvent = resolve));
+    const done = runCompletion({ engine, tokenizer }, trace, job, cancel.signal, (event) => {
+      sse.send(format.chunk(meta, event, withLogprobs, stream.includeUsage));
+      firstEvent();
+    });
     done.then(
       (outcome) => {
         if (stream.includeUsage) sse.send(format.usageChunk(meta, outcome));
@@ -155,6 +160,10 @@ export function createHttpApi(opts: HttpApiOptions): Hono {
         sse.close();
       },
     );
+    // Headers go out with the first token: a request the engine refuses before it (no room in
+    // the KV pool, say) still gets a JSON error with its status, and time to first byte is TTFT.
+    const early = await Promise.race([started.then(() => undefined), done.then(() => undefined, (error: unknown) => ({ error }))]);
+    if (early) throw early.error;
     return sse.response({ "x-request-id": meta.id });
   }
 

@@ -256,7 +256,7 @@ export class CoordinatorTelemetry implements PipelineObserver {
     span.setAttribute("strata.stage.hidden_bytes_sent", record.stages.map((t) => t.hiddenBytesSent));
     span.setAttribute("strata.stage.worker_ids", record.stages.map((t) => t.workerId));
     span.end(receivedUnixMs);
-    const link: Link = { context: span.spanContext(), attributes: { "strata.step": record.step, "strata.batch.id": record.batchId } };
+    const link: Link = { context: span.spanContext() };
     for (const r of requests) if (r.span?.isRecording()) r.span.addLink(link);
   }
 }

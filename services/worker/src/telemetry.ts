@@ -26,9 +26,10 @@ export class StageTelemetry implements StageObserver {
   private readonly hiddenBytes: Counter<"stage">;
   private readonly computeSeconds: Histogram<"stage">;
   private readonly queueSeconds: Histogram<"stage">;
+  private readonly pending: Array<{ req: ForwardRequest; timing: StageTiming }> = [];
 
   constructor(
-    private readonly workerId: string,
+    workerId: string,
     private readonly describe: () => DescribeResponse,
     private readonly tracing: Tracing,
     events?: EventBus,
@@ -88,6 +89,17 @@ export class StageTelemetry implements StageObserver {
   }
 
   batchDone(req: ForwardRequest, timing: StageTiming): void {
+    // Recorded after the next batch has started computing (onnxruntime runs off the event loop),
+    // so metrics and spans fill the stage's wait instead of lengthening every step.
+    this.pending.push({ req, timing });
+    if (this.pending.length === 1) setImmediate(() => this.recordPending());
+  }
+
+  private recordPending(): void {
+    for (const { req, timing } of this.pending.splice(0)) this.record(req, timing);
+  }
+
+  private record(req: ForwardRequest, timing: StageTiming): void {
     const stage = String(timing.stageIndex);
     const tokens = req.seqs.reduce((sum, c) => sum + c.numTokens, 0);
     const hiddenBytes = Number(timing.hiddenBytesSent);
@@ -96,26 +108,22 @@ export class StageTelemetry implements StageObserver {
     if (hiddenBytes > 0) this.hiddenBytes.inc({ stage }, hiddenBytes);
     this.computeSeconds.observe({ stage }, (timing.sentUnixMs - timing.startedUnixMs) / 1000);
     this.queueSeconds.observe({ stage }, (timing.startedUnixMs - timing.receivedUnixMs) / 1000);
-    if (!this.tracing.enabled) return;
-    const decodeSeqs = req.seqs.filter((c) => c.numTokens === 1).length;
+    if (this.tracing.enabled) this.recordSpan(req, timing, tokens, hiddenBytes);
+  }
+
+  // Only what the step span (batch composition, request ids) and the resource (worker id) do not already say.
+  private recordSpan(req: ForwardRequest, timing: StageTiming, tokens: number, hiddenBytes: number): void {
     const span = this.tracing.tracer.startSpan(
       `stage ${timing.stageIndex}`,
       {
         kind: SpanKind.SERVER,
         startTime: timing.receivedUnixMs,
         attributes: {
-          "strata.worker.id": this.workerId,
           "strata.stage.index": timing.stageIndex,
           "strata.batch.id": req.batchId,
-          "strata.batch.size": req.seqs.length,
-          "strata.batch.seq_ids": req.seqs.map((c) => c.seqId),
           "strata.step.tokens": tokens,
-          "strata.step.decode_seqs": decodeSeqs,
-          "strata.step.prefill_seqs": req.seqs.length - decodeSeqs,
           "strata.stage.queue_ms": timing.startedUnixMs - timing.receivedUnixMs,
-          "strata.stage.compute_ms": timing.sentUnixMs - timing.startedUnixMs,
           "strata.kv.blocks_used": timing.kvBlocksUsed,
-          "strata.kv.blocks_total": timing.kvBlocksTotal,
           "strata.hidden_state.bytes_sent": hiddenBytes,
         },
       },
@@ -129,7 +137,7 @@ export class StageTelemetry implements StageObserver {
     if (!this.tracing.enabled) return;
     const span = this.tracing.tracer.startSpan(
       `stage ${error.stageIndex}`,
-      { kind: SpanKind.SERVER, startTime: receivedUnixMs, attributes: { "strata.worker.id": this.workerId, "strata.batch.id": req.batchId, "strata.stage.index": error.stageIndex } },
+      { kind: SpanKind.SERVER, startTime: receivedUnixMs, attributes: { "strata.batch.id": req.batchId, "strata.stage.index": error.stageIndex } },
       extractTraceContext(req.traceContext),
     );
     span.setStatus({ code: SpanStatusCode.ERROR, message: error.message });
