@@ -116,6 +116,21 @@ describe("POST /v1/completions", () => {
     expect(lp.text_offset![0]).toBe(0);
   });
 
+  it("cache_salt: a repeated long prompt hits the prefix cache only under the same salt", async () => {
+    const prompt = Array.from({ length: 40 }, (_, i) => 1 + ((i * 13) % 500)); // 2 full blocks of 16 and more
+    prompt[0] = 1;
+    const hits = () => cluster.engine.stats().prefixHitTokens;
+    const body = (salt: string) => ({ model: MODEL, prompt, max_tokens: 4, temperature: 0, cache_salt: salt }) as OpenAI.CompletionCreateParamsNonStreaming;
+    const first = await client.completions.create(body("tenant-a"));
+    const before = hits();
+    const other = await client.completions.create(body("tenant-b"));
+    expect(hits()).toBe(before);
+    const same = await client.completions.create(body("tenant-a"));
+    expect(hits() - before).toBe(32);
+    expect(same.choices[0].text).toBe(first.choices[0].text);
+    expect(other.choices[0].text).toBe(first.choices[0].text);
+  });
+
   it("accepts a prompt as token ids", async () => {
     const res = await client.completions.create({ model: MODEL, prompt: oracle.prompt_token_ids, max_tokens: GREEDY_TOKENS, temperature: 0 });
     expect(res.choices[0].text).toBe(greedyText);

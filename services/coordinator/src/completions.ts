@@ -16,6 +16,8 @@ export interface CompletionJob {
   /** Alternatives per token to report with the sampled token's log-probability; undefined: none. */
   topLogprobs?: number;
   ignoreEos: boolean;
+  /** Prefix-cache isolation: blocks are shared only between requests with the same salt. */
+  cacheSalt?: string;
 }
 
 export interface TokenAlternative {
@@ -105,6 +107,7 @@ export function runCompletion(
           sampling: job.sampling,
           seed: job.seed === undefined ? undefined : (job.seed + index) >>> 0,
           stopTokenIds: job.ignoreEos ? [] : undefined,
+          cacheSalt: job.cacheSalt,
           returnLogits: job.topLogprobs !== undefined,
           signal: abort.signal,
           onToken: (id, logits) => {

@@ -186,6 +186,7 @@ export function createHttpApi(opts: HttpApiOptions): Hono {
       stop: stopStrings(req.stop),
       topLogprobs: req.logprobs ?? undefined,
       ignoreEos: req.ignore_eos ?? false,
+      cacheSalt: req.cache_salt ?? undefined,
     };
     return serve(c, "completion", completionFormat(), model, job, { on: req.stream ?? false, includeUsage: req.stream_options?.include_usage ?? false });
   });
@@ -214,6 +215,7 @@ export function createHttpApi(opts: HttpApiOptions): Hono {
       stop: stopStrings(req.stop),
       topLogprobs: req.logprobs ? (req.top_logprobs ?? 0) : undefined,
       ignoreEos: req.ignore_eos ?? false,
+      cacheSalt: req.cache_salt ?? undefined,
     };
     return serve(c, "chat", chatFormat(), model, job, { on: req.stream ?? false, includeUsage: req.stream_options?.include_usage ?? false });
   });

@@ -23,6 +23,8 @@ const sampling = {
   stream_options: z.object({ include_usage: z.boolean().nullish() }).nullish(),
   /** vLLM's extension: keep generating past end-of-sequence tokens (fixed-length load tests). */
   ignore_eos: z.boolean().nullish(),
+  /** vLLM's extension: requests with different salts never share cached KV blocks (tenant isolation). */
+  cache_salt: z.string().min(1).max(256).nullish(),
   user: z.string().nullish(),
   frequency_penalty: unsupportedUnlessDefault(z.number(), 0, "frequency_penalty"),
   presence_penalty: unsupportedUnlessDefault(z.number(), 0, "presence_penalty"),
