@@ -59,6 +59,18 @@ export class EventBus {
     this.subscriptions.push(sub);
   }
 
+  /**
+   * Calls `onReconnect` each time the connection comes back. Core NATS is at-most-once: what
+   * was published while a subscriber was away is gone, so owners of state re-check it here.
+   */
+  onReconnect(onReconnect: () => void): void {
+    void (async () => {
+      for await (const status of this.connection.status()) {
+        if (status.type === "reconnect") onReconnect();
+      }
+    })();
+  }
+
   /** Resolves once the server has seen everything published so far. */
   async flush(): Promise<void> {
     await this.connection.flush();

@@ -135,6 +135,7 @@ export class LocalCluster {
         opts.pipelining === false ? 1 : partition.length,
       );
       const cluster = new LocalCluster(engine, pipeline, events, config, partition, natsUrl, workers, ownNats);
+      cluster.watchForLostEvictions(opts.log);
       const coordinatorTracing = opts.tracing ?? (opts.tracesUrl ? startTracing({ serviceName: "strata-coordinator", tracesUrl: opts.tracesUrl }) : TRACING_OFF);
       if (!opts.tracing) ownTracings.push(coordinatorTracing);
       cluster.ownTracings = ownTracings;
@@ -178,7 +179,30 @@ export class LocalCluster {
     }
   }
 
+  private reconcileTimer: NodeJS.Timeout | undefined;
+
+  /**
+   * Eviction events are at-most-once: ones published while NATS (or a worker's subscription) was
+   * away are lost. After every reconnect, and every few seconds as a safety net, stages are
+   * checked against the engine's live sequences and stale ones are freed over gRPC.
+   */
+  watchForLostEvictions(log: (line: string) => void = () => {}, everyMs = 5000): void {
+    const reconcile = () =>
+      this.engine.reconcile().then(
+        (stale) => stale > 0 && log(`freed ${stale} sequences whose eviction events were lost`),
+        (error: Error) => log(`reconciling KV with the stages failed: ${error.message}`),
+      );
+    this.events.onReconnect(() => {
+      void reconcile();
+      // Workers resubscribe on their own schedule: look again once they have.
+      setTimeout(() => void reconcile(), 1000).unref();
+    });
+    this.reconcileTimer = setInterval(() => void reconcile(), everyMs);
+    this.reconcileTimer.unref();
+  }
+
   async stop(): Promise<void> {
+    clearInterval(this.reconcileTimer);
     this.engine.close();
     this.pipeline.close();
     await this.events.close();

@@ -91,6 +91,26 @@ export class Engine {
     return this.scheduler.stats();
   }
 
+  /**
+   * Frees, on every stage, sequences the engine no longer runs: the fallback for eviction events
+   * lost while NATS was away (core NATS does not replay). A sequence is live in the engine from
+   * before its first chunk leaves until after its last result is back, so nothing live is freed.
+   * Returns how many stale sequences it found.
+   */
+  async reconcile(): Promise<number> {
+    let stale = 0;
+    await Promise.all(
+      this.pipeline.stages.map(async (_, stage) => {
+        const onStage = (await this.pipeline.describe(stage)).seqIds;
+        const live = new Set(this.liveSequenceIds());
+        const orphans = onStage.filter((id) => !live.has(id));
+        stale += orphans.length;
+        if (orphans.length > 0) await this.pipeline.freeSequences(stage, orphans);
+      }),
+    );
+    return stale;
+  }
+
   /** Stage-side ids of the live requests, oldest first (debugging and tests). */
   liveSequenceIds(): number[] {
     return [...this.active.keys()].sort((a, b) => a.arrival - b.arrival).map((s) => s.seqId);

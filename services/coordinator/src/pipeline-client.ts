@@ -3,6 +3,7 @@ import { create } from "@bufbuild/protobuf";
 import type { Partition } from "@strata/planner";
 import {
   DescribeRequestSchema,
+  FreeSequencesRequestSchema,
   ForwardRequestSchema,
   HealthRequestSchema,
   LoadRequestSchema,
@@ -11,6 +12,7 @@ import {
   grpcChannelOptions,
   grpcClientConstructor,
   type DescribeResponse,
+  type FreeSequencesResponse,
   type ForwardRequest,
   type ForwardResponse,
   type HealthResponse,
@@ -25,6 +27,7 @@ const WorkerClient = grpcClientConstructor(WorkerService);
 interface WorkerStub extends grpc.Client {
   load(req: unknown): grpc.ClientReadableStream<LoadResponse>;
   describe(req: unknown, cb: (err: grpc.ServiceError | null, res: DescribeResponse) => void): void;
+  freeSequences(req: unknown, cb: (err: grpc.ServiceError | null, res: FreeSequencesResponse) => void): void;
   health(req: unknown, options: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: HealthResponse) => void): void;
   forward(): grpc.ClientDuplexStream<ForwardRequest, ForwardResponse>;
   results(req: unknown): grpc.ClientReadableStream<ResultsResponse>;
@@ -186,6 +189,15 @@ export class PipelineClient {
 
   async describeAll(): Promise<DescribeResponse[]> {
     return Promise.all(this.stubs.map((_, i) => this.describe(i)));
+  }
+
+  /** Frees sequences on one stage directly (the eviction event's fallback); unknown ids are fine. */
+  freeSequences(stage: number, seqIds: number[]): Promise<void> {
+    return new Promise((resolve, reject) =>
+      this.stubs[stage].freeSequences(create(FreeSequencesRequestSchema, { seqIds }), (err) =>
+        err && err.code !== grpc.status.NOT_FOUND ? reject(err) : resolve(),
+      ),
+    );
   }
 
   health(stage: number, timeoutMs = 2000): Promise<HealthResponse> {
