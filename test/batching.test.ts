@@ -87,6 +87,31 @@ describe("batching changes nothing", () => {
     await batchingChangesNothing(BUNDLED_MODEL_DIR, 512, 4, 8);
   });
 
+  it("contiguous allocator (the baseline): same outputs, whole-length reservations, no preemption", async () => {
+    const work = jobs(512, 12);
+    const alone = await withCluster({ modelDir: BUNDLED_MODEL_DIR, workers: 1 }, async (cluster) => {
+      const out: number[][] = [];
+      for (const job of work) out.push((await cluster.engine.generate({ ...job, sampling: GREEDY, stopTokenIds: [] })).tokenIds);
+      return out;
+    });
+    await withCluster(
+      { modelDir: BUNDLED_MODEL_DIR, workers: 2, kvAllocator: "contiguous", kvCacheBytes: kvBytesPerToken(3, 4, 8, 4) * 16 * 24, blockSizeTokens: 16 },
+      async (cluster) => {
+        let peakUsed = 0;
+        const together = await Promise.all(
+          work.map((job) =>
+            cluster.engine.generate({ ...job, sampling: GREEDY, stopTokenIds: [], onToken: () => (peakUsed = Math.max(peakUsed, cluster.engine.stats().blocksUsed)) }),
+          ),
+        );
+        expect(together.map((r) => r.tokenIds)).toEqual(alone);
+        expect(cluster.engine.stats().preemptions).toBe(0);
+        expect(peakUsed).toBeGreaterThan(0);
+        expect(peakUsed).toBeLessThanOrEqual(24);
+        expect(await cluster.waitForBlocksFreed()).toEqual([0, 0]);
+      },
+    );
+  });
+
   it("synthetic GQA model: 32 concurrent requests equal each run alone, with preemption", async () => {
     await batchingChangesNothing(syntheticDir, 256, 2, 32);
   });

@@ -9,3 +9,4 @@ export {
   type SchedulerOptions,
   type SchedulerStats,
 } from "./scheduler.ts";
+export { PagedKvAllocator, ContiguousKvAllocator, type SchedulerKvAllocator } from "./kv-allocators.ts";

@@ -1,4 +1,5 @@
-import { BlockPool, type ExtraKey, type KvPoolStats } from "@strata/kv";
+import type { ExtraKey, KvPoolStats } from "@strata/kv";
+import { ContiguousKvAllocator, PagedKvAllocator, type SchedulerKvAllocator } from "./kv-allocators.ts";
 
 /** What the scheduler knows of a request: token ids and how far the stages have computed them. */
 export interface SchedulerSequence {
@@ -59,6 +60,8 @@ export interface SchedulerOptions {
   /** Longest prompt prefill per step; longer prompts are split over steps. */
   maxPrefillChunkTokens?: number;
   enablePrefixCaching?: boolean;
+  /** "paged" (default) or "contiguous": max-length reservations, the baseline paging is measured against. */
+  kvAllocator?: "paged" | "contiguous";
   /**
    * Micro-batches meant to be in flight at once (one per pipeline stage): each batch takes about
    * 1/depth of the running sequences, so every stage has work. Default 1.
@@ -91,15 +94,14 @@ export class SchedulerCapacityError extends Error {
 export class Scheduler {
   private readonly waiting: SchedulerSequence[] = [];
   private readonly running: SchedulerSequence[] = [];
-  private readonly pool: BlockPool;
+  private readonly pool: SchedulerKvAllocator;
   private preemptionCount = 0;
 
   constructor(readonly opts: SchedulerOptions) {
-    this.pool = new BlockPool({
-      numBlocks: opts.kvBlocks,
-      blockSizeTokens: opts.blockSizeTokens,
-      enablePrefixCaching: opts.enablePrefixCaching ?? true,
-    });
+    this.pool =
+      opts.kvAllocator === "contiguous"
+        ? new ContiguousKvAllocator(opts.kvBlocks, opts.blockSizeTokens)
+        : new PagedKvAllocator({ numBlocks: opts.kvBlocks, blockSizeTokens: opts.blockSizeTokens, enablePrefixCaching: opts.enablePrefixCaching ?? true });
   }
 
   add(seq: SchedulerSequence): void {
@@ -154,8 +156,6 @@ export class Scheduler {
         preempted.push(this.preempt(victim));
         if (victim === seq) return false;
       }
-      // Token ids register the blocks this chunk fills in the prefix cache. Stages run batches in
-      // order, so a later batch that shares these blocks reads them after they are written.
       this.pool.reserve(seq.seqId, end, seq.tokenIds);
       chunks.push({
         seq,
@@ -185,12 +185,8 @@ export class Scheduler {
     // for a newcomer: that would only trade one recompute for another.
     while (budget > 0 && chunks.length < seqCap && preempted.length === 0 && this.waiting.length > 0 && this.running.length < this.opts.maxNumSeqs) {
       const seq = this.waiting[0];
-      const cached = this.pool.allocatePrefix(seq.seqId, seq.tokenIds, seq.extraKeys);
-      const firstChunkEnd = cached + Math.min(seq.tokenIds.length - cached, budget, this.opts.maxPrefillChunkTokens ?? Infinity);
-      if (!this.pool.canReserve(seq.seqId, firstChunkEnd)) {
-        this.pool.free(seq.seqId);
-        break;
-      }
+      const cached = this.pool.admit(seq.seqId, seq.tokenIds, seq.extraKeys, seq.maxLength, Math.min(budget, this.opts.maxPrefillChunkTokens ?? Infinity));
+      if (cached === null) break;
       this.waiting.shift();
       seq.computed = cached;
       seq.startsOnStages = true;

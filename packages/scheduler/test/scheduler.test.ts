@@ -150,6 +150,21 @@ describe("Scheduler", () => {
     expect(s.stats().blocksUsed).toBe(0);
   });
 
+  it("contiguous allocator: reserves consecutive blocks for the whole length up front, no sharing", () => {
+    const s = scheduler({ kvAllocator: "contiguous", kvBlocks: 8 });
+    const a = seq(1, range(5), 7); // 12 positions: blocks 0-2
+    const b = seq(2, range(5), 7); // same prompt: no prefix hit, blocks 3-5
+    const c = seq(3, range(5), 7); // 3 more blocks do not fit in the 2 left
+    for (const x of [a, b, c]) s.add(x);
+    const batch = s.schedule().batch!;
+    expect(batch.chunks.map((ch) => [ch.seqId, ch.blockIds])).toEqual([[1, [0, 1]], [2, [3, 4]]]);
+    expect(s.stats().blocksUsed).toBe(6);
+    expect(s.numWaiting).toBe(1);
+    s.complete(batch, [9, 9]);
+    s.finish(a);
+    expect(s.schedule().batch!.chunks.map((ch) => [ch.seqId, ch.blockIds])).toEqual([[2, [3, 4]], [3, [0, 1]]]);
+  });
+
   it("rejects a request that could never fit", () => {
     const s = scheduler({ kvBlocks: 2 });
     expect(() => s.add(seq(1, range(6), 4))).toThrow(SchedulerCapacityError);

@@ -32,6 +32,8 @@ common options:
   --max-num-batched-tokens N  tokens per micro-batch at most (default 2048)
   --max-prefill-chunk N  longest prompt piece per step; longer prompts are chunked (default: the batch budget)
   --no-prefix-caching    do not share KV blocks of equal prompt prefixes
+  --kv-allocator A       paged (default) or contiguous: max-length reservations per sequence, the
+                         pre-PagedAttention baseline, for comparison
   --no-pipelining        one micro-batch in flight instead of one per stage
 
 start:
@@ -72,6 +74,7 @@ const { positionals, values } = parseArgs({
     "no-prefix-caching": { type: "boolean", default: false },
     "no-pipelining": { type: "boolean", default: false },
     "kv-dtype": { type: "string", default: "fp32" },
+    "kv-allocator": { type: "string", default: "paged" },
     host: { type: "string", default: "127.0.0.1" },
     port: { type: "string", default: "8000" },
     prompt: { type: "string", default: "" },
@@ -123,7 +126,13 @@ async function clusterOptions(): Promise<ClusterOptions & { tokenizer: Tokenizer
     enablePrefixCaching: !values["no-prefix-caching"],
     pipelining: !values["no-pipelining"],
     kvDtype: kvDtypeOption(values["kv-dtype"]!),
+    kvAllocator: kvAllocatorOption(values["kv-allocator"]!),
   };
+}
+
+function kvAllocatorOption(value: string): "paged" | "contiguous" {
+  if (value === "paged" || value === "contiguous") return value;
+  throw new UsageError(`--kv-allocator must be paged or contiguous, got "${value}"`);
 }
 
 function kvDtypeOption(value: string): KvDtype {

@@ -33,6 +33,8 @@ export interface ClusterOptions {
   /** Content-addressed sharing of full KV blocks between requests (default on). */
   enablePrefixCaching?: boolean;
   kvDtype?: "fp32" | "fp16" | "int8" | "fp8";
+  /** "paged" (default) or "contiguous": max-length reservations, the pre-PagedAttention baseline. */
+  kvAllocator?: "paged" | "contiguous";
   /** Up to one micro-batch per stage in flight (default on); off sends one at a time. */
   pipelining?: boolean;
   /** Run every batch-size bucket through the stages before reporting ready (default on). */
@@ -129,6 +131,7 @@ export class LocalCluster {
           maxNumBatchedTokens: opts.maxNumBatchedTokens ?? 2048,
           maxPrefillChunkTokens: opts.maxPrefillChunkTokens,
           enablePrefixCaching: opts.enablePrefixCaching ?? true,
+          kvAllocator: opts.kvAllocator,
           pipelineDepth: opts.pipelining === false ? 1 : partition.length,
           slidingWindowTokens: config.slidingWindow,
         },
