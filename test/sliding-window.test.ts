@@ -29,7 +29,7 @@ describe("sliding window", () => {
     try {
       const prompt = [1, ...Array.from({ length: 29 }, (_, i) => 5 + ((i * 7) % 100))];
       let generated = 0;
-      let tables: number[][] = [];
+      let described: Promise<number[][]> | undefined;
       const result = await cluster.engine.generate({
         promptIds: prompt,
         maxTokens: 90,
@@ -38,13 +38,14 @@ describe("sliding window", () => {
         onToken: () => {
           if (++generated === 60) {
             const [seqId] = cluster.engine.liveSequenceIds();
-            void Promise.all(cluster.partition.map((_, i) => cluster.pipeline.describe(i, [seqId]))).then((d) => {
-              tables = d.map((stage) => stage.blockTables[0].blockIds);
-            });
+            described = Promise.all(cluster.partition.map((_, i) => cluster.pipeline.describe(i, [seqId]))).then((d) =>
+              d.map((stage) => stage.blockTables[0].blockIds),
+            );
           }
         },
       });
       // 90 positions in, a 20-token window needs at most 4 blocks of 8; the rest were given back.
+      const tables = await described!;
       expect(tables).toHaveLength(2);
       for (const table of tables) {
         expect(table.filter((b) => b !== NO_BLOCK).length).toBeLessThanOrEqual(4);
