@@ -2,23 +2,14 @@ import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { DTYPE_BYTES, encodeFromF32, type DType } from "./dtype.ts";
 import { hfTensorName, hfTensorShape } from "./hf.ts";
-import { parseHfConfig } from "./config.ts";
+import { parseHfConfig, type ModelConfig } from "./config.ts";
 import { writeSafetensors, type TensorToWrite } from "./safetensors.ts";
 import type { TensorKey } from "./tensor-source.ts";
 import { LAYER_TENSORS } from "./weights.ts";
 
-export interface SyntheticShape {
-  hiddenSize: number;
-  intermediateSize: number;
-  numLayers: number;
-  numHeads: number;
-  numKvHeads: number;
-  headDim: number;
-  vocabSize: number;
-  maxPositionEmbeddings?: number;
-  tieWordEmbeddings?: boolean;
-  slidingWindow?: number;
-}
+/** The config fields a synthetic model is drawn from; the rest get Llama defaults. */
+export type SyntheticShape = Pick<ModelConfig, "hiddenSize" | "intermediateSize" | "numLayers" | "numHeads" | "numKvHeads" | "headDim" | "vocabSize"> &
+  Partial<Pick<ModelConfig, "maxPositionEmbeddings" | "tieWordEmbeddings" | "slidingWindow">>;
 
 export interface SyntheticOptions {
   /** Number of safetensors shards (with model.safetensors.index.json when > 1). Default 1. */
