@@ -1,7 +1,7 @@
 import { BUNDLED_MODEL_DIR, openModel } from "@strata/model";
 import { GREEDY, SeededRandom } from "@strata/sampling";
 import type { LocalCluster } from "@strata/coordinator";
-import { describeModel, fmt, median, round, table, withCluster, type BenchContext, type BenchPart } from "./support.ts";
+import { describeModel, describePartition, fmt, median, round, table, withCluster, type BenchContext, type BenchPart } from "./support.ts";
 import { BENCH_SHAPE, describeShape, syntheticModelDir } from "./synthetic.ts";
 
 const CONCURRENT = 32;
@@ -44,13 +44,14 @@ export const batching: BenchPart = {
     const dir = await syntheticModelDir();
     const vocab = BENCH_SHAPE.vocabSize;
     ctx.print(describeShape(BENCH_SHAPE));
-    ctx.print(`2 worker processes (layers 0-4, 4-8), 1 onnxruntime thread each; requests: ${PROMPT_TOKENS}-token random prompts, ${NEW_TOKENS} new tokens, greedy; median of 2 runs after a warm-up`);
+    ctx.print(`2 worker processes, 1 onnxruntime thread each; requests: ${PROMPT_TOKENS}-token random prompts, ${NEW_TOKENS} new tokens, greedy; median of 2 runs after a warm-up`);
 
     const figures: Record<string, number> = {};
     await withCluster(ctx, { modelDir: dir, workers: 2, pipelining: false }, async (cluster) => {
       figures.pipelining_off_32_tok_s = await throughput(cluster, CONCURRENT, PROMPT_TOKENS, NEW_TOKENS, vocab);
     });
     await withCluster(ctx, { modelDir: dir, workers: 2 }, async (cluster) => {
+      ctx.print(`partition (balanced by compute, the LM head counted on the last stage): ${describePartition(cluster.partition)}`);
       figures.single_request_tok_s = await throughput(cluster, 1, PROMPT_TOKENS, NEW_TOKENS, vocab);
       figures.concurrent_32_tok_s = await throughput(cluster, CONCURRENT, PROMPT_TOKENS, NEW_TOKENS, vocab);
 

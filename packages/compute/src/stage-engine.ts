@@ -2,6 +2,7 @@ import * as ort from "onnxruntime-node";
 import type { KvDtype } from "@strata/kv";
 import { toRotateHalfLayout, type StageWeights } from "@strata/model";
 import { KvStore } from "./kv-store.ts";
+import { createSessionRunner, type SessionRunner } from "./session-runner.ts";
 import { buildStageGraph, STAGE_IO } from "./stage-graph.ts";
 
 export type Device = "cpu" | "cuda";
@@ -31,6 +32,11 @@ export interface StageEngineOptions {
   lastStage: boolean;
   device?: Device;
   intraOpThreads?: number;
+  /**
+   * Run onnxruntime on a thread of its own (default off here; worker processes turn it on):
+   * the event loop then keeps moving gRPC bytes while a stage computes.
+   */
+  computeThread?: boolean;
   /** How the KV blocks are stored (default fp32); compute is float32 either way. */
   kvDtype?: KvDtype;
 }
@@ -49,7 +55,7 @@ export class StageEngine {
   private readonly kvRow: number; // floats per token per layer
 
   private constructor(
-    private readonly session: ort.InferenceSession,
+    private readonly session: SessionRunner,
     private readonly weights: StageWeights,
     private readonly opts: StageEngineOptions,
   ) {
@@ -71,15 +77,19 @@ export class StageEngine {
     const rotated = toRotateHalfLayout(weights);
     const graph = buildStageGraph(rotated, { firstStage: opts.firstStage, lastStage: opts.lastStage, kvDtype: opts.kvDtype });
     const device = opts.device ?? "cpu";
-    let session: ort.InferenceSession;
+    let session: SessionRunner;
     try {
-      session = await ort.InferenceSession.create(graph, {
-        executionProviders: [device],
-        graphOptimizationLevel: "all",
-        executionMode: "sequential",
-        intraOpNumThreads: opts.intraOpThreads ?? 1,
-        interOpNumThreads: 1,
-      });
+      session = await createSessionRunner(
+        graph,
+        {
+          executionProviders: [device],
+          graphOptimizationLevel: "all",
+          executionMode: "sequential",
+          intraOpNumThreads: opts.intraOpThreads ?? 1,
+          interOpNumThreads: 1,
+        },
+        opts.computeThread ?? false,
+      );
     } catch (error) {
       if (device !== "cuda") throw error;
       throw new DeviceUnavailableError(
@@ -89,6 +99,11 @@ export class StageEngine {
       );
     }
     return new StageEngine(session, rotated, opts);
+  }
+
+  /** Ends the compute thread, if any; the engine cannot run after this. */
+  close(): Promise<void> {
+    return this.session.close();
   }
 
   get layerCount(): number {

@@ -20,7 +20,8 @@ commands:
 common options:
   --model DIR            llama2.c checkpoint folder or Hugging Face Llama folder (default: bundled stories260K)
   --workers N            worker processes, one pipeline stage each (default 2)
-  --partition A-B,...    layer ranges by hand, e.g. 0-1,1-4,4-5 (default: even split)
+  --partition A-B,...    layer ranges by hand, e.g. 0-1,1-4,4-5 (default: balanced by compute,
+                         counting the LM head on the last stage)
   --device cpu|cuda      onnxruntime execution provider (default cpu)
   --nats-url URL         NATS server to use when reachable (default $NATS_URL or nats://127.0.0.1:4222);
                          otherwise nats-server is started from PATH on a free port

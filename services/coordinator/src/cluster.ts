@@ -3,7 +3,7 @@ import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { EventBus, isReachable, startNatsServer, type NatsServerProcess } from "@strata/events";
 import { openModel, type ModelConfig } from "@strata/model";
-import { evenPartition, validatePartition, type Partition } from "@strata/planner";
+import { balancedPartition, validatePartition, type Partition } from "@strata/planner";
 import { startWorkerServer, DEFAULT_BLOCK_SIZE_TOKENS, DEFAULT_KV_CACHE_BYTES, type RunningWorker } from "@strata/worker";
 import { startTracing, TRACING_OFF, type Tracing } from "@strata/telemetry";
 import { Engine } from "./engine.ts";
@@ -85,7 +85,7 @@ export class LocalCluster {
     const source = await openModel(opts.modelDir);
     const config = source.config;
     await source.close();
-    const partition = opts.partition ?? evenPartition(config.numLayers, opts.workers);
+    const partition = opts.partition ?? balancedPartition(config, opts.workers);
     validatePartition(partition, config.numLayers);
 
     let ownNats: NatsServerProcess | undefined;

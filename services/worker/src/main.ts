@@ -10,6 +10,7 @@ const { values } = parseArgs({
     "worker-id": { type: "string", default: `worker-${process.pid}` },
     "nats-url": { type: "string" },
     threads: { type: "string", default: "1" },
+    "no-compute-thread": { type: "boolean", default: false },
     // Prometheus metrics port: 0 picks a free one; "none" serves none.
     "metrics-port": { type: "string", default: "0" },
   },
@@ -24,6 +25,7 @@ const worker = await startWorkerServer({
   workerId: values["worker-id"]!,
   natsUrl: values["nats-url"],
   intraOpThreads: Number(values.threads),
+  computeThread: !values["no-compute-thread"],
   log: (line) => process.stderr.write(`[${values["worker-id"]}] ${line}\n`),
   tracing,
   metricsPort: values["metrics-port"] === "none" ? undefined : Number(values["metrics-port"]),

@@ -11,6 +11,7 @@ export interface WorkerServerOptions {
   workerId: string;
   natsUrl?: string;
   intraOpThreads?: number;
+  computeThread?: boolean;
   log?: (line: string) => void;
   /** Stage spans go here (the caller owns it and shuts it down); off by default. */
   tracing?: Tracing;
@@ -31,7 +32,7 @@ export interface RunningWorker {
 
 export async function startWorkerServer(opts: WorkerServerOptions): Promise<RunningWorker> {
   const events = opts.natsUrl ? await EventBus.connect(opts.natsUrl, `strata-worker-${opts.workerId}`) : undefined;
-  const node = new WorkerNode({ workerId: opts.workerId, intraOpThreads: opts.intraOpThreads, events, log: opts.log });
+  const node = new WorkerNode({ workerId: opts.workerId, intraOpThreads: opts.intraOpThreads, computeThread: opts.computeThread, events, log: opts.log });
   const telemetry = new StageTelemetry(opts.workerId, () => node.describe(), opts.tracing ?? TRACING_OFF, events);
   node.observer = telemetry;
   const server = new grpc.Server(grpcChannelOptions);

@@ -18,6 +18,7 @@ export interface StageSpec {
   device: Device;
   kvDtype: KvDtype;
   intraOpThreads: number;
+  computeThread: boolean;
 }
 
 /**
@@ -71,6 +72,7 @@ export class LoadedStage {
       lastStage,
       device: spec.device,
       intraOpThreads: spec.intraOpThreads,
+      computeThread: spec.computeThread,
       kvDtype: spec.kvDtype,
     });
     const tables = new StageBlockTables(numBlocks, spec.blockSizeTokens);

@@ -43,6 +43,8 @@ const WorkerClient = grpcClientConstructor(WorkerService);
 export interface WorkerOptions {
   workerId: string;
   intraOpThreads?: number;
+  /** onnxruntime on its own thread, so gRPC keeps flowing while a stage computes. */
+  computeThread?: boolean;
   events?: EventBus;
   log?: (line: string) => void;
 }
@@ -157,11 +159,15 @@ export class WorkerNode {
             device,
             kvDtype: kvDtypeOf(req.kvDtype),
             intraOpThreads: this.opts.intraOpThreads ?? 1,
+            computeThread: this.opts.computeThread ?? false,
           },
           (loaded, total) =>
             call.write(create(LoadResponseSchema, { event: { case: "progress", value: { bytesLoaded: BigInt(loaded), bytesTotal: BigInt(total), phase: "weights" } } })),
         );
+        const previous = this.stage;
         this.stage = stage;
+        // Batches already queued on the old stage finish first; its compute thread goes after.
+        void this.queue.then(() => previous?.engine.close());
       } finally {
         await source.close();
       }
@@ -303,6 +309,7 @@ export class WorkerNode {
     this.nextStageStream?.end();
     this.nextStageClient?.close();
     for (const s of this.resultSubscribers) s.end();
+    void this.stage?.engine.close();
   }
 }
 
