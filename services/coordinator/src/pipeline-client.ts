@@ -23,8 +23,8 @@ import {
 
 const WorkerClient = grpcClientConstructor(WorkerService);
 
-// grpc-js generic clients are untyped; these are the calls we make on them.
-interface WorkerStub extends grpc.Client {
+// grpc-js generic clients are untyped; these are the calls made on them.
+export interface WorkerStub extends grpc.Client {
   load(req: unknown): grpc.ClientReadableStream<LoadResponse>;
   describe(req: unknown, cb: (err: grpc.ServiceError | null, res: DescribeResponse) => void): void;
   freeSequences(req: unknown, cb: (err: grpc.ServiceError | null, res: FreeSequencesResponse) => void): void;

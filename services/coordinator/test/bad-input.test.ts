@@ -15,15 +15,12 @@ import {
   grpcChannelOptions,
   grpcClientConstructor,
   type DescribeResponse,
-  type ForwardRequest,
   type ForwardResponse,
-  type FreeSequencesResponse,
-  type LoadResponse,
   type ResultsResponse,
   type StageError,
   type Tensor,
 } from "@strata/proto";
-import { ContextLengthError, LocalCluster } from "../src/index.ts";
+import { ContextLengthError, LocalCluster, type WorkerStub } from "../src/index.ts";
 import { GREEDY, loadGreedyOracle, useNats } from "../../../test/support/cluster.ts";
 
 // Bad input gets a gRPC status with a clear detail, and the workers keep serving everyone else:
@@ -36,13 +33,7 @@ const HIDDEN = 64; // stories260K
 const CONTEXT = 512;
 
 const WorkerClient = grpcClientConstructor(WorkerService);
-interface Stub extends grpc.Client {
-  load(req: unknown): grpc.ClientReadableStream<LoadResponse>;
-  describe(req: unknown, cb: (err: grpc.ServiceError | null, res: DescribeResponse) => void): void;
-  forward(): grpc.ClientDuplexStream<ForwardRequest, ForwardResponse>;
-  results(req: unknown): grpc.ClientReadableStream<ResultsResponse>;
-  freeSequences(req: unknown, cb: (err: grpc.ServiceError | null, res: FreeSequencesResponse) => void): void;
-}
+type Stub = WorkerStub;
 
 const nats = useNats();
 let cluster: LocalCluster;
