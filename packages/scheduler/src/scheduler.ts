@@ -241,6 +241,17 @@ export class Scheduler {
   }
 
   /**
+   * A stage restarted empty: every block's content there is gone. Forgets the prefix cache and
+   * sends every running sequence not in flight back to recompute under a fresh id (ones in
+   * flight fail with their batch). Returns the preemptions, whose old ids the stages must free.
+   */
+  restartAll(): Preemption[] {
+    const preempted = this.running.filter((seq) => !seq.inFlight && seq.state === "running").map((seq) => this.preempt(seq));
+    this.pool.reset();
+    return preempted;
+  }
+
+  /**
    * The batch failed on some stage: its blocks may hold nothing, so drop every content hash
    * (nothing may match them) and let the caller finish its sequences.
    */

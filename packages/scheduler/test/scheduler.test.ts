@@ -165,6 +165,18 @@ describe("Scheduler", () => {
     expect(s.schedule().batch!.chunks.map((ch) => [ch.seqId, ch.blockIds])).toEqual([[2, [3, 4]], [3, [0, 1]]]);
   });
 
+  it("after a stage restart, running sequences recompute under fresh ids and the prefix cache is empty", () => {
+    const s = scheduler();
+    const a = seq(1, range(13));
+    s.add(a);
+    s.complete(s.schedule().batch!, [4]);
+    const preempted = s.restartAll();
+    expect(preempted.map((p) => [p.evictedSeqId, p.seq.seqId])).toEqual([[1, 1000]]);
+    const again = s.schedule().batch!;
+    expect(again.chunks.map((c) => [c.seqId, c.startPosition, c.tokenIds.length, c.newSequence])).toEqual([[1000, 0, 14, true]]);
+    expect(s.stats().prefixHitTokens).toBe(0);
+  });
+
   it("rejects a request that could never fit", () => {
     const s = scheduler({ kvBlocks: 2 });
     expect(() => s.add(seq(1, range(6), 4))).toThrow(SchedulerCapacityError);

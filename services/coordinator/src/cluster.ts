@@ -57,6 +57,8 @@ interface WorkerHandle {
   address: string;
   metricsUrl?: string;
   stop(): Promise<void>;
+  /** Worker processes only: kill it (as a crash would) and start an empty one on the same port. */
+  crashAndRestart?(): Promise<WorkerHandle>;
 }
 
 /** A coordinator engine, N workers and a NATS server on loopback, started and stopped together. */
@@ -106,7 +108,7 @@ export class LocalCluster {
         workers.push(
           opts.inProcessWorkers
             ? inProcessWorker(await startWorkerServer({ workerId: `worker-${i}`, natsUrl, intraOpThreads: opts.threadsPerWorker, tracing: workerTracing, metricsPort }))
-            : await spawnWorker(i, natsUrl, opts.threadsPerWorker ?? 1, opts.log, { tracesUrl: opts.tracesUrl, metricsPort }),
+            : await spawnWorker(i, natsUrl, opts.threadsPerWorker ?? 1, opts.log, { tracesUrl: opts.tracesUrl, metricsPort }, 0),
         );
       }
       const pipeline = new PipelineClient(workers.map((w) => w.address));
@@ -183,6 +185,34 @@ export class LocalCluster {
   }
 
   private reconcileTimer: NodeJS.Timeout | undefined;
+  private recovering: Promise<void> | undefined;
+
+  /**
+   * Reloads stages whose worker came back empty (a restarted process at the same address), then
+   * tells the engine: their KV is gone, so it drops the prefix cache and recomputes sequences
+   * between steps. One attempt at a time; failures are retried by the next trigger.
+   */
+  recoverStages(log: (line: string) => void = () => {}): Promise<void> {
+    this.recovering ??= this.pipeline
+      .recover()
+      .then(
+        (reloaded) => {
+          if (reloaded.length === 0) return;
+          log(`reloaded stage${reloaded.length > 1 ? "s" : ""} ${reloaded.join(", ")} after a worker restart`);
+          this.engine.stagesRestarted();
+        },
+        (error: Error) => log(`recovering stages failed: ${error.message}`),
+      )
+      .finally(() => (this.recovering = undefined));
+    return this.recovering;
+  }
+
+  /** For tests and drills: kills worker `i` as a crash would and starts an empty one in its place. */
+  async crashWorker(i: number): Promise<void> {
+    const worker = this.workers[i];
+    if (!worker.crashAndRestart) throw new Error("only worker processes can be crashed and restarted");
+    this.workers[i] = await worker.crashAndRestart();
+  }
 
   /**
    * Eviction events are at-most-once: ones published while NATS (or a worker's subscription) was
@@ -200,8 +230,10 @@ export class LocalCluster {
       // Workers resubscribe on their own schedule: look again once they have.
       setTimeout(() => void reconcile(), 1000).unref();
     });
-    this.reconcileTimer = setInterval(() => void reconcile(), everyMs);
+    this.reconcileTimer = setInterval(() => void this.recoverStages(log).then(reconcile), everyMs);
     this.reconcileTimer.unref();
+    // A failed batch may mean a stage went down: check at once rather than at the next tick.
+    this.engine.onBatchFailure = () => void this.recoverStages(log);
   }
 
   async stop(): Promise<void> {
@@ -226,6 +258,7 @@ async function spawnWorker(
   threads: number,
   log?: (line: string) => void,
   telemetry: { tracesUrl?: string; metricsPort?: number } = {},
+  port = 0,
 ): Promise<WorkerHandle> {
   const child: ChildProcess = spawn(
     process.execPath,
@@ -234,7 +267,7 @@ async function spawnWorker(
       "tsx",
       WORKER_MAIN,
       "--port",
-      "0",
+      String(port),
       "--worker-id",
       `worker-${index}`,
       "--nats-url",
@@ -262,18 +295,23 @@ async function spawnWorker(
     });
     child.once("exit", (code) => reject(new Error(`worker ${index} exited with code ${code} before listening`)));
   });
+  const exited = (signal: NodeJS.Signals) =>
+    new Promise<void>((resolve) => {
+      if (child.exitCode !== null || child.signalCode !== null) return resolve();
+      const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
+      child.once("exit", () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      child.kill(signal);
+    });
   return {
     address,
     metricsUrl,
-    stop: () =>
-      new Promise<void>((resolve) => {
-        if (child.exitCode !== null) return resolve();
-        const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
-        child.once("exit", () => {
-          clearTimeout(timer);
-          resolve();
-        });
-        child.kill("SIGTERM");
-      }),
+    stop: () => exited("SIGTERM"),
+    crashAndRestart: async () => {
+      await exited("SIGKILL");
+      return spawnWorker(index, natsUrl, threads, log, telemetry, Number(address.split(":").pop()));
+    },
   };
 }

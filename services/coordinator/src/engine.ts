@@ -111,6 +111,18 @@ export class Engine {
     return stale;
   }
 
+  /**
+   * Some stage restarted empty (see PipelineClient.recover): nothing cached there can be trusted,
+   * and sequences between steps are recomputed from their tokens.
+   */
+  stagesRestarted(): void {
+    for (const p of this.scheduler.restartAll()) this.events.publishEvict(p.evictedSeqId, "preempted");
+    this.pump();
+  }
+
+  /** Called when a micro-batch fails (a stage may be down). */
+  onBatchFailure: ((error: Error) => void) | undefined;
+
   /** Stage-side ids of the live requests, oldest first (debugging and tests). */
   liveSequenceIds(): number[] {
     return [...this.active.keys()].sort((a, b) => a.arrival - b.arrival).map((s) => s.seqId);
@@ -233,6 +245,7 @@ export class Engine {
 
   private onFailure(batch: MicroBatch, error: Error): void {
     this.scheduler.fail(batch);
+    this.onBatchFailure?.(error);
     for (const chunk of batch.chunks) {
       const active = this.active.get(chunk.seq);
       if (active) this.finish(active, "aborted", error);

@@ -88,41 +88,65 @@ export class PipelineClient {
     this.stubs = addresses.map((a) => new WorkerClient(a, grpc.credentials.createInsecure(), grpcChannelOptions) as unknown as WorkerStub);
   }
 
+  private loadOptions: LoadOptions | undefined;
+
   /** Loads every stage in parallel, telling each where its next stage listens. */
   async load(opts: LoadOptions): Promise<DescribeResponse[]> {
     if (opts.partition.length !== this.stubs.length) {
       throw new Error(`partition has ${opts.partition.length} stages for ${this.stubs.length} workers`);
     }
-    this.stages = await Promise.all(
-      this.stubs.map(
-        (stub, i) =>
-          new Promise<DescribeResponse>((resolve, reject) => {
-            const call = stub.load(
-              create(LoadRequestSchema, {
-                modelDir: opts.modelDir,
-                layerStart: opts.partition[i][0],
-                layerEnd: opts.partition[i][1],
-                device: opts.device,
-                kvDtype: opts.kvDtype ?? "fp32",
-                blockSizeTokens: opts.blockSizeTokens,
-                kvCacheBytes: BigInt(opts.kvCacheBytes),
-                nextStageAddress: this.addresses[i + 1] ?? "",
-                stageIndex: i,
-                numStages: this.stubs.length,
-              }),
-            );
-            let ready: DescribeResponse | undefined;
-            call.on("data", (msg: LoadResponse) => {
-              if (msg.event.case === "progress") opts.onProgress?.(i, Number(msg.event.value.bytesLoaded), Number(msg.event.value.bytesTotal));
-              if (msg.event.case === "ready") ready = msg.event.value;
-            });
-            call.on("error", (err: grpc.ServiceError) => reject(new StageFailure(err.code, `stage ${i} (${this.addresses[i]}): ${err.details || err.message}`, i)));
-            call.on("end", () => (ready ? resolve(ready) : reject(new Error(`stage ${i} ended its load without reporting ready`))));
-          }),
-      ),
-    );
+    this.loadOptions = opts;
+    this.stages = await Promise.all(this.stubs.map((_, i) => this.loadStage(i, opts)));
     this.openStreams();
     return this.stages;
+  }
+
+  private loadStage(i: number, opts: LoadOptions): Promise<DescribeResponse> {
+    return new Promise<DescribeResponse>((resolve, reject) => {
+      const call = this.stubs[i].load(
+        create(LoadRequestSchema, {
+          modelDir: opts.modelDir,
+          layerStart: opts.partition[i][0],
+          layerEnd: opts.partition[i][1],
+          device: opts.device,
+          kvDtype: opts.kvDtype ?? "fp32",
+          blockSizeTokens: opts.blockSizeTokens,
+          kvCacheBytes: BigInt(opts.kvCacheBytes),
+          nextStageAddress: this.addresses[i + 1] ?? "",
+          stageIndex: i,
+          numStages: this.stubs.length,
+        }),
+      );
+      let ready: DescribeResponse | undefined;
+      call.on("data", (msg: LoadResponse) => {
+        if (msg.event.case === "progress") opts.onProgress?.(i, Number(msg.event.value.bytesLoaded), Number(msg.event.value.bytesTotal));
+        if (msg.event.case === "ready") ready = msg.event.value;
+      });
+      call.on("error", (err: grpc.ServiceError) => reject(new StageFailure(err.code, `stage ${i} (${this.addresses[i]}): ${err.details || err.message}`, i)));
+      call.on("end", () => (ready ? resolve(ready) : reject(new Error(`stage ${i} ended its load without reporting ready`))));
+    });
+  }
+
+  /**
+   * A worker that restarted (same address, empty process) has no layers: load them again and
+   * reopen the streams. Returns the stages reloaded; a stage that does not answer is left for
+   * the next call. Whatever the restarted stage held is gone, so the caller must drop its
+   * prefix cache and recompute its running sequences.
+   */
+  async recover(): Promise<number[]> {
+    const opts = this.loadOptions;
+    if (!opts) return [];
+    const reloaded: number[] = [];
+    await Promise.all(
+      this.stubs.map(async (_, i) => {
+        const health = await this.health(i, 1000).catch(() => undefined);
+        if (!health || health.loaded) return;
+        this.stages[i] = await this.loadStage(i, { ...opts, onProgress: undefined });
+        reloaded.push(i);
+      }),
+    );
+    if (reloaded.length > 0) this.openStreams();
+    return reloaded.sort((a, b) => a - b);
   }
 
   private openStreams(): void {
@@ -137,6 +161,8 @@ export class PipelineClient {
       else waiter.resolve(msg);
     });
     results.on("error", (err: grpc.ServiceError) => {
+      // Both streams are reopened on the next batch: results must flow before batches go out.
+      if (this.fromLastStage === results) this.toFirstStage = undefined;
       if (err.code !== grpc.status.CANCELLED) this.failAll(new StageFailure(err.code, `results stream from the last stage failed: ${err.details}`, this.stubs.length - 1));
     });
     this.fromLastStage = results;
