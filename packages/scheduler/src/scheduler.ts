@@ -124,10 +124,6 @@ export class Scheduler {
     return this.running.length;
   }
 
-  hasWork(): boolean {
-    return this.waiting.length > 0 || this.running.length > 0;
-  }
-
   stats(): SchedulerStats {
     return { ...this.pool.stats(), running: this.running.length, waiting: this.waiting.length, preemptions: this.preemptionCount };
   }

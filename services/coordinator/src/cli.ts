@@ -6,7 +6,7 @@ import { PartitionError, parsePartition, type Partition } from "@strata/planner"
 import { otlpTracesUrlFromEnv, startTracing } from "@strata/telemetry";
 import { ChatTemplate } from "./chat-template.ts";
 import { LocalCluster, type ClusterOptions } from "./cluster.ts";
-import { ContextLengthError } from "./engine.ts";
+import { checkContextLength } from "./engine.ts";
 import { createHttpApi } from "./http-api.ts";
 import { LoadProgressView } from "./progress.ts";
 
@@ -173,12 +173,7 @@ async function generate(): Promise<void> {
   const seed = numberOption("seed", values.seed, Number.isInteger);
   const promptIds = tokenizer.encode(values.prompt!);
   // Refuse before starting workers: the engine would refuse too, but only after the whole cluster loaded.
-  if (promptIds.length + maxTokens > contextTokens) {
-    throw new ContextLengthError(
-      `this model's maximum context length is ${contextTokens} tokens, but ${promptIds.length + maxTokens} were requested ` +
-        `(${promptIds.length} in the prompt, ${maxTokens} to generate)`,
-    );
-  }
+  checkContextLength(promptIds.length, maxTokens, contextTokens);
   const cluster = await startCluster(opts);
   try {
     const decoder = tokenizer.createStreamDecoder();

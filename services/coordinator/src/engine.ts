@@ -13,6 +13,16 @@ export class ContextLengthError extends RequestValidationError {
   override name = "ContextLengthError";
 }
 
+/** Throws ContextLengthError when a prompt and the tokens to generate do not fit the context. */
+export function checkContextLength(promptTokens: number, maxTokens: number, contextTokens: number): void {
+  if (promptTokens + maxTokens > contextTokens) {
+    throw new ContextLengthError(
+      `this model's maximum context length is ${contextTokens} tokens, but ${promptTokens + maxTokens} were requested ` +
+        `(${promptTokens} in the prompt, ${maxTokens} to generate)`,
+    );
+  }
+}
+
 export class RequestAbortedError extends Error {
   override name = "RequestAbortedError";
 }
@@ -182,12 +192,7 @@ export class Engine {
     if (!Number.isInteger(req.maxTokens) || req.maxTokens < 1) throw new RequestValidationError(`max_tokens must be a positive integer, got ${req.maxTokens}`);
     const bad = req.promptIds.find((id) => !Number.isInteger(id) || id < 0 || id >= this.limits.vocabSize);
     if (bad !== undefined) throw new RequestValidationError(`token id ${bad} is outside the vocabulary of ${this.limits.vocabSize}`);
-    if (req.promptIds.length + req.maxTokens > ctx) {
-      throw new ContextLengthError(
-        `this model's maximum context length is ${ctx} tokens, but ${req.promptIds.length + req.maxTokens} were requested ` +
-          `(${req.promptIds.length} in the prompt, ${req.maxTokens} to generate)`,
-      );
-    }
+    checkContextLength(req.promptIds.length, req.maxTokens, ctx);
   }
 
   private pump(): void {

@@ -1,14 +1,7 @@
-/** One stage's part in a step, as the stage reported it (wall-clock Unix ms). */
-export interface StageTimingRecord {
-  stageIndex: number;
-  workerId: string;
-  receivedUnixMs: number;
-  startedUnixMs: number;
-  sentUnixMs: number;
-  kvBlocksUsed: number;
-  kvBlocksTotal: number;
-  hiddenBytesSent: number;
-}
+import type { StageTiming } from "@strata/proto";
+
+/** One stage's part in a step, as the stage reported it (wall-clock Unix ms); byte counts as numbers. */
+export type StageTimingRecord = Omit<StageTiming, "$typeName" | "$unknown" | "hiddenBytesSent"> & { hiddenBytesSent: number };
 
 /** One micro-batch as the coordinator saw it. */
 export interface StepRecord {

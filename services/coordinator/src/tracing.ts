@@ -229,16 +229,7 @@ export class CoordinatorTelemetry implements PipelineObserver {
     const receivedUnixMs = wallClockMs();
     record.receivedUnixMs = receivedUnixMs;
     record.stages = result.stageTimings.map(
-      (t): StageTimingRecord => ({
-        stageIndex: t.stageIndex,
-        workerId: t.workerId,
-        receivedUnixMs: t.receivedUnixMs,
-        startedUnixMs: t.startedUnixMs,
-        sentUnixMs: t.sentUnixMs,
-        kvBlocksUsed: t.kvBlocksUsed,
-        kvBlocksTotal: t.kvBlocksTotal,
-        hiddenBytesSent: Number(t.hiddenBytesSent),
-      }),
+      ({ $typeName: _, $unknown: __, hiddenBytesSent, ...rest }): StageTimingRecord => ({ ...rest, hiddenBytesSent: Number(hiddenBytesSent) }),
     );
     const m = this.metrics;
     m.stepDuration.observe((receivedUnixMs - record.sentUnixMs) / 1000);
