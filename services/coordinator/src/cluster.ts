@@ -140,7 +140,7 @@ export class LocalCluster {
         opts.pipelining === false ? 1 : partition.length,
       );
       const cluster = new LocalCluster(engine, pipeline, events, config, partition, natsUrl, workers, ownNats);
-      cluster.watchForLostEvictions(opts.log);
+      cluster.watchStages(opts.log);
       const coordinatorTracing = opts.tracing ?? (opts.tracesUrl ? startTracing({ serviceName: "strata-coordinator", tracesUrl: opts.tracesUrl }) : TRACING_OFF);
       if (!opts.tracing) ownTracings.push(coordinatorTracing);
       cluster.ownTracings = ownTracings;
@@ -215,11 +215,12 @@ export class LocalCluster {
   }
 
   /**
-   * Eviction events are at-most-once: ones published while NATS (or a worker's subscription) was
-   * away are lost. After every reconnect, and every few seconds as a safety net, stages are
-   * checked against the engine's live sequences and stale ones are freed over gRPC.
+   * Keeps the stages in step with the engine. Eviction events are at-most-once: ones published
+   * while NATS (or a worker's subscription) was away are lost, so after every reconnect, and
+   * every few seconds, stale sequences are freed over gRPC. The same tick (and any failed batch)
+   * reloads a stage whose worker restarted empty.
    */
-  watchForLostEvictions(log: (line: string) => void = () => {}, everyMs = 5000): void {
+  watchStages(log: (line: string) => void = () => {}, everyMs = 5000): void {
     const reconcile = () =>
       this.engine.reconcile().then(
         (stale) => stale > 0 && log(`freed ${stale} sequences whose eviction events were lost`),
