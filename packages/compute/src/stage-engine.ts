@@ -33,7 +33,7 @@ export interface StageEngineOptions {
   device?: Device;
   intraOpThreads?: number;
   /**
-   * Run onnxruntime on a thread of its own (default off here; worker processes turn it on):
+   * Run onnxruntime on a thread of its own (default off; worker processes take --compute-thread):
    * the event loop then keeps moving gRPC bytes while a stage computes.
    */
   computeThread?: boolean;

@@ -43,7 +43,7 @@ const WorkerClient = grpcClientConstructor(WorkerService);
 export interface WorkerOptions {
   workerId: string;
   intraOpThreads?: number;
-  /** onnxruntime on its own thread, so gRPC keeps flowing while a stage computes. */
+  /** onnxruntime on its own thread, so gRPC keeps flowing while a stage computes (default off). */
   computeThread?: boolean;
   events?: EventBus;
   log?: (line: string) => void;
@@ -53,8 +53,9 @@ type ForwardCall = grpc.ServerDuplexStream<ForwardRequest, ForwardResponse>;
 
 /**
  * A pipeline stage as a gRPC service. Micro-batches are processed strictly in arrival order (the
- * KV of a sequence depends on its previous chunk); compute runs on onnxruntime's threads, so the
- * event loop keeps moving bytes while a batch computes.
+ * KV of a sequence depends on its previous chunk). Compute runs on this thread by default (a
+ * step's session.run blocks the loop, and bytes wait in the socket meanwhile), or on a compute
+ * thread of its own.
  */
 export class WorkerNode {
   private stage: LoadedStage | undefined;
