@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import OpenAI from "openai";
 import { BUNDLED_MODEL_DIR } from "@strata/model";
-import { ChatTemplate, LocalCluster, ModelRegistry } from "@strata/coordinator";
+import { ChatTemplate, LocalCluster } from "@strata/coordinator";
 import { loadGreedyOracle, useNats } from "./support/cluster.ts";
 import { startApiServer, type ApiServer } from "./support/api-server.ts";
 
@@ -17,13 +17,11 @@ let cluster: LocalCluster;
 let api: ApiServer;
 let client: OpenAI;
 let greedyText: string;
-const models = new ModelRegistry("stories260K");
-models.registerAdapter("stories-tenant-a");
 
 beforeAll(async () => {
   await nats.start();
   cluster = await LocalCluster.start({ modelDir: BUNDLED_MODEL_DIR, workers: 3, natsUrl: nats.url(), inProcessWorkers: true });
-  api = await startApiServer(cluster, BUNDLED_MODEL_DIR, { models, chatTemplate: await ChatTemplate.load(BUNDLED_MODEL_DIR) });
+  api = await startApiServer(cluster, BUNDLED_MODEL_DIR, { chatTemplate: await ChatTemplate.load(BUNDLED_MODEL_DIR) });
   client = api.client;
   greedyText = api.tokenizer.decode(oracle.token_ids.slice(oracle.prompt_token_ids.length));
 });
@@ -194,11 +192,11 @@ describe("POST /v1/chat/completions", () => {
 });
 
 describe("models", () => {
-  it("GET /v1/models lists the base model and every registered adapter", async () => {
+  it("GET /v1/models lists the base model (adapters: see lora-adapters.test.ts)", async () => {
     const ids: string[] = [];
     for await (const m of client.models.list()) ids.push(m.id);
-    expect(ids).toEqual(["stories260K", "stories-tenant-a"]);
-    expect((await client.models.retrieve("stories-tenant-a")).id).toBe("stories-tenant-a");
+    expect(ids).toEqual(["stories260K"]);
+    expect((await client.models.retrieve("stories260K")).id).toBe("stories260K");
   });
 
   it("an unknown model is a 404 in OpenAI's error shape", async () => {
@@ -210,11 +208,10 @@ describe("models", () => {
     expect(e.param).toBe("model");
   });
 
-  it("an adapter as `model` is recognised, and refused plainly until adapters are implemented", async () => {
-    const error = await client.completions.create({ model: "stories-tenant-a", prompt: PROMPT, max_tokens: 4 }).catch((e: unknown) => e);
-    expect(error).toBeInstanceOf(OpenAI.APIError);
-    expect((error as InstanceType<typeof OpenAI.APIError>).status).toBe(501);
-    expect((error as InstanceType<typeof OpenAI.APIError>).code).toBe("adapters_not_implemented");
+  it("loading an adapter at runtime on a server started without LoRA support is a clear 400", async () => {
+    const res = await fetch(`${api.url}/v1/load_lora_adapter`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ lora_name: "a", lora_path: "/tmp" }) });
+    expect(res.status).toBe(400);
+    expect(((await res.json()) as { error: { code: string; message: string } }).error).toMatchObject({ code: "lora_disabled" });
   });
 });
 

@@ -25,6 +25,7 @@ export async function startApiServer(
     modelName: "stories260K",
     pipeline: cluster.pipeline,
     telemetry: cluster.telemetry,
+    adapters: cluster.adapters,
     ...opts,
   });
   const server: ServerType = await new Promise((resolve) => {

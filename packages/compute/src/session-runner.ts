@@ -8,8 +8,11 @@ export interface RunOutput {
 
 /** Runs a stage graph: on the calling thread, or on a thread of its own (the default for workers). */
 export interface SessionRunner {
-  /** Takes ownership of the feeds' buffers: callers must not touch them afterwards. */
-  run(feeds: Record<string, ort.Tensor>): Promise<Record<string, RunOutput>>;
+  /**
+   * Takes ownership of the feeds' buffers (callers must not touch them afterwards), except those
+   * named in `kept`, which are fed again on later runs.
+   */
+  run(feeds: Record<string, ort.Tensor>, kept?: ReadonlySet<string>): Promise<Record<string, RunOutput>>;
   close(): Promise<void>;
 }
 
@@ -59,7 +62,7 @@ class ThreadSessionRunner implements SessionRunner {
     return new ThreadSessionRunner(thread);
   }
 
-  run(feeds: Record<string, ort.Tensor>): Promise<Record<string, RunOutput>> {
+  run(feeds: Record<string, ort.Tensor>, kept?: ReadonlySet<string>): Promise<Record<string, RunOutput>> {
     const id = this.nextId++;
     const message: Record<string, { type: ort.Tensor.Type; data: ort.Tensor.DataType; dims: readonly number[] }> = {};
     // Feeds are built fresh for every step, so their buffers move to the thread instead of being
@@ -67,7 +70,7 @@ class ThreadSessionRunner implements SessionRunner {
     const buffers = new Set<ArrayBuffer>();
     for (const [name, t] of Object.entries(feeds)) {
       message[name] = { type: t.type, data: t.data, dims: t.dims };
-      if (ArrayBuffer.isView(t.data) && t.data.buffer instanceof ArrayBuffer) buffers.add(t.data.buffer);
+      if (!kept?.has(name) && ArrayBuffer.isView(t.data) && t.data.buffer instanceof ArrayBuffer) buffers.add(t.data.buffer);
     }
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });

@@ -1,6 +1,7 @@
 import * as ort from "onnxruntime-node";
 import type { KvDtype } from "@strata/kv";
-import { toRotateHalfLayout, type StageWeights } from "@strata/model";
+import { toRotateHalfLayout, type LoraAdapter, type StageWeights } from "@strata/model";
+import { LORA_IO, loraInputShapes, packLoraAdapter, type LoraInput } from "./lora-pack.ts";
 import { KvStore } from "./kv-store.ts";
 import { createSessionRunner, type SessionRunner } from "./session-runner.ts";
 import { buildStageGraph, STAGE_IO } from "./stage-graph.ts";
@@ -18,6 +19,7 @@ export interface StageChunk {
   numTokens: number;
   tokenIds?: ArrayLike<number>; // first stage only
   blockTable: readonly number[]; // must cover [0, startPosition + numTokens)
+  adapter?: string; // a LoRA adapter set with setAdapter; none is the base model
 }
 
 export interface StageOutput {
@@ -39,9 +41,12 @@ export interface StageEngineOptions {
   computeThread?: boolean;
   /** How the KV blocks are stored (default fp32); compute is float32 either way. */
   kvDtype?: KvDtype;
+  /** Largest LoRA rank this stage can serve; 0 (default) builds a graph without adapters. */
+  maxLoraRank?: number;
 }
 
 const MASKED = -1e30;
+const LORA_FEED_NAMES: ReadonlySet<string> = new Set(Object.values(LORA_IO));
 
 /**
  * Runs one stage's layers over a micro-batch. Owns the stage's KV cache (a KvStore: for every
@@ -53,6 +58,8 @@ export class StageEngine {
   readonly hiddenSize: number;
   readonly vocabSize: number;
   private readonly kvRow: number; // floats per token per layer
+  // Each resident adapter's LoRA inputs (and the base model's zeros), built once and fed as they are.
+  private readonly adapters = new Map<string | undefined, Record<string, ort.Tensor>>();
 
   private constructor(
     private readonly session: SessionRunner,
@@ -71,11 +78,44 @@ export class StageEngine {
       headDim: c.headDim,
       kvDtype: opts.kvDtype ?? "fp32",
     });
+    if (this.maxLoraRank > 0) this.adapters.set(undefined, this.loraFeeds());
+  }
+
+  get maxLoraRank(): number {
+    return this.opts.maxLoraRank ?? 0;
+  }
+
+  /** Makes an adapter (its matrices for this stage's layers) servable as `id`, replacing any before. */
+  setAdapter(id: string, adapter: LoraAdapter): void {
+    if (this.maxLoraRank === 0) throw new RangeError("this stage was loaded without LoRA support (max LoRA rank 0)");
+    this.adapters.set(id, this.loraFeeds(adapter));
+  }
+
+  removeAdapter(id: string): boolean {
+    return this.adapters.delete(id);
+  }
+
+  hasAdapter(id: string): boolean {
+    return this.adapters.has(id);
+  }
+
+  adapterIds(): string[] {
+    return [...this.adapters.keys()].filter((id): id is string => id !== undefined);
+  }
+
+  private loraFeeds(adapter?: LoraAdapter): Record<string, ort.Tensor> {
+    const c = this.weights.config;
+    const L = this.layerCount;
+    const packed = packLoraAdapter(c, L, this.maxLoraRank, 1 / Math.sqrt(c.headDim), adapter);
+    const shapes = loraInputShapes(c, L, this.maxLoraRank);
+    const feeds: Record<string, ort.Tensor> = {};
+    for (const [input, data] of Object.entries(packed) as [LoraInput, Float32Array][]) feeds[LORA_IO[input]] = new ort.Tensor("float32", data, shapes[input]);
+    return feeds;
   }
 
   static async create(weights: StageWeights, opts: StageEngineOptions): Promise<StageEngine> {
     const rotated = toRotateHalfLayout(weights);
-    const graph = buildStageGraph(rotated, { firstStage: opts.firstStage, lastStage: opts.lastStage, kvDtype: opts.kvDtype });
+    const graph = buildStageGraph(rotated, { firstStage: opts.firstStage, lastStage: opts.lastStage, kvDtype: opts.kvDtype, maxLoraRank: opts.maxLoraRank });
     const device = opts.device ?? "cpu";
     let session: SessionRunner;
     try {
@@ -110,7 +150,43 @@ export class StageEngine {
     return this.weights.layerEnd - this.weights.layerStart;
   }
 
+  /**
+   * One step of a micro-batch. Sequences of different adapters run as one session.run per
+   * adapter (each feeds its own LoRA matrices); outputs come back in chunk order.
+   */
   async forward(chunks: readonly StageChunk[], hidden?: Float32Array): Promise<StageOutput> {
+    for (const c of chunks) {
+      if (!this.adapters.has(c.adapter) && (c.adapter !== undefined || this.maxLoraRank > 0)) throw new RangeError(`unknown LoRA adapter "${c.adapter}" on this stage`);
+    }
+    const groups = new Map<string | undefined, number[]>();
+    chunks.forEach((c, i) => groups.set(c.adapter, [...(groups.get(c.adapter) ?? []), i]));
+    if (groups.size <= 1) return this.forwardGroup(chunks, hidden);
+    const D = this.hiddenSize;
+    const rowStart: number[] = [];
+    let rows = 0;
+    for (const c of chunks) {
+      rowStart.push(rows);
+      rows += c.numTokens;
+    }
+    const out: StageOutput = this.opts.lastStage ? { logits: new Float32Array(chunks.length * this.vocabSize) } : { hidden: new Float32Array(rows * D) };
+    for (const members of groups.values()) {
+      const part = members.map((i) => chunks[i]);
+      const partHidden = hidden && concatRows(members.map((i) => hidden.subarray(rowStart[i] * D, (rowStart[i] + chunks[i].numTokens) * D)));
+      const result = await this.forwardGroup(part, partHidden);
+      let offset = 0;
+      members.forEach((i, j) => {
+        if (result.logits) out.logits!.set(result.logits.subarray(j * this.vocabSize, (j + 1) * this.vocabSize), i * this.vocabSize);
+        else {
+          const n = chunks[i].numTokens * D;
+          out.hidden!.set(result.hidden!.subarray(offset, offset + n), rowStart[i] * D);
+          offset += n;
+        }
+      });
+    }
+    return out;
+  }
+
+  private async forwardGroup(chunks: readonly StageChunk[], hidden?: Float32Array): Promise<StageOutput> {
     const { blockSizeTokens: bs, firstStage, lastStage } = this.opts;
     const D = this.hiddenSize;
     const hd = this.weights.config.headDim;
@@ -188,12 +264,23 @@ export class StageEngine {
       );
     }
 
-    const out = await this.session.run(feeds);
+    if (this.maxLoraRank > 0) Object.assign(feeds, this.adapters.get(chunks[0].adapter));
+    const out = await this.session.run(feeds, LORA_FEED_NAMES);
     this.kv.scatter(chunks, T, out[STAGE_IO.newKv].data as Float32Array);
     if (lastStage) return { logits: out[STAGE_IO.logits].data as Float32Array };
     const padded = out[STAGE_IO.hiddenOut].data as Float32Array;
     return { hidden: uniform ? padded : packRows(padded, chunks, T, D) };
   }
+}
+
+function concatRows(parts: Float32Array[]): Float32Array {
+  const out = new Float32Array(parts.reduce((s, p) => s + p.length, 0));
+  let offset = 0;
+  for (const p of parts) {
+    out.set(p, offset);
+    offset += p.length;
+  }
+  return out;
 }
 
 function padRows(packed: Float32Array, chunks: readonly StageChunk[], T: number, D: number): Float32Array {

@@ -1,5 +1,6 @@
 import type { KvDtype } from "@strata/kv";
-import type { LayerWeights, StageWeights } from "@strata/model";
+import type { LayerWeights, ModelConfig, StageWeights } from "@strata/model";
+import { LORA_GROUPS, LORA_IO, loraInputShapes, type LoraInput } from "./lora-pack.ts";
 import { GraphBuilder, MS_DOMAIN } from "./graph-builder.ts";
 import { E4M3_DECODE } from "./kv-store.ts";
 
@@ -28,7 +29,10 @@ export const STAGE_IO = {
  * onnxruntime's per-call cost out of the per-layer loop. Weights must be in rotate-half RoPE
  * layout (see toRotateHalfLayout).
  */
-export function buildStageGraph(weights: StageWeights, opts: { firstStage: boolean; lastStage: boolean; kvDtype?: KvDtype }): Uint8Array {
+export function buildStageGraph(
+  weights: StageWeights,
+  opts: { firstStage: boolean; lastStage: boolean; kvDtype?: KvDtype; /** > 0: LoRA inputs of this rank (see lora-pack.ts). */ maxLoraRank?: number },
+): Uint8Array {
   const { config } = weights;
   const D = config.hiddenSize;
   const H = config.numHeads;
@@ -73,6 +77,14 @@ export function buildStageGraph(weights: StageWeights, opts: { firstStage: boole
   const shapeQRows = g.ints([0, KV, -1, hd]);
   const shapeAttnGrouped = g.ints([0, KV, -1, G, hd]);
   const newKv: string[] = [];
+  const lora = loraInputs(g, config, L, opts.maxLoraRank ?? 0);
+  // x @ W, plus x @ A @ B for the request's adapter when the stage serves adapters.
+  const project = (x: string, w: string, layer: number, group: number): string => {
+    const base = g.node("MatMul", [x, w]);
+    if (!lora) return base;
+    const [a, b] = lora[group];
+    return g.node("Add", [base, g.node("MatMul", [g.node("MatMul", [x, a[layer]]), b[layer]])]);
+  };
 
   weights.layers.forEach((layer: LayerWeights, i: number) => {
     const l = weights.layerStart + i;
@@ -89,7 +101,7 @@ export function buildStageGraph(weights: StageWeights, opts: { firstStage: boole
     let normed: string;
     if (pendingMlp) [normed, h] = addNorm(pendingMlp, h, attnNorm);
     else normed = rmsNorm(h, attnNorm);
-    const qkv = g.node("MatMul", [normed, wqkv]);
+    const qkv = project(normed, wqkv, i, 0);
     const [qkFlat, vFlat] = g.nodeMulti("Split", [qkv, qkvSplit], 2, { axis: -1 });
     const qkRotated = g.node("RotaryEmbedding", [qkFlat, positions, cosCache, sinCache], { num_heads: H + KV, interleaved: 0 }, undefined, MS_DOMAIN);
     const [qFlat, kFlat] = g.nodeMulti("Split", [qkRotated, qkFlatSplit], 2, { axis: -1 });
@@ -108,12 +120,12 @@ export function buildStageGraph(weights: StageWeights, opts: { firstStage: boole
     const probs = g.node("Softmax", [scores], { axis: -1 });
     const attnRows = g.node("MatMul", [probs, vT]); // [B,KV,T*G,hd]
     const attn = g.node("Transpose", [g.node("Reshape", [attnRows, shapeAttnGrouped])], { perm: [0, 2, 1, 3, 4] }); // [B,T,KV,G,hd]
-    const [mlpIn, afterAttn] = addNorm(g.node("MatMul", [g.node("Reshape", [attn, shapeMerged]), wo]), h, ffnNorm);
+    const [mlpIn, afterAttn] = addNorm(project(g.node("Reshape", [attn, shapeMerged]), wo, i, 1), h, ffnNorm);
     h = afterAttn;
-    const gateUp = g.node("MatMul", [mlpIn, wgu]);
+    const gateUp = project(mlpIn, wgu, i, 2);
     const [gate, up] = g.nodeMulti("Split", [gateUp, mlpSplit], 2, { axis: -1 });
     const act = g.node("Mul", [g.node("Mul", [gate, g.node("Sigmoid", [gate])]), up]);
-    pendingMlp = g.node("MatMul", [act, wdown]);
+    pendingMlp = project(act, wdown, i, 3);
   });
   g.output(g.node("Concat", newKv, { axis: 0 }), STAGE_IO.newKv, "float", ["LB2", "T", KV, hd]);
 
@@ -129,6 +141,18 @@ export function buildStageGraph(weights: StageWeights, opts: { firstStage: boole
     g.output(g.node("Add", [pendingMlp!, h]), STAGE_IO.hiddenOut, "float", ["B", "T", D]);
   }
   return g.toBytes(`stage_${weights.layerStart}_${weights.layerEnd}`);
+}
+
+/** Per LORA_GROUPS entry, its A and B inputs split into one [1, ...] slice per layer; undefined without LoRA. */
+function loraInputs(g: GraphBuilder, config: ModelConfig, L: number, maxRank: number): [string[], string[]][] | undefined {
+  if (maxRank <= 0) return undefined;
+  const shapes = loraInputShapes(config, L, maxRank);
+  const perLayer = (input: LoraInput): string[] => {
+    const [, rows, cols] = shapes[input];
+    const stacked = g.input(LORA_IO[input], "float", ["L", rows, cols]);
+    return L === 1 ? [stacked] : g.nodeMulti("Split", [stacked], L, { axis: 0, num_outputs: L });
+  };
+  return LORA_GROUPS.map((group) => [perLayer(group.a), perLayer(group.b)]);
 }
 
 /**

@@ -1,6 +1,6 @@
 import { connect, type NatsConnection, type Subscription } from "@nats-io/transport-node";
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { KvEvictEventSchema, type KvEvictEvent } from "@strata/proto";
+import { create, fromBinary, toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
+import { AdapterInvalidateEventSchema, KvEvictEventSchema, type AdapterInvalidateEvent, type KvEvictEvent } from "@strata/proto";
 import { SUBJECTS } from "./subjects.ts";
 
 export type EvictReason = "finished" | "aborted" | "preempted";
@@ -31,6 +31,13 @@ export class EventBus {
     this.count("published", "kv_evict", reason);
   }
 
+  /** Tells every worker to drop `adapterId` if it holds `generation` or older. */
+  publishAdapterInvalidate(adapterId: string, generation: number): void {
+    const event = create(AdapterInvalidateEventSchema, { adapterId, generation });
+    this.connection.publish(SUBJECTS.adapterInvalidate(adapterId), toBinary(AdapterInvalidateEventSchema, event));
+    this.count("published", "adapter_invalidate", "unloaded");
+  }
+
   eventCounts(): EventCount[] {
     return [...this.counts.values()];
   }
@@ -44,13 +51,29 @@ export class EventBus {
 
   /** Calls `onEvict` for every eviction event; malformed payloads are reported, not thrown. */
   onEvict(onEvict: (event: KvEvictEvent) => void, onBadPayload: (error: Error, subject: string) => void = () => {}): void {
-    const sub = this.connection.subscribe(SUBJECTS.kvEvictAll, {
+    this.subscribe(SUBJECTS.kvEvictAll, KvEvictEventSchema, "kv_evict", (e) => e.reason, onEvict, onBadPayload);
+  }
+
+  /** Calls `onInvalidate` for every adapter invalidation event; malformed payloads are reported, not thrown. */
+  onAdapterInvalidate(onInvalidate: (event: AdapterInvalidateEvent) => void, onBadPayload: (error: Error, subject: string) => void = () => {}): void {
+    this.subscribe(SUBJECTS.adapterInvalidateAll, AdapterInvalidateEventSchema, "adapter_invalidate", () => "unloaded", onInvalidate, onBadPayload);
+  }
+
+  private subscribe<S extends DescMessage>(
+    subject: string,
+    schema: S,
+    kind: string,
+    reasonOf: (event: MessageShape<S>) => string,
+    onEvent: (event: MessageShape<S>) => void,
+    onBadPayload: (error: Error, subject: string) => void,
+  ): void {
+    const sub = this.connection.subscribe(subject, {
       callback: (err, msg) => {
-        if (err) return onBadPayload(err, SUBJECTS.kvEvictAll);
+        if (err) return onBadPayload(err, subject);
         try {
-          const event = fromBinary(KvEvictEventSchema, msg.data);
-          this.count("received", "kv_evict", event.reason);
-          onEvict(event);
+          const event = fromBinary(schema, msg.data);
+          this.count("received", kind, reasonOf(event));
+          onEvent(event);
         } catch (error) {
           onBadPayload(error as Error, msg.subject);
         }

@@ -5,7 +5,7 @@ import { parseKvDtype, type KvDtype } from "@strata/kv";
 import { PartitionError, parsePartition, type Partition } from "@strata/planner";
 import { otlpTracesUrlFromEnv, startTracing } from "@strata/telemetry";
 import { ChatTemplate } from "./chat-template.ts";
-import { LocalCluster, type ClusterOptions } from "./cluster.ts";
+import { LocalCluster, servedModelName, type ClusterOptions } from "./cluster.ts";
 import { checkContextLength } from "./engine.ts";
 import { createHttpApi } from "./http-api.ts";
 import { LoadProgressView } from "./progress.ts";
@@ -33,6 +33,9 @@ common options:
   --max-num-batched-tokens N  tokens per micro-batch at most (default 2048)
   --max-prefill-chunk N  longest prompt piece per step; longer prompts are chunked (default: the batch budget)
   --no-prefix-caching    do not share KV blocks of equal prompt prefixes
+  --lora NAME=PATH       serve a PEFT LoRA adapter folder as model NAME (repeatable)
+  --max-lora-rank N      largest adapter rank servable, also for POST /v1/load_lora_adapter
+                         (default 16 with --lora, else 0: no adapter support)
   --kv-allocator A       paged (default) or contiguous: max-length reservations per sequence, the
                          pre-PagedAttention baseline, for comparison
   --no-pipelining        one micro-batch in flight instead of one per stage
@@ -76,6 +79,8 @@ const { positionals, values } = parseArgs({
     "no-pipelining": { type: "boolean", default: false },
     "kv-dtype": { type: "string", default: "fp32" },
     "kv-allocator": { type: "string", default: "paged" },
+    lora: { type: "string", multiple: true },
+    "max-lora-rank": { type: "string" },
     host: { type: "string", default: "127.0.0.1" },
     port: { type: "string", default: "8000" },
     prompt: { type: "string", default: "" },
@@ -128,7 +133,15 @@ async function clusterOptions(): Promise<ClusterOptions & { tokenizer: Tokenizer
     pipelining: !values["no-pipelining"],
     kvDtype: kvDtypeOption(values["kv-dtype"]!),
     kvAllocator: kvAllocatorOption(values["kv-allocator"]!),
+    loras: (values.lora ?? []).map(loraOption),
+    maxLoraRank: numberOption("max-lora-rank", values["max-lora-rank"], (n) => Number.isInteger(n) && n >= 0),
   };
+}
+
+function loraOption(value: string): { name: string; path: string } {
+  const at = value.indexOf("=");
+  if (at <= 0 || at === value.length - 1) throw new UsageError(`--lora takes name=path (a PEFT LoRA folder), got "${value}"`);
+  return { name: value.slice(0, at), path: value.slice(at + 1) };
 }
 
 function kvAllocatorOption(value: string): "paged" | "contiguous" {
@@ -217,11 +230,12 @@ async function start(): Promise<void> {
   // This process is the coordinator: its spans go through the NodeSDK; worker processes inherit the environment.
   const tracing = startTracing({ serviceName: "strata-coordinator", tracesUrl: otlpTracesUrlFromEnv(process.env), global: true });
   const cluster = await startCluster({ ...opts, tracing });
-  const modelName = opts.modelDir === BUNDLED_MODEL_DIR ? "stories260K" : opts.modelDir;
+  const modelName = servedModelName(opts.modelDir);
   const app = createHttpApi({
     engine: cluster.engine,
     tokenizer,
     modelName,
+    adapters: cluster.adapters,
     chatTemplate,
     pipeline: cluster.pipeline,
     telemetry: cluster.telemetry,

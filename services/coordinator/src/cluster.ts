@@ -2,17 +2,26 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { EventBus, isReachable, startNatsServer, type NatsServerProcess } from "@strata/events";
-import { openModel, type ModelConfig } from "@strata/model";
+import { BUNDLED_MODEL_DIR, openModel, type ModelConfig } from "@strata/model";
 import { balancedPartition, validatePartition, type Partition } from "@strata/planner";
 import { startWorkerServer, DEFAULT_BLOCK_SIZE_TOKENS, DEFAULT_KV_CACHE_BYTES, type RunningWorker } from "@strata/worker";
 import { startTracing, TRACING_OFF, type Tracing } from "@strata/telemetry";
+import { AdapterManager } from "./adapters.ts";
 import { Engine } from "./engine.ts";
+import { ModelRegistry } from "./models.ts";
 import { CoordinatorMetrics } from "./metrics.ts";
 import { PipelineClient } from "./pipeline-client.ts";
 import { CoordinatorTelemetry } from "./tracing.ts";
 
 const REPO_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 const WORKER_MAIN = fileURLToPath(new URL("../../worker/src/main.ts", import.meta.url));
+
+const DEFAULT_MAX_LORA_RANK = 16;
+
+/** The name the base model is served under: the bundled model's name, else its folder. */
+export function servedModelName(modelDir: string): string {
+  return modelDir === BUNDLED_MODEL_DIR ? "stories260K" : modelDir;
+}
 
 export interface ClusterOptions {
   modelDir: string;
@@ -33,6 +42,12 @@ export interface ClusterOptions {
   /** Content-addressed sharing of full KV blocks between requests (default on). */
   enablePrefixCaching?: boolean;
   kvDtype?: "fp32" | "fp16" | "int8" | "fp8";
+  /** The name clients use as `model` for the base model (default: servedModelName(modelDir)). */
+  modelName?: string;
+  /** LoRA adapters to load before serving (PEFT folders), by the name requests use. */
+  loras?: { name: string; path: string }[];
+  /** Largest LoRA rank servable, for these and runtime-loaded adapters (default 16 with loras, else 0: no adapter support). */
+  maxLoraRank?: number;
   /** "paged" (default) or "contiguous": max-length reservations, the pre-PagedAttention baseline. */
   kvAllocator?: "paged" | "contiguous";
   /** Up to one micro-batch per stage in flight (default on); off sends one at a time. */
@@ -70,6 +85,7 @@ export class LocalCluster {
     readonly config: ModelConfig,
     readonly partition: Partition,
     readonly natsUrl: string,
+    readonly adapters: AdapterManager,
     private readonly workers: WorkerHandle[],
     private readonly ownNats: NatsServerProcess | undefined,
   ) {}
@@ -88,6 +104,7 @@ export class LocalCluster {
     const config = source.config;
     await source.close();
     const partition = opts.partition ?? balancedPartition(config, opts.workers);
+    const maxLoraRank = opts.maxLoraRank ?? (opts.loras?.length ? DEFAULT_MAX_LORA_RANK : 0);
     validatePartition(partition, config.numLayers);
 
     let ownNats: NatsServerProcess | undefined;
@@ -119,6 +136,7 @@ export class LocalCluster {
         kvCacheBytes: opts.kvCacheBytes ?? DEFAULT_KV_CACHE_BYTES,
         device: opts.device ?? "cpu",
         kvDtype: opts.kvDtype ?? "fp32",
+        maxLoraRank,
         onProgress: opts.onLoadProgress,
       });
       const events = await EventBus.connect(natsUrl, "strata-coordinator");
@@ -139,7 +157,9 @@ export class LocalCluster {
         },
         opts.pipelining === false ? 1 : partition.length,
       );
-      const cluster = new LocalCluster(engine, pipeline, events, config, partition, natsUrl, workers, ownNats);
+      const adapters = new AdapterManager(pipeline, events, engine, new ModelRegistry(opts.modelName ?? servedModelName(opts.modelDir)), maxLoraRank);
+      for (const lora of opts.loras ?? []) await adapters.load(lora.name, lora.path);
+      const cluster = new LocalCluster(engine, pipeline, events, config, partition, natsUrl, adapters, workers, ownNats);
       cluster.watchStages(opts.log);
       const coordinatorTracing = opts.tracing ?? (opts.tracesUrl ? startTracing({ serviceName: "strata-coordinator", tracesUrl: opts.tracesUrl }) : TRACING_OFF);
       if (!opts.tracing) ownTracings.push(coordinatorTracing);
@@ -196,13 +216,15 @@ export class LocalCluster {
     this.recovering ??= this.pipeline
       .recover()
       .then(
-        (reloaded) => {
+        async (reloaded) => {
           if (reloaded.length === 0) return;
           log(`reloaded stage${reloaded.length > 1 ? "s" : ""} ${reloaded.join(", ")} after a worker restart`);
+          // Recomputed sequences may run with adapters: those go back first.
+          await this.adapters.reloadOn(reloaded);
           this.engine.stagesRestarted();
         },
-        (error: Error) => log(`recovering stages failed: ${error.message}`),
       )
+      .catch((error: Error) => log(`recovering stages failed: ${error.message}`))
       .finally(() => (this.recovering = undefined));
     return this.recovering;
   }

@@ -1,6 +1,6 @@
 import type { Tokenizer } from "@strata/model";
 import { logSoftmax, type SamplingParams } from "@strata/sampling";
-import { RequestAbortedError, type Engine, type FinishReason } from "./engine.ts";
+import { RequestAbortedError, type AdapterRef, type Engine, type FinishReason } from "./engine.ts";
 import { StopStringFilter } from "./stop-strings.ts";
 import type { RequestTrace } from "./tracing.ts";
 
@@ -18,6 +18,8 @@ export interface CompletionJob {
   ignoreEos: boolean;
   /** Prefix-cache isolation: blocks are shared only between requests with the same salt. */
   cacheSalt?: string;
+  /** The LoRA adapter the request names as its model. */
+  adapter?: AdapterRef;
 }
 
 export interface TokenAlternative {
@@ -108,6 +110,7 @@ export function runCompletion(
           seed: job.seed === undefined ? undefined : (job.seed + index) >>> 0,
           stopTokenIds: job.ignoreEos ? [] : undefined,
           cacheSalt: job.cacheSalt,
+          adapter: job.adapter,
           returnLogits: job.topLogprobs !== undefined,
           signal: abort.signal,
           onToken: (id, logits) => {

@@ -3,6 +3,7 @@ import type { EventBus } from "@strata/events";
 import { Scheduler, type MicroBatch, type SchedulerOptions, type SchedulerSequence, type SchedulerStats } from "@strata/scheduler";
 import { SeededRandom, type SamplingParams } from "@strata/sampling";
 import { SequenceChunkSchema, readF32Tensor, type ResultsResponse } from "@strata/proto";
+import type { ExtraKey } from "@strata/kv";
 import type { PipelineClient } from "./pipeline-client.ts";
 
 export class RequestValidationError extends Error {
@@ -39,8 +40,23 @@ export interface GenerateRequest {
   returnLogits?: boolean;
   /** Tenant salt: requests with different salts never share cached KV blocks. */
   cacheSalt?: string;
+  /** A loaded LoRA adapter (id and load generation, which also key its cached KV blocks). */
+  adapter?: AdapterRef;
   signal?: AbortSignal;
   onToken?: (tokenId: number, logits?: Float32Array) => void;
+}
+
+export interface AdapterRef {
+  id: string;
+  generation: number;
+}
+
+/** What a request's KV depends on besides its tokens: its adapter (at one load generation), its salt. */
+export function requestExtraKeys(req: Pick<GenerateRequest, "adapter" | "cacheSalt">): ExtraKey[] {
+  const keys: ExtraKey[] = [];
+  if (req.adapter) keys.push({ kind: "adapter", value: `${req.adapter.id}\u0000${req.adapter.generation}` });
+  if (req.cacheSalt !== undefined) keys.push({ kind: "salt", value: req.cacheSalt });
+  return keys;
 }
 
 export interface GenerateResult {
@@ -145,6 +161,13 @@ export class Engine {
     return map;
   }
 
+  /** Live requests running with adapter `id` (any generation). */
+  requestsWithAdapter(id: string): number {
+    let n = 0;
+    for (const a of this.active.values()) if (a.req.adapter?.id === id) n++;
+    return n;
+  }
+
   get numRunning(): number {
     return this.scheduler.numRunning;
   }
@@ -161,7 +184,7 @@ export class Engine {
       tokenIds: [...req.promptIds],
       promptLength: req.promptIds.length,
       maxLength: req.promptIds.length + req.maxTokens,
-      extraKeys: req.cacheSalt !== undefined ? [{ kind: "salt", value: req.cacheSalt }] : [],
+      extraKeys: requestExtraKeys(req),
       computed: 0,
       startsOnStages: true,
       inFlight: false,
@@ -215,6 +238,7 @@ export class Engine {
           sampling: active.req.sampling,
           random: c.sample && active.req.sampling.temperature > 0 ? active.rng.next() : 0,
           returnLogits: c.sample && active.req.returnLogits === true,
+          adapter: active.req.adapter?.id ?? "",
         });
       });
       this.pipeline.forward(chunks).then(

@@ -10,7 +10,8 @@ import { runCompletion, type CompletionJob } from "./completions.ts";
 import type { Engine } from "./engine.ts";
 import { CoordinatorMetrics } from "./metrics.ts";
 import { ModelRegistry, type ServedModel } from "./models.ts";
-import { ChatCompletionRequestSchema, CompletionRequestSchema, promptOf, stopStrings } from "./openai-schemas.ts";
+import type { AdapterManager } from "./adapters.ts";
+import { ChatCompletionRequestSchema, CompletionRequestSchema, LoadLoraAdapterRequestSchema, UnloadLoraAdapterRequestSchema, promptOf, stopStrings } from "./openai-schemas.ts";
 import { chatFormat, completionFormat, type ResponseFormat, type ResponseMeta } from "./openai-responses.ts";
 import type { PipelineClient } from "./pipeline-client.ts";
 import { SseStream } from "./sse.ts";
@@ -29,6 +30,8 @@ export interface HttpApiOptions {
   chatTemplate?: ChatTemplate;
   /** Names served as `model` (default: just modelName). */
   models?: ModelRegistry;
+  /** Loads and unloads LoRA adapters for /v1/load_lora_adapter and /v1/unload_lora_adapter (default: none). */
+  adapters?: AdapterManager;
   /** Stages to health-check for GET /ready (default: ready once the API exists). */
   pipeline?: PipelineClient;
   /** Metrics, request spans and the step ring (default: metrics only, tracing off). */
@@ -60,7 +63,7 @@ function messageText(content: string | Array<{ type: "text"; text: string }> | n
  */
 export function createHttpApi(opts: HttpApiOptions): Hono {
   const { engine, tokenizer } = opts;
-  const models = opts.models ?? new ModelRegistry(opts.modelName);
+  const models = opts.models ?? opts.adapters?.models ?? new ModelRegistry(opts.modelName);
   const chatTemplate = opts.chatTemplate ?? ChatTemplate.fromSource(DEFAULT_CHAT_TEMPLATE, { fromModel: false });
   const telemetry = opts.telemetry ?? new CoordinatorTelemetry(TRACING_OFF, new CoordinatorMetrics(engine));
   telemetry.engine ??= engine;
@@ -116,13 +119,25 @@ export function createHttpApi(opts: HttpApiOptions): Hono {
     onError: (c) => errorResponse(c, new ApiError(413, "invalid_request_error", `request body exceeds ${maxBodyBytes} bytes`, null, "request_too_large")),
   });
 
-  function resolveModel(name: string | null | undefined): ServedModel {
-    const model = models.resolve(name);
-    if (model.kind === "adapter") {
-      throw new ApiError(501, "invalid_request_error", `model "${model.id}" is a LoRA adapter; this engine cannot apply adapters yet`, "model", "adapters_not_implemented");
-    }
-    return model;
-  }
+  const resolveModel = (name: string | null | undefined): ServedModel => models.resolve(name);
+  const adapterOf = (model: ServedModel) => (model.kind === "adapter" ? { id: model.id, generation: model.generation ?? 0 } : undefined);
+
+  const adapters = (): AdapterManager => {
+    if (!opts.adapters) throw new ApiError(400, "invalid_request_error", "this server does not load LoRA adapters at runtime", null, "lora_disabled");
+    return opts.adapters;
+  };
+  app.post("/v1/load_lora_adapter", limit, async (c) => {
+    const req = await parseBody(c, LoadLoraAdapterRequestSchema);
+    const { generation, rank } = await adapters().load(req.lora_name, req.lora_path);
+    opts.log?.(`loaded LoRA adapter ${req.lora_name} (rank ${rank}, generation ${generation}) from ${req.lora_path}`);
+    return c.json({ object: "lora_adapter", id: req.lora_name, rank, generation });
+  });
+  app.post("/v1/unload_lora_adapter", limit, async (c) => {
+    const req = await parseBody(c, UnloadLoraAdapterRequestSchema);
+    await adapters().unload(req.lora_name);
+    opts.log?.(`unloaded LoRA adapter ${req.lora_name}`);
+    return c.json({ object: "lora_adapter", id: req.lora_name, deleted: true });
+  });
 
   /** Shared by both endpoints: admission, the request's trace, then a JSON answer or an SSE stream. */
   async function serve(c: Context, operation: RequestInfo["operation"], format: ResponseFormat, model: ServedModel, job: CompletionJob, stream: { on: boolean; includeUsage: boolean }) {
@@ -187,6 +202,7 @@ export function createHttpApi(opts: HttpApiOptions): Hono {
       topLogprobs: req.logprobs ?? undefined,
       ignoreEos: req.ignore_eos ?? false,
       cacheSalt: req.cache_salt ?? undefined,
+      adapter: adapterOf(model),
     };
     return serve(c, "completion", completionFormat(), model, job, { on: req.stream ?? false, includeUsage: req.stream_options?.include_usage ?? false });
   });
@@ -216,6 +232,7 @@ export function createHttpApi(opts: HttpApiOptions): Hono {
       topLogprobs: req.logprobs ? (req.top_logprobs ?? 0) : undefined,
       ignoreEos: req.ignore_eos ?? false,
       cacheSalt: req.cache_salt ?? undefined,
+      adapter: adapterOf(model),
     };
     return serve(c, "chat", chatFormat(), model, job, { on: req.stream ?? false, includeUsage: req.stream_options?.include_usage ?? false });
   });

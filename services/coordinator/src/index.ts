@@ -1,5 +1,6 @@
-export { LocalCluster, type ClusterOptions } from "./cluster.ts";
-export { Engine, ContextLengthError, RequestValidationError, RequestAbortedError, type GenerateRequest, type GenerateResult, type FinishReason } from "./engine.ts";
+export { LocalCluster, servedModelName, type ClusterOptions } from "./cluster.ts";
+export { AdapterManager } from "./adapters.ts";
+export { Engine, ContextLengthError, RequestValidationError, RequestAbortedError, requestExtraKeys, type AdapterRef, type GenerateRequest, type GenerateResult, type FinishReason } from "./engine.ts";
 export { PipelineClient, StageFailure, type WorkerStub } from "./pipeline-client.ts";
 export { createHttpApi, type HttpApiOptions } from "./http-api.ts";
 export { ChatTemplate, DEFAULT_CHAT_TEMPLATE, type ChatMessage } from "./chat-template.ts";

@@ -6,6 +6,8 @@ export interface ServedModel {
   kind: "base" | "adapter";
   /** For an adapter, the base model it applies to. */
   base?: string;
+  /** For an adapter, its load generation (bumped on every load of the name). */
+  generation?: number;
   createdUnixS: number;
 }
 
@@ -20,9 +22,9 @@ export class ModelRegistry {
     this.models.set(baseModel, { id: baseModel, kind: "base", createdUnixS: Math.floor(Date.now() / 1000) });
   }
 
-  registerAdapter(name: string): ServedModel {
+  registerAdapter(name: string, generation = 1): ServedModel {
     if (this.models.has(name)) throw new Error(`model name "${name}" is already registered`);
-    const model: ServedModel = { id: name, kind: "adapter", base: this.baseModel, createdUnixS: Math.floor(Date.now() / 1000) };
+    const model: ServedModel = { id: name, kind: "adapter", base: this.baseModel, generation, createdUnixS: Math.floor(Date.now() / 1000) };
     this.models.set(name, model);
     return model;
   }

@@ -30,6 +30,10 @@ const sampling = {
   presence_penalty: unsupportedUnlessDefault(z.number(), 0, "presence_penalty"),
 };
 
+// vLLM's runtime adapter endpoints.
+export const LoadLoraAdapterRequestSchema = z.object({ lora_name: z.string().min(1), lora_path: z.string().min(1) });
+export const UnloadLoraAdapterRequestSchema = z.object({ lora_name: z.string().min(1) });
+
 export const CompletionRequestSchema = z.object({
   ...sampling,
   prompt: z.union([z.string(), tokenIds, z.array(z.string()).length(1, "one prompt per request"), z.array(tokenIds).length(1, "one prompt per request")]),

@@ -7,6 +7,10 @@ import {
   ForwardRequestSchema,
   HealthRequestSchema,
   LoadRequestSchema,
+  LoadAdapterRequestSchema,
+  UnloadAdapterRequestSchema,
+  type LoadAdapterResponse,
+  type UnloadAdapterResponse,
   ResultsRequestSchema,
   WorkerService,
   grpcChannelOptions,
@@ -31,6 +35,8 @@ export interface WorkerStub extends grpc.Client {
   health(req: unknown, options: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: HealthResponse) => void): void;
   forward(): grpc.ClientDuplexStream<ForwardRequest, ForwardResponse>;
   results(req: unknown): grpc.ClientReadableStream<ResultsResponse>;
+  loadAdapter(req: unknown, cb: (err: grpc.ServiceError | null, res: LoadAdapterResponse) => void): void;
+  unloadAdapter(req: unknown, cb: (err: grpc.ServiceError | null, res: UnloadAdapterResponse) => void): void;
 }
 
 export class StageFailure extends Error {
@@ -51,6 +57,8 @@ export interface LoadOptions {
   kvCacheBytes: number;
   device: string;
   kvDtype?: string;
+  /** Largest LoRA rank the stages will serve (0: no adapter support). */
+  maxLoraRank?: number;
   onProgress?: (stage: number, bytesLoaded: number, bytesTotal: number) => void;
 }
 
@@ -115,6 +123,7 @@ export class PipelineClient {
           nextStageAddress: this.addresses[i + 1] ?? "",
           stageIndex: i,
           numStages: this.stubs.length,
+          maxLoraRank: opts.maxLoraRank ?? 0,
         }),
       );
       let ready: DescribeResponse | undefined;
@@ -223,6 +232,20 @@ export class PipelineClient {
       this.stubs[stage].freeSequences(create(FreeSequencesRequestSchema, { seqIds }), (err) =>
         err && err.code !== grpc.status.NOT_FOUND ? reject(err) : resolve(),
       ),
+    );
+  }
+
+  loadAdapter(stage: number, adapterId: string, path: string, generation: number): Promise<LoadAdapterResponse> {
+    return new Promise((resolve, reject) =>
+      this.stubs[stage].loadAdapter(create(LoadAdapterRequestSchema, { adapterId, path, generation }), (err, res) =>
+        err ? reject(new StageFailure(err.code, `stage ${stage}: ${err.details || err.message}`, stage)) : resolve(res),
+      ),
+    );
+  }
+
+  unloadAdapter(stage: number, adapterId: string): Promise<boolean> {
+    return new Promise((resolve, reject) =>
+      this.stubs[stage].unloadAdapter(create(UnloadAdapterRequestSchema, { adapterId }), (err, res) => (err ? reject(err) : resolve(res.wasLoaded))),
     );
   }
 

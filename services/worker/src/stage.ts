@@ -1,7 +1,7 @@
 import { status as GrpcStatus } from "@grpc/grpc-js";
 import { StageBlockTables, blocksForKvBudget, kvBytesPerBlock, kvBytesPerElement, kvBytesPerToken, type KvDtype } from "@strata/kv";
 import { StageEngine, type Device, type StageChunk } from "@strata/compute";
-import type { ModelConfig, ModelSource } from "@strata/model";
+import { loadLoraAdapter, type ModelConfig, type ModelSource } from "@strata/model";
 import type { SequenceChunk } from "@strata/proto";
 import { StageRequestError } from "./errors.ts";
 
@@ -19,6 +19,12 @@ export interface StageSpec {
   kvDtype: KvDtype;
   intraOpThreads: number;
   computeThread: boolean;
+  maxLoraRank: number;
+}
+
+export interface ResidentAdapter {
+  generation: number;
+  rank: number;
 }
 
 /**
@@ -34,6 +40,40 @@ export class LoadedStage {
     readonly kvBytesPerToken: number,
     readonly weightBytesRead: number,
   ) {}
+
+  /** LoRA adapters servable on this stage, by id. */
+  readonly adapters = new Map<string, ResidentAdapter>();
+
+  /** Loads this stage's layers of a PEFT adapter; an older generation of the same id is replaced. */
+  async loadAdapter(adapterId: string, path: string, generation: number): Promise<{ rank: number; bytesRead: number }> {
+    if (this.spec.maxLoraRank === 0) {
+      throw new StageRequestError(GrpcStatus.FAILED_PRECONDITION, "this stage was loaded without LoRA support (max_lora_rank 0)");
+    }
+    const held = this.adapters.get(adapterId);
+    if (held && held.generation > generation) {
+      throw new StageRequestError(GrpcStatus.ABORTED, `adapter ${adapterId}: generation ${generation} is older than the loaded ${held.generation}`);
+    }
+    let adapter;
+    try {
+      adapter = await loadLoraAdapter(path, this.config, { layerStart: this.spec.layerStart, layerEnd: this.spec.layerEnd });
+    } catch (error) {
+      throw new StageRequestError(GrpcStatus.INVALID_ARGUMENT, `adapter ${adapterId}: ${(error as Error).message}`);
+    }
+    if (adapter.rank > this.spec.maxLoraRank) {
+      throw new StageRequestError(GrpcStatus.INVALID_ARGUMENT, `adapter ${adapterId}: rank ${adapter.rank} exceeds this stage's max LoRA rank ${this.spec.maxLoraRank}`);
+    }
+    this.engine.setAdapter(adapterId, adapter);
+    this.adapters.set(adapterId, { generation, rank: adapter.rank });
+    return { rank: adapter.rank, bytesRead: adapter.bytesRead };
+  }
+
+  /** Drops an adapter if this stage holds `upToGeneration` or older (all generations when omitted). */
+  unloadAdapter(adapterId: string, upToGeneration = Infinity): boolean {
+    const held = this.adapters.get(adapterId);
+    if (!held || held.generation > upToGeneration) return false;
+    this.adapters.delete(adapterId);
+    return this.engine.removeAdapter(adapterId);
+  }
 
   get firstStage(): boolean {
     return this.spec.layerStart === 0;
@@ -74,6 +114,7 @@ export class LoadedStage {
       intraOpThreads: spec.intraOpThreads,
       computeThread: spec.computeThread,
       kvDtype: spec.kvDtype,
+      maxLoraRank: spec.maxLoraRank,
     });
     const tables = new StageBlockTables(numBlocks, spec.blockSizeTokens);
     return new LoadedStage(spec, config, engine, tables, bytesPerToken, source.bytesRead());
@@ -106,6 +147,9 @@ export class LoadedStage {
           throw new StageRequestError(GrpcStatus.INVALID_ARGUMENT, `sequence ${c.seqId}: token id ${bad} is outside the vocabulary of ${this.config.vocabSize}`);
         }
       }
+      if (c.adapter !== "" && !this.adapters.has(c.adapter)) {
+        throw new StageRequestError(GrpcStatus.NOT_FOUND, `sequence ${c.seqId}: unknown LoRA adapter "${c.adapter}" on this stage`);
+      }
       const known = this.tables.has(c.seqId);
       if (c.newSequence && known) {
         throw new StageRequestError(GrpcStatus.ALREADY_EXISTS, `sequence ${c.seqId} already exists on this stage`);
@@ -131,6 +175,7 @@ export class LoadedStage {
       numTokens: c.numTokens,
       tokenIds: this.firstStage ? c.tokenIds : undefined,
       blockTable: this.tables.assign(c.seqId, c.startPosition + c.numTokens, c.blockIds),
+      adapter: c.adapter === "" ? undefined : c.adapter,
     }));
   }
 }

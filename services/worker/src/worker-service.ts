@@ -5,6 +5,13 @@ import { openModel } from "@strata/model";
 import { sampleToken } from "@strata/sampling";
 import type { EventBus } from "@strata/events";
 import {
+  AdapterInfoSchema,
+  LoadAdapterResponseSchema,
+  UnloadAdapterResponseSchema,
+  type LoadAdapterRequest,
+  type LoadAdapterResponse,
+  type UnloadAdapterRequest,
+  type UnloadAdapterResponse,
   DescribeResponseSchema,
   ForwardRequestSchema,
   ForwardResponseSchema,
@@ -70,10 +77,11 @@ export class WorkerNode {
 
   constructor(private readonly opts: WorkerOptions) {
     this.log = opts.log ?? (() => {});
-    opts.events?.onEvict(
-      (event) => this.stage?.tables.evict(event.seqId),
-      (error, subject) => this.log(`ignored malformed event on ${subject}: ${error.message}`),
-    );
+    const malformed = (error: Error, subject: string) => this.log(`ignored malformed event on ${subject}: ${error.message}`);
+    opts.events?.onEvict((event) => this.stage?.tables.evict(event.seqId), malformed);
+    opts.events?.onAdapterInvalidate((event) => {
+      if (this.stage?.unloadAdapter(event.adapterId, event.generation)) this.log(`dropped adapter ${event.adapterId} (generation ${event.generation} invalidated)`);
+    }, malformed);
   }
 
   serviceImplementation(): grpc.UntypedServiceImplementation {
@@ -98,6 +106,24 @@ export class WorkerNode {
         }
         callback(null, create(FreeSequencesResponseSchema, { blocksFreed }));
       },
+      loadAdapter: (call: grpc.ServerUnaryCall<LoadAdapterRequest, unknown>, callback: grpc.sendUnaryData<LoadAdapterResponse>) => {
+        const { adapterId, path, generation } = call.request;
+        // Between batches, so no micro-batch sees a half-replaced adapter.
+        const loaded = this.queue.then(async () => {
+          if (!this.stage) throw new StageRequestError(grpc.status.FAILED_PRECONDITION, "no layers loaded on this worker");
+          return this.stage.loadAdapter(adapterId, path, generation);
+        });
+        this.queue = loaded.then(() => {}, () => {});
+        loaded.then(
+          (r) => {
+            this.log(`loaded adapter ${adapterId} (generation ${generation}, rank ${r.rank}) from ${path}`);
+            callback(null, create(LoadAdapterResponseSchema, { rank: r.rank, bytesRead: BigInt(r.bytesRead) }));
+          },
+          (error) => callback({ code: grpcCodeFor(error), details: errorMessage(error) }),
+        );
+      },
+      unloadAdapter: (call: grpc.ServerUnaryCall<UnloadAdapterRequest, unknown>, callback: grpc.sendUnaryData<UnloadAdapterResponse>) =>
+        callback(null, create(UnloadAdapterResponseSchema, { wasLoaded: this.stage?.unloadAdapter(call.request.adapterId) ?? false })),
       health: (_call: unknown, callback: grpc.sendUnaryData<unknown>) =>
         callback(null, create(HealthResponseSchema, { serving: true, loaded: this.stage !== undefined })),
     };
@@ -133,6 +159,8 @@ export class WorkerNode {
         sequencesEvicted: BigInt(t.sequencesEvicted),
       }),
       seqIds: t.sequenceIds(),
+      maxLoraRank: s.spec.maxLoraRank,
+      adapters: [...s.adapters].map(([adapterId, a]) => create(AdapterInfoSchema, { adapterId, generation: a.generation, rank: a.rank })),
       blockTables: blockTablesOf
         .filter((id) => t.has(id))
         .map((id) => create(SequenceBlocksSchema, { seqId: id, length: t.length(id), blockIds: [...t.blockTable(id)] })),
@@ -161,6 +189,7 @@ export class WorkerNode {
             kvDtype: kvDtypeOf(req.kvDtype),
             intraOpThreads: this.opts.intraOpThreads ?? 1,
             computeThread: this.opts.computeThread ?? false,
+            maxLoraRank: req.maxLoraRank,
           },
           (loaded, total) =>
             call.write(create(LoadResponseSchema, { event: { case: "progress", value: { bytesLoaded: BigInt(loaded), bytesTotal: BigInt(total), phase: "weights" } } })),

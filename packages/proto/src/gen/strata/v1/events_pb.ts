@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file strata/v1/events.proto.
  */
 export const file_strata_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("ChZzdHJhdGEvdjEvZXZlbnRzLnByb3RvEglzdHJhdGEudjEiLgoMS3ZFdmljdEV2ZW50Eg4KBnNlcV9pZBgBIAEoDRIOCgZyZWFzb24YAiABKAliBnByb3RvMw");
+  fileDesc("ChZzdHJhdGEvdjEvZXZlbnRzLnByb3RvEglzdHJhdGEudjEiLgoMS3ZFdmljdEV2ZW50Eg4KBnNlcV9pZBgBIAEoDRIOCgZyZWFzb24YAiABKAkiQAoWQWRhcHRlckludmFsaWRhdGVFdmVudBISCgphZGFwdGVyX2lkGAEgASgJEhIKCmdlbmVyYXRpb24YAiABKA1iBnByb3RvMw");
 
 /**
  * strata.kv.evict.<seq_id>: every stage frees the sequence's blocks. Sequence ids are uint32
@@ -38,4 +38,29 @@ export type KvEvictEvent = Message<"strata.v1.KvEvictEvent"> & {
  */
 export const KvEvictEventSchema: GenMessage<KvEvictEvent> = /*@__PURE__*/
   messageDesc(file_strata_v1_events, 0);
+
+/**
+ * Published on strata.adapter.invalidate.<adapter_id> when an adapter is unloaded or replaced:
+ * every worker drops that adapter's matrices if it holds this generation or an older one.
+ *
+ * @generated from message strata.v1.AdapterInvalidateEvent
+ */
+export type AdapterInvalidateEvent = Message<"strata.v1.AdapterInvalidateEvent"> & {
+  /**
+   * @generated from field: string adapter_id = 1;
+   */
+  adapterId: string;
+
+  /**
+   * @generated from field: uint32 generation = 2;
+   */
+  generation: number;
+};
+
+/**
+ * Describes the message strata.v1.AdapterInvalidateEvent.
+ * Use `create(AdapterInvalidateEventSchema)` to create a new message.
+ */
+export const AdapterInvalidateEventSchema: GenMessage<AdapterInvalidateEvent> = /*@__PURE__*/
+  messageDesc(file_strata_v1_events, 1);
 

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file strata/v1/worker.proto.
  */
 export const file_strata_v1_worker: GenFile = /*@__PURE__*/
-  fileDesc("ChZzdHJhdGEvdjEvd29ya2VyLnByb3RvEglzdHJhdGEudjEi4gEKC0xvYWRSZXF1ZXN0EhEKCW1vZGVsX2RpchgBIAEoCRITCgtsYXllcl9zdGFydBgCIAEoDRIRCglsYXllcl9lbmQYAyABKA0SDgoGZGV2aWNlGAQgASgJEhkKEWJsb2NrX3NpemVfdG9rZW5zGAUgASgNEhYKDmt2X2NhY2hlX2J5dGVzGAYgASgEEhoKEm5leHRfc3RhZ2VfYWRkcmVzcxgHIAEoCRITCgtzdGFnZV9pbmRleBgIIAEoDRISCgpudW1fc3RhZ2VzGAkgASgNEhAKCGt2X2R0eXBlGAogASgJIkgKDExvYWRQcm9ncmVzcxIUCgxieXRlc19sb2FkZWQYASABKAQSEwoLYnl0ZXNfdG90YWwYAiABKAQSDQoFcGhhc2UYAyABKAkicgoMTG9hZFJlc3BvbnNlEisKCHByb2dyZXNzGAEgASgLMhcuc3RyYXRhLnYxLkxvYWRQcm9ncmVzc0gAEiwKBXJlYWR5GAIgASgLMhsuc3RyYXRhLnYxLkRlc2NyaWJlUmVzcG9uc2VIAEIHCgVldmVudCIiCg9EZXNjcmliZVJlcXVlc3QSDwoHc2VxX2lkcxgBIAMoDSJDCg5TZXF1ZW5jZUJsb2NrcxIOCgZzZXFfaWQYASABKA0SDgoGbGVuZ3RoGAIgASgNEhEKCWJsb2NrX2lkcxgDIAMoDSLAAQoHS3ZTdGF0cxIZChFibG9ja19zaXplX3Rva2VucxgBIAEoDRIUCgxibG9ja3NfdG90YWwYAiABKA0SEwoLYmxvY2tzX3VzZWQYAyABKA0SEwoLYmxvY2tzX2ZyZWUYBCABKA0SGgoSa3ZfYnl0ZXNfcGVyX3Rva2VuGAUgASgEEhEKCXNlcXVlbmNlcxgGIAEoDRIQCghrdl9kdHlwZRgHIAEoCRIZChFzZXF1ZW5jZXNfZXZpY3RlZBgIIAEoBCKaAwoQRGVzY3JpYmVSZXNwb25zZRIRCgl3b3JrZXJfaWQYASABKAkSDgoGbG9hZGVkGAIgASgIEhMKC2xheWVyX3N0YXJ0GAMgASgNEhEKCWxheWVyX2VuZBgEIAEoDRISCgpudW1fbGF5ZXJzGAUgASgNEhMKC2hpZGRlbl9zaXplGAYgASgNEhIKCnZvY2FiX3NpemUYByABKA0SHwoXbWF4X3Bvc2l0aW9uX2VtYmVkZGluZ3MYCCABKA0SEwoLZmlyc3Rfc3RhZ2UYCSABKAgSEgoKbGFzdF9zdGFnZRgKIAEoCBIeCgJrdhgLIAEoCzISLnN0cmF0YS52MS5LdlN0YXRzEg4KBmRldmljZRgMIAEoCRIZChF3ZWlnaHRfYnl0ZXNfcmVhZBgNIAEoBBIPCgdzZXFfaWRzGA4gAygNEhMKC3N0YWdlX2luZGV4GA8gASgNEhIKCm51bV9zdGFnZXMYECABKA0SLwoMYmxvY2tfdGFibGVzGBEgAygLMhkuc3RyYXRhLnYxLlNlcXVlbmNlQmxvY2tzIkMKDlNhbXBsaW5nUGFyYW1zEhMKC3RlbXBlcmF0dXJlGAEgASgCEg0KBXRvcF9wGAIgASgCEg0KBXRvcF9rGAMgASgNIusBCg1TZXF1ZW5jZUNodW5rEg4KBnNlcV9pZBgBIAEoDRIWCg5zdGFydF9wb3NpdGlvbhgCIAEoDRISCgpudW1fdG9rZW5zGAMgASgNEhEKCXRva2VuX2lkcxgEIAMoDRIOCgZzYW1wbGUYBSABKAgSKwoIc2FtcGxpbmcYBiABKAsyGS5zdHJhdGEudjEuU2FtcGxpbmdQYXJhbXMSDgoGcmFuZG9tGAcgASgBEhUKDXJldHVybl9sb2dpdHMYCCABKAgSEQoJYmxvY2tfaWRzGAkgAygNEhQKDG5ld19zZXF1ZW5jZRgKIAEoCCK7AgoORm9yd2FyZFJlcXVlc3QSEAoIYmF0Y2hfaWQYASABKA0SJgoEc2VxcxgCIAMoCzIYLnN0cmF0YS52MS5TZXF1ZW5jZUNodW5rEiEKBmhpZGRlbhgDIAEoCzIRLnN0cmF0YS52MS5UZW5zb3ISQgoNdHJhY2VfY29udGV4dBgEIAMoCzIrLnN0cmF0YS52MS5Gb3J3YXJkUmVxdWVzdC5UcmFjZUNvbnRleHRFbnRyeRIkCgVlcnJvchgFIAEoCzIVLnN0cmF0YS52MS5TdGFnZUVycm9yEi0KDXN0YWdlX3RpbWluZ3MYBiADKAsyFi5zdHJhdGEudjEuU3RhZ2VUaW1pbmcaMwoRVHJhY2VDb250ZXh0RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLKAQoLU3RhZ2VUaW1pbmcSEwoLc3RhZ2VfaW5kZXgYASABKA0SEQoJd29ya2VyX2lkGAIgASgJEhgKEHJlY2VpdmVkX3VuaXhfbXMYAyABKAESFwoPc3RhcnRlZF91bml4X21zGAQgASgBEhQKDHNlbnRfdW5peF9tcxgFIAEoARIWCg5rdl9ibG9ja3NfdXNlZBgGIAEoDRIXCg9rdl9ibG9ja3NfdG90YWwYByABKA0SGQoRaGlkZGVuX2J5dGVzX3NlbnQYCCABKAQiQAoKU3RhZ2VFcnJvchIMCgRjb2RlGAEgASgNEg8KB21lc3NhZ2UYAiABKAkSEwoLc3RhZ2VfaW5kZXgYAyABKA0iSQoPRm9yd2FyZFJlc3BvbnNlEhAKCGJhdGNoX2lkGAEgASgNEiQKBWVycm9yGAIgASgLMhUuc3RyYXRhLnYxLlN0YWdlRXJyb3IiEAoOUmVzdWx0c1JlcXVlc3QiVQoOU2VxdWVuY2VPdXRwdXQSDgoGc2VxX2lkGAEgASgNEhAKCHRva2VuX2lkGAIgASgNEiEKBmxvZ2l0cxgDIAEoCzIRLnN0cmF0YS52MS5UZW5zb3IipAEKD1Jlc3VsdHNSZXNwb25zZRIQCghiYXRjaF9pZBgBIAEoDRIqCgdvdXRwdXRzGAIgAygLMhkuc3RyYXRhLnYxLlNlcXVlbmNlT3V0cHV0EiQKBWVycm9yGAMgASgLMhUuc3RyYXRhLnYxLlN0YWdlRXJyb3ISLQoNc3RhZ2VfdGltaW5ncxgEIAMoCzIWLnN0cmF0YS52MS5TdGFnZVRpbWluZyInChRGcmVlU2VxdWVuY2VzUmVxdWVzdBIPCgdzZXFfaWRzGAEgAygNIi0KFUZyZWVTZXF1ZW5jZXNSZXNwb25zZRIUCgxibG9ja3NfZnJlZWQYASABKA0iDwoNSGVhbHRoUmVxdWVzdCIxCg5IZWFsdGhSZXNwb25zZRIPCgdzZXJ2aW5nGAEgASgIEg4KBmxvYWRlZBgCIAEoCDKsAwoNV29ya2VyU2VydmljZRI5CgRMb2FkEhYuc3RyYXRhLnYxLkxvYWRSZXF1ZXN0Ghcuc3RyYXRhLnYxLkxvYWRSZXNwb25zZTABEkMKCERlc2NyaWJlEhouc3RyYXRhLnYxLkRlc2NyaWJlUmVxdWVzdBobLnN0cmF0YS52MS5EZXNjcmliZVJlc3BvbnNlEkQKB0ZvcndhcmQSGS5zdHJhdGEudjEuRm9yd2FyZFJlcXVlc3QaGi5zdHJhdGEudjEuRm9yd2FyZFJlc3BvbnNlKAEwARJCCgdSZXN1bHRzEhkuc3RyYXRhLnYxLlJlc3VsdHNSZXF1ZXN0Ghouc3RyYXRhLnYxLlJlc3VsdHNSZXNwb25zZTABElIKDUZyZWVTZXF1ZW5jZXMSHy5zdHJhdGEudjEuRnJlZVNlcXVlbmNlc1JlcXVlc3QaIC5zdHJhdGEudjEuRnJlZVNlcXVlbmNlc1Jlc3BvbnNlEj0KBkhlYWx0aBIYLnN0cmF0YS52MS5IZWFsdGhSZXF1ZXN0Ghkuc3RyYXRhLnYxLkhlYWx0aFJlc3BvbnNlYgZwcm90bzM", [file_strata_v1_tensor]);
+  fileDesc("ChZzdHJhdGEvdjEvd29ya2VyLnByb3RvEglzdHJhdGEudjEi+QEKC0xvYWRSZXF1ZXN0EhEKCW1vZGVsX2RpchgBIAEoCRITCgtsYXllcl9zdGFydBgCIAEoDRIRCglsYXllcl9lbmQYAyABKA0SDgoGZGV2aWNlGAQgASgJEhkKEWJsb2NrX3NpemVfdG9rZW5zGAUgASgNEhYKDmt2X2NhY2hlX2J5dGVzGAYgASgEEhoKEm5leHRfc3RhZ2VfYWRkcmVzcxgHIAEoCRITCgtzdGFnZV9pbmRleBgIIAEoDRISCgpudW1fc3RhZ2VzGAkgASgNEhAKCGt2X2R0eXBlGAogASgJEhUKDW1heF9sb3JhX3JhbmsYCyABKA0iSgoSTG9hZEFkYXB0ZXJSZXF1ZXN0EhIKCmFkYXB0ZXJfaWQYASABKAkSDAoEcGF0aBgCIAEoCRISCgpnZW5lcmF0aW9uGAMgASgNIjcKE0xvYWRBZGFwdGVyUmVzcG9uc2USDAoEcmFuaxgBIAEoDRISCgpieXRlc19yZWFkGAIgASgEIioKFFVubG9hZEFkYXB0ZXJSZXF1ZXN0EhIKCmFkYXB0ZXJfaWQYASABKAkiKwoVVW5sb2FkQWRhcHRlclJlc3BvbnNlEhIKCndhc19sb2FkZWQYASABKAgiQwoLQWRhcHRlckluZm8SEgoKYWRhcHRlcl9pZBgBIAEoCRISCgpnZW5lcmF0aW9uGAIgASgNEgwKBHJhbmsYAyABKA0iSAoMTG9hZFByb2dyZXNzEhQKDGJ5dGVzX2xvYWRlZBgBIAEoBBITCgtieXRlc190b3RhbBgCIAEoBBINCgVwaGFzZRgDIAEoCSJyCgxMb2FkUmVzcG9uc2USKwoIcHJvZ3Jlc3MYASABKAsyFy5zdHJhdGEudjEuTG9hZFByb2dyZXNzSAASLAoFcmVhZHkYAiABKAsyGy5zdHJhdGEudjEuRGVzY3JpYmVSZXNwb25zZUgAQgcKBWV2ZW50IiIKD0Rlc2NyaWJlUmVxdWVzdBIPCgdzZXFfaWRzGAEgAygNIkMKDlNlcXVlbmNlQmxvY2tzEg4KBnNlcV9pZBgBIAEoDRIOCgZsZW5ndGgYAiABKA0SEQoJYmxvY2tfaWRzGAMgAygNIsABCgdLdlN0YXRzEhkKEWJsb2NrX3NpemVfdG9rZW5zGAEgASgNEhQKDGJsb2Nrc190b3RhbBgCIAEoDRITCgtibG9ja3NfdXNlZBgDIAEoDRITCgtibG9ja3NfZnJlZRgEIAEoDRIaChJrdl9ieXRlc19wZXJfdG9rZW4YBSABKAQSEQoJc2VxdWVuY2VzGAYgASgNEhAKCGt2X2R0eXBlGAcgASgJEhkKEXNlcXVlbmNlc19ldmljdGVkGAggASgEItsDChBEZXNjcmliZVJlc3BvbnNlEhEKCXdvcmtlcl9pZBgBIAEoCRIOCgZsb2FkZWQYAiABKAgSEwoLbGF5ZXJfc3RhcnQYAyABKA0SEQoJbGF5ZXJfZW5kGAQgASgNEhIKCm51bV9sYXllcnMYBSABKA0SEwoLaGlkZGVuX3NpemUYBiABKA0SEgoKdm9jYWJfc2l6ZRgHIAEoDRIfChdtYXhfcG9zaXRpb25fZW1iZWRkaW5ncxgIIAEoDRITCgtmaXJzdF9zdGFnZRgJIAEoCBISCgpsYXN0X3N0YWdlGAogASgIEh4KAmt2GAsgASgLMhIuc3RyYXRhLnYxLkt2U3RhdHMSDgoGZGV2aWNlGAwgASgJEhkKEXdlaWdodF9ieXRlc19yZWFkGA0gASgEEg8KB3NlcV9pZHMYDiADKA0SEwoLc3RhZ2VfaW5kZXgYDyABKA0SEgoKbnVtX3N0YWdlcxgQIAEoDRIvCgxibG9ja190YWJsZXMYESADKAsyGS5zdHJhdGEudjEuU2VxdWVuY2VCbG9ja3MSFQoNbWF4X2xvcmFfcmFuaxgSIAEoDRIoCghhZGFwdGVycxgTIAMoCzIWLnN0cmF0YS52MS5BZGFwdGVySW5mbyJDCg5TYW1wbGluZ1BhcmFtcxITCgt0ZW1wZXJhdHVyZRgBIAEoAhINCgV0b3BfcBgCIAEoAhINCgV0b3BfaxgDIAEoDSL8AQoNU2VxdWVuY2VDaHVuaxIOCgZzZXFfaWQYASABKA0SFgoOc3RhcnRfcG9zaXRpb24YAiABKA0SEgoKbnVtX3Rva2VucxgDIAEoDRIRCgl0b2tlbl9pZHMYBCADKA0SDgoGc2FtcGxlGAUgASgIEisKCHNhbXBsaW5nGAYgASgLMhkuc3RyYXRhLnYxLlNhbXBsaW5nUGFyYW1zEg4KBnJhbmRvbRgHIAEoARIVCg1yZXR1cm5fbG9naXRzGAggASgIEhEKCWJsb2NrX2lkcxgJIAMoDRIUCgxuZXdfc2VxdWVuY2UYCiABKAgSDwoHYWRhcHRlchgLIAEoCSK7AgoORm9yd2FyZFJlcXVlc3QSEAoIYmF0Y2hfaWQYASABKA0SJgoEc2VxcxgCIAMoCzIYLnN0cmF0YS52MS5TZXF1ZW5jZUNodW5rEiEKBmhpZGRlbhgDIAEoCzIRLnN0cmF0YS52MS5UZW5zb3ISQgoNdHJhY2VfY29udGV4dBgEIAMoCzIrLnN0cmF0YS52MS5Gb3J3YXJkUmVxdWVzdC5UcmFjZUNvbnRleHRFbnRyeRIkCgVlcnJvchgFIAEoCzIVLnN0cmF0YS52MS5TdGFnZUVycm9yEi0KDXN0YWdlX3RpbWluZ3MYBiADKAsyFi5zdHJhdGEudjEuU3RhZ2VUaW1pbmcaMwoRVHJhY2VDb250ZXh0RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLKAQoLU3RhZ2VUaW1pbmcSEwoLc3RhZ2VfaW5kZXgYASABKA0SEQoJd29ya2VyX2lkGAIgASgJEhgKEHJlY2VpdmVkX3VuaXhfbXMYAyABKAESFwoPc3RhcnRlZF91bml4X21zGAQgASgBEhQKDHNlbnRfdW5peF9tcxgFIAEoARIWCg5rdl9ibG9ja3NfdXNlZBgGIAEoDRIXCg9rdl9ibG9ja3NfdG90YWwYByABKA0SGQoRaGlkZGVuX2J5dGVzX3NlbnQYCCABKAQiQAoKU3RhZ2VFcnJvchIMCgRjb2RlGAEgASgNEg8KB21lc3NhZ2UYAiABKAkSEwoLc3RhZ2VfaW5kZXgYAyABKA0iSQoPRm9yd2FyZFJlc3BvbnNlEhAKCGJhdGNoX2lkGAEgASgNEiQKBWVycm9yGAIgASgLMhUuc3RyYXRhLnYxLlN0YWdlRXJyb3IiEAoOUmVzdWx0c1JlcXVlc3QiVQoOU2VxdWVuY2VPdXRwdXQSDgoGc2VxX2lkGAEgASgNEhAKCHRva2VuX2lkGAIgASgNEiEKBmxvZ2l0cxgDIAEoCzIRLnN0cmF0YS52MS5UZW5zb3IipAEKD1Jlc3VsdHNSZXNwb25zZRIQCghiYXRjaF9pZBgBIAEoDRIqCgdvdXRwdXRzGAIgAygLMhkuc3RyYXRhLnYxLlNlcXVlbmNlT3V0cHV0EiQKBWVycm9yGAMgASgLMhUuc3RyYXRhLnYxLlN0YWdlRXJyb3ISLQoNc3RhZ2VfdGltaW5ncxgEIAMoCzIWLnN0cmF0YS52MS5TdGFnZVRpbWluZyInChRGcmVlU2VxdWVuY2VzUmVxdWVzdBIPCgdzZXFfaWRzGAEgAygNIi0KFUZyZWVTZXF1ZW5jZXNSZXNwb25zZRIUCgxibG9ja3NfZnJlZWQYASABKA0iDwoNSGVhbHRoUmVxdWVzdCIxCg5IZWFsdGhSZXNwb25zZRIPCgdzZXJ2aW5nGAEgASgIEg4KBmxvYWRlZBgCIAEoCDLOBAoNV29ya2VyU2VydmljZRI5CgRMb2FkEhYuc3RyYXRhLnYxLkxvYWRSZXF1ZXN0Ghcuc3RyYXRhLnYxLkxvYWRSZXNwb25zZTABEkMKCERlc2NyaWJlEhouc3RyYXRhLnYxLkRlc2NyaWJlUmVxdWVzdBobLnN0cmF0YS52MS5EZXNjcmliZVJlc3BvbnNlEkQKB0ZvcndhcmQSGS5zdHJhdGEudjEuRm9yd2FyZFJlcXVlc3QaGi5zdHJhdGEudjEuRm9yd2FyZFJlc3BvbnNlKAEwARJCCgdSZXN1bHRzEhkuc3RyYXRhLnYxLlJlc3VsdHNSZXF1ZXN0Ghouc3RyYXRhLnYxLlJlc3VsdHNSZXNwb25zZTABElIKDUZyZWVTZXF1ZW5jZXMSHy5zdHJhdGEudjEuRnJlZVNlcXVlbmNlc1JlcXVlc3QaIC5zdHJhdGEudjEuRnJlZVNlcXVlbmNlc1Jlc3BvbnNlEj0KBkhlYWx0aBIYLnN0cmF0YS52MS5IZWFsdGhSZXF1ZXN0Ghkuc3RyYXRhLnYxLkhlYWx0aFJlc3BvbnNlEkwKC0xvYWRBZGFwdGVyEh0uc3RyYXRhLnYxLkxvYWRBZGFwdGVyUmVxdWVzdBoeLnN0cmF0YS52MS5Mb2FkQWRhcHRlclJlc3BvbnNlElIKDVVubG9hZEFkYXB0ZXISHy5zdHJhdGEudjEuVW5sb2FkQWRhcHRlclJlcXVlc3QaIC5zdHJhdGEudjEuVW5sb2FkQWRhcHRlclJlc3BvbnNlYgZwcm90bzM", [file_strata_v1_tensor]);
 
 /**
  * @generated from message strata.v1.LoadRequest
@@ -75,6 +75,13 @@ export type LoadRequest = Message<"strata.v1.LoadRequest"> & {
    * @generated from field: string kv_dtype = 10;
    */
   kvDtype: string;
+
+  /**
+   * Largest LoRA rank this stage will serve; 0 builds the stage without adapter support.
+   *
+   * @generated from field: uint32 max_lora_rank = 11;
+   */
+  maxLoraRank: number;
 };
 
 /**
@@ -83,6 +90,122 @@ export type LoadRequest = Message<"strata.v1.LoadRequest"> & {
  */
 export const LoadRequestSchema: GenMessage<LoadRequest> = /*@__PURE__*/
   messageDesc(file_strata_v1_worker, 0);
+
+/**
+ * @generated from message strata.v1.LoadAdapterRequest
+ */
+export type LoadAdapterRequest = Message<"strata.v1.LoadAdapterRequest"> & {
+  /**
+   * The name requests use (SequenceChunk.adapter).
+   *
+   * @generated from field: string adapter_id = 1;
+   */
+  adapterId: string;
+
+  /**
+   * A PEFT LoRA folder: adapter_config.json + adapter_model.safetensors.
+   *
+   * @generated from field: string path = 2;
+   */
+  path: string;
+
+  /**
+   * Bumped by the coordinator on every (re)load; invalidation events name the one they end.
+   *
+   * @generated from field: uint32 generation = 3;
+   */
+  generation: number;
+};
+
+/**
+ * Describes the message strata.v1.LoadAdapterRequest.
+ * Use `create(LoadAdapterRequestSchema)` to create a new message.
+ */
+export const LoadAdapterRequestSchema: GenMessage<LoadAdapterRequest> = /*@__PURE__*/
+  messageDesc(file_strata_v1_worker, 1);
+
+/**
+ * @generated from message strata.v1.LoadAdapterResponse
+ */
+export type LoadAdapterResponse = Message<"strata.v1.LoadAdapterResponse"> & {
+  /**
+   * @generated from field: uint32 rank = 1;
+   */
+  rank: number;
+
+  /**
+   * @generated from field: uint64 bytes_read = 2;
+   */
+  bytesRead: bigint;
+};
+
+/**
+ * Describes the message strata.v1.LoadAdapterResponse.
+ * Use `create(LoadAdapterResponseSchema)` to create a new message.
+ */
+export const LoadAdapterResponseSchema: GenMessage<LoadAdapterResponse> = /*@__PURE__*/
+  messageDesc(file_strata_v1_worker, 2);
+
+/**
+ * @generated from message strata.v1.UnloadAdapterRequest
+ */
+export type UnloadAdapterRequest = Message<"strata.v1.UnloadAdapterRequest"> & {
+  /**
+   * @generated from field: string adapter_id = 1;
+   */
+  adapterId: string;
+};
+
+/**
+ * Describes the message strata.v1.UnloadAdapterRequest.
+ * Use `create(UnloadAdapterRequestSchema)` to create a new message.
+ */
+export const UnloadAdapterRequestSchema: GenMessage<UnloadAdapterRequest> = /*@__PURE__*/
+  messageDesc(file_strata_v1_worker, 3);
+
+/**
+ * @generated from message strata.v1.UnloadAdapterResponse
+ */
+export type UnloadAdapterResponse = Message<"strata.v1.UnloadAdapterResponse"> & {
+  /**
+   * @generated from field: bool was_loaded = 1;
+   */
+  wasLoaded: boolean;
+};
+
+/**
+ * Describes the message strata.v1.UnloadAdapterResponse.
+ * Use `create(UnloadAdapterResponseSchema)` to create a new message.
+ */
+export const UnloadAdapterResponseSchema: GenMessage<UnloadAdapterResponse> = /*@__PURE__*/
+  messageDesc(file_strata_v1_worker, 4);
+
+/**
+ * @generated from message strata.v1.AdapterInfo
+ */
+export type AdapterInfo = Message<"strata.v1.AdapterInfo"> & {
+  /**
+   * @generated from field: string adapter_id = 1;
+   */
+  adapterId: string;
+
+  /**
+   * @generated from field: uint32 generation = 2;
+   */
+  generation: number;
+
+  /**
+   * @generated from field: uint32 rank = 3;
+   */
+  rank: number;
+};
+
+/**
+ * Describes the message strata.v1.AdapterInfo.
+ * Use `create(AdapterInfoSchema)` to create a new message.
+ */
+export const AdapterInfoSchema: GenMessage<AdapterInfo> = /*@__PURE__*/
+  messageDesc(file_strata_v1_worker, 5);
 
 /**
  * @generated from message strata.v1.LoadProgress
@@ -109,7 +232,7 @@ export type LoadProgress = Message<"strata.v1.LoadProgress"> & {
  * Use `create(LoadProgressSchema)` to create a new message.
  */
 export const LoadProgressSchema: GenMessage<LoadProgress> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 1);
+  messageDesc(file_strata_v1_worker, 6);
 
 /**
  * @generated from message strata.v1.LoadResponse
@@ -138,7 +261,7 @@ export type LoadResponse = Message<"strata.v1.LoadResponse"> & {
  * Use `create(LoadResponseSchema)` to create a new message.
  */
 export const LoadResponseSchema: GenMessage<LoadResponse> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 2);
+  messageDesc(file_strata_v1_worker, 7);
 
 /**
  * @generated from message strata.v1.DescribeRequest
@@ -157,7 +280,7 @@ export type DescribeRequest = Message<"strata.v1.DescribeRequest"> & {
  * Use `create(DescribeRequestSchema)` to create a new message.
  */
 export const DescribeRequestSchema: GenMessage<DescribeRequest> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 3);
+  messageDesc(file_strata_v1_worker, 8);
 
 /**
  * @generated from message strata.v1.SequenceBlocks
@@ -184,7 +307,7 @@ export type SequenceBlocks = Message<"strata.v1.SequenceBlocks"> & {
  * Use `create(SequenceBlocksSchema)` to create a new message.
  */
 export const SequenceBlocksSchema: GenMessage<SequenceBlocks> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 4);
+  messageDesc(file_strata_v1_worker, 9);
 
 /**
  * @generated from message strata.v1.KvStats
@@ -238,7 +361,7 @@ export type KvStats = Message<"strata.v1.KvStats"> & {
  * Use `create(KvStatsSchema)` to create a new message.
  */
 export const KvStatsSchema: GenMessage<KvStats> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 5);
+  messageDesc(file_strata_v1_worker, 10);
 
 /**
  * @generated from message strata.v1.DescribeResponse
@@ -330,6 +453,16 @@ export type DescribeResponse = Message<"strata.v1.DescribeResponse"> & {
    * @generated from field: repeated strata.v1.SequenceBlocks block_tables = 17;
    */
   blockTables: SequenceBlocks[];
+
+  /**
+   * @generated from field: uint32 max_lora_rank = 18;
+   */
+  maxLoraRank: number;
+
+  /**
+   * @generated from field: repeated strata.v1.AdapterInfo adapters = 19;
+   */
+  adapters: AdapterInfo[];
 };
 
 /**
@@ -337,7 +470,7 @@ export type DescribeResponse = Message<"strata.v1.DescribeResponse"> & {
  * Use `create(DescribeResponseSchema)` to create a new message.
  */
 export const DescribeResponseSchema: GenMessage<DescribeResponse> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 6);
+  messageDesc(file_strata_v1_worker, 11);
 
 /**
  * How the last stage turns a sequence's logits into a token.
@@ -366,7 +499,7 @@ export type SamplingParams = Message<"strata.v1.SamplingParams"> & {
  * Use `create(SamplingParamsSchema)` to create a new message.
  */
 export const SamplingParamsSchema: GenMessage<SamplingParams> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 7);
+  messageDesc(file_strata_v1_worker, 12);
 
 /**
  * One sequence's share of a micro-batch: num_tokens consecutive positions from start_position.
@@ -435,6 +568,13 @@ export type SequenceChunk = Message<"strata.v1.SequenceChunk"> & {
    * @generated from field: bool new_sequence = 10;
    */
   newSequence: boolean;
+
+  /**
+   * The LoRA adapter this sequence runs with; empty for the base model.
+   *
+   * @generated from field: string adapter = 11;
+   */
+  adapter: string;
 };
 
 /**
@@ -442,7 +582,7 @@ export type SequenceChunk = Message<"strata.v1.SequenceChunk"> & {
  * Use `create(SequenceChunkSchema)` to create a new message.
  */
 export const SequenceChunkSchema: GenMessage<SequenceChunk> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 8);
+  messageDesc(file_strata_v1_worker, 13);
 
 /**
  * @generated from message strata.v1.ForwardRequest
@@ -492,7 +632,7 @@ export type ForwardRequest = Message<"strata.v1.ForwardRequest"> & {
  * Use `create(ForwardRequestSchema)` to create a new message.
  */
 export const ForwardRequestSchema: GenMessage<ForwardRequest> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 9);
+  messageDesc(file_strata_v1_worker, 14);
 
 /**
  * A stage's part in one micro-batch: the coordinator derives per-hop latency and its trace
@@ -553,7 +693,7 @@ export type StageTiming = Message<"strata.v1.StageTiming"> & {
  * Use `create(StageTimingSchema)` to create a new message.
  */
 export const StageTimingSchema: GenMessage<StageTiming> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 10);
+  messageDesc(file_strata_v1_worker, 15);
 
 /**
  * @generated from message strata.v1.StageError
@@ -582,7 +722,7 @@ export type StageError = Message<"strata.v1.StageError"> & {
  * Use `create(StageErrorSchema)` to create a new message.
  */
 export const StageErrorSchema: GenMessage<StageError> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 11);
+  messageDesc(file_strata_v1_worker, 16);
 
 /**
  * Forward's replies go to the sender only when a micro-batch is rejected (bad shape, unknown
@@ -607,7 +747,7 @@ export type ForwardResponse = Message<"strata.v1.ForwardResponse"> & {
  * Use `create(ForwardResponseSchema)` to create a new message.
  */
 export const ForwardResponseSchema: GenMessage<ForwardResponse> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 12);
+  messageDesc(file_strata_v1_worker, 17);
 
 /**
  * @generated from message strata.v1.ResultsRequest
@@ -620,7 +760,7 @@ export type ResultsRequest = Message<"strata.v1.ResultsRequest"> & {
  * Use `create(ResultsRequestSchema)` to create a new message.
  */
 export const ResultsRequestSchema: GenMessage<ResultsRequest> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 13);
+  messageDesc(file_strata_v1_worker, 18);
 
 /**
  * @generated from message strata.v1.SequenceOutput
@@ -649,7 +789,7 @@ export type SequenceOutput = Message<"strata.v1.SequenceOutput"> & {
  * Use `create(SequenceOutputSchema)` to create a new message.
  */
 export const SequenceOutputSchema: GenMessage<SequenceOutput> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 14);
+  messageDesc(file_strata_v1_worker, 19);
 
 /**
  * @generated from message strata.v1.ResultsResponse
@@ -683,7 +823,7 @@ export type ResultsResponse = Message<"strata.v1.ResultsResponse"> & {
  * Use `create(ResultsResponseSchema)` to create a new message.
  */
 export const ResultsResponseSchema: GenMessage<ResultsResponse> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 15);
+  messageDesc(file_strata_v1_worker, 20);
 
 /**
  * @generated from message strata.v1.FreeSequencesRequest
@@ -700,7 +840,7 @@ export type FreeSequencesRequest = Message<"strata.v1.FreeSequencesRequest"> & {
  * Use `create(FreeSequencesRequestSchema)` to create a new message.
  */
 export const FreeSequencesRequestSchema: GenMessage<FreeSequencesRequest> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 16);
+  messageDesc(file_strata_v1_worker, 21);
 
 /**
  * @generated from message strata.v1.FreeSequencesResponse
@@ -717,7 +857,7 @@ export type FreeSequencesResponse = Message<"strata.v1.FreeSequencesResponse"> &
  * Use `create(FreeSequencesResponseSchema)` to create a new message.
  */
 export const FreeSequencesResponseSchema: GenMessage<FreeSequencesResponse> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 17);
+  messageDesc(file_strata_v1_worker, 22);
 
 /**
  * @generated from message strata.v1.HealthRequest
@@ -730,7 +870,7 @@ export type HealthRequest = Message<"strata.v1.HealthRequest"> & {
  * Use `create(HealthRequestSchema)` to create a new message.
  */
 export const HealthRequestSchema: GenMessage<HealthRequest> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 18);
+  messageDesc(file_strata_v1_worker, 23);
 
 /**
  * @generated from message strata.v1.HealthResponse
@@ -752,7 +892,7 @@ export type HealthResponse = Message<"strata.v1.HealthResponse"> & {
  * Use `create(HealthResponseSchema)` to create a new message.
  */
 export const HealthResponseSchema: GenMessage<HealthResponse> = /*@__PURE__*/
-  messageDesc(file_strata_v1_worker, 19);
+  messageDesc(file_strata_v1_worker, 24);
 
 /**
  * One pipeline stage: a contiguous layer range [layer_start, layer_end) of one model.
@@ -814,6 +954,26 @@ export const WorkerService: GenService<{
     methodKind: "unary";
     input: typeof HealthRequestSchema;
     output: typeof HealthResponseSchema;
+  },
+  /**
+   * Make a LoRA adapter servable on this stage (its layers only), or replace it.
+   *
+   * @generated from rpc strata.v1.WorkerService.LoadAdapter
+   */
+  loadAdapter: {
+    methodKind: "unary";
+    input: typeof LoadAdapterRequestSchema;
+    output: typeof LoadAdapterResponseSchema;
+  },
+  /**
+   * Drop an adapter (the NATS invalidation event is the broadcast form of this).
+   *
+   * @generated from rpc strata.v1.WorkerService.UnloadAdapter
+   */
+  unloadAdapter: {
+    methodKind: "unary";
+    input: typeof UnloadAdapterRequestSchema;
+    output: typeof UnloadAdapterResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_strata_v1_worker, 0);
