@@ -7,6 +7,7 @@ import { BUNDLED_MODEL_DIR, loadLoraAdapter, mergeLora, openModel, referenceGene
 import { LocalCluster } from "@strata/coordinator";
 import { loadGreedyOracle, useNats } from "./support/cluster.ts";
 import { startApiServer, type ApiServer } from "./support/api-server.ts";
+import { parsePrometheus } from "./support/prometheus.ts";
 
 // Multi-tenant LoRA through the whole system: the official openai client names an adapter as
 // `model`, 2 worker stages each apply their layers of it (unmerged, x @ W + x @ A @ B), and the
@@ -126,6 +127,10 @@ describe("runtime adapter loading", () => {
     expect(reloaded.json.generation).toBeGreaterThan(loaded.json.generation as number);
     expect(await complete("tenant-b")).toBe(want);
     expect((await post("/v1/unload_lora_adapter", { lora_name: "tenant-b" })).status).toBe(200);
+
+    const metrics = parsePrometheus(await (await fetch(`${api.url}/metrics`)).text());
+    expect(metrics.value("strata_lora_adapter_loads_total")).toBe(3); // tenant-a at start, tenant-b twice
+    expect(metrics.value("strata_lora_adapters_resident")).toBe(1);
   });
 
   it("refuses a bad adapter folder, a rank above the limit, a bad name and an unknown unload, and keeps serving", async () => {

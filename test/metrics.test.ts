@@ -111,6 +111,11 @@ describe("GET /metrics after traffic", () => {
     workers.forEach((w, stage) => {
       const received = w.value("strata_nats_events_received_total", { kind: "kv_evict" }) - before[stage].value("strata_nats_events_received_total", { kind: "kv_evict" });
       expect(received).toBe(published);
+      // Each received event's lag was observed (publisher and workers share this host's clock).
+      const lagged = w.value("strata_nats_event_lag_seconds_count", { kind: "kv_evict" }) - before[stage].value("strata_nats_event_lag_seconds_count", { kind: "kv_evict" });
+      expect(lagged).toBe(received);
+      expect(w.value("strata_nats_event_lag_seconds_sum", { kind: "kv_evict" })).toBeGreaterThan(0);
+      expect(w.value("strata_lora_adapters_resident", { stage: String(stage) })).toBe(0);
     });
     expect(coordinator.has("strata_preemptions_total")).toBe(true);
     expect(coordinator.value("strata_prefix_cache_queries_total")).toBeGreaterThanOrEqual(coordinator.value("strata_prefix_cache_hits_total"));

@@ -3,6 +3,9 @@ import { create, fromBinary, toBinary, type DescMessage, type MessageShape } fro
 import { AdapterInvalidateEventSchema, KvEvictEventSchema, type AdapterInvalidateEvent, type KvEvictEvent } from "@strata/proto";
 import { SUBJECTS } from "./subjects.ts";
 
+// Sub-millisecond wall clock: lags on one host are tens of microseconds.
+const wallClockMs = () => performance.timeOrigin + performance.now();
+
 export type EvictReason = "finished" | "aborted" | "preempted";
 
 /** How many events one connection published or received, by kind and reason (for metrics). */
@@ -17,6 +20,8 @@ export interface EventCount {
 export class EventBus {
   private readonly subscriptions: Subscription[] = [];
   private readonly counts = new Map<string, EventCount>();
+  /** Called for every event received with its lag (receipt minus the publisher's clock), in seconds. */
+  onLag: ((kind: string, seconds: number) => void) | undefined;
 
   private constructor(readonly connection: NatsConnection) {}
 
@@ -27,13 +32,13 @@ export class EventBus {
   }
 
   publishEvict(seqId: number, reason: EvictReason): void {
-    this.connection.publish(SUBJECTS.kvEvict(seqId), toBinary(KvEvictEventSchema, create(KvEvictEventSchema, { seqId, reason })));
+    this.connection.publish(SUBJECTS.kvEvict(seqId), toBinary(KvEvictEventSchema, create(KvEvictEventSchema, { seqId, reason, publishedUnixMs: wallClockMs() })));
     this.count("published", "kv_evict", reason);
   }
 
   /** Tells every worker to drop `adapterId` if it holds `generation` or older. */
   publishAdapterInvalidate(adapterId: string, generation: number): void {
-    const event = create(AdapterInvalidateEventSchema, { adapterId, generation });
+    const event = create(AdapterInvalidateEventSchema, { adapterId, generation, publishedUnixMs: wallClockMs() });
     this.connection.publish(SUBJECTS.adapterInvalidate(adapterId), toBinary(AdapterInvalidateEventSchema, event));
     this.count("published", "adapter_invalidate", "unloaded");
   }
@@ -63,16 +68,18 @@ export class EventBus {
     subject: string,
     schema: S,
     kind: string,
-    reasonOf: (event: MessageShape<S>) => string,
-    onEvent: (event: MessageShape<S>) => void,
+    reasonOf: (event: MessageShape<S> & { publishedUnixMs: number }) => string,
+    onEvent: (event: MessageShape<S> & { publishedUnixMs: number }) => void,
     onBadPayload: (error: Error, subject: string) => void,
   ): void {
     const sub = this.connection.subscribe(subject, {
       callback: (err, msg) => {
         if (err) return onBadPayload(err, subject);
         try {
-          const event = fromBinary(schema, msg.data);
+          const event = fromBinary(schema, msg.data) as MessageShape<S> & { publishedUnixMs: number };
           this.count("received", kind, reasonOf(event));
+          // 0: a publisher that predates the timestamp; its lag is unknown.
+          if (event.publishedUnixMs > 0) this.onLag?.(kind, Math.max(0, wallClockMs() - event.publishedUnixMs) / 1000);
           onEvent(event);
         } catch (error) {
           onBadPayload(error as Error, msg.subject);

@@ -164,7 +164,7 @@ export class LocalCluster {
       const coordinatorTracing = opts.tracing ?? (opts.tracesUrl ? startTracing({ serviceName: "strata-coordinator", tracesUrl: opts.tracesUrl }) : TRACING_OFF);
       if (!opts.tracing) ownTracings.push(coordinatorTracing);
       cluster.ownTracings = ownTracings;
-      cluster.telemetry = new CoordinatorTelemetry(coordinatorTracing, new CoordinatorMetrics(engine, events));
+      cluster.telemetry = new CoordinatorTelemetry(coordinatorTracing, new CoordinatorMetrics(engine, events, adapters));
       cluster.telemetry.engine = engine;
       if (opts.warmUp ?? true) await cluster.warmUp(opts.maxNumSeqs ?? 256);
       // Attached after warm-up, so the metrics and the trace ring hold only real traffic.

@@ -8,6 +8,12 @@ export interface EngineStatsSource {
   stats(): SchedulerStats;
 }
 
+/** What the adapter metrics read at scrape time (an AdapterManager). */
+export interface AdapterStatsSource {
+  readonly loads: number;
+  readonly resident: number;
+}
+
 const LATENCY_BUCKETS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80];
 const TOKEN_LATENCY_BUCKETS_S = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5];
 const HOP_BUCKETS_S = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
@@ -29,7 +35,7 @@ export class CoordinatorMetrics {
   readonly stepTokens: Histogram;
   readonly hopLatency: Histogram<"hop">;
 
-  constructor(engine: EngineStatsSource, events?: EventBus) {
+  constructor(engine: EngineStatsSource, events?: EventBus, adapters?: AdapterStatsSource) {
     const registers = [this.registry];
     const stats = () => engine.stats();
     const gauge = (name: string, help: string, value: (s: SchedulerStats) => number) =>
@@ -59,6 +65,24 @@ export class CoordinatorMetrics {
     mirrored("strata_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache", (s) => s.prefixQueryTokens);
     mirrored("strata_prefix_cache_hits_total", "Prompt tokens served from the prefix cache", (s) => s.prefixHitTokens);
     mirrored("strata_preemptions_total", "Running sequences preempted to free KV blocks", (s) => s.preemptions);
+    if (adapters) {
+      new Counter({
+        name: "strata_lora_adapter_loads_total",
+        help: "LoRA adapter loads onto every stage (startup and runtime)",
+        registers,
+        collect() {
+          setCounterTotal(this, adapters.loads);
+        },
+      });
+      new Gauge({
+        name: "strata_lora_adapters_resident",
+        help: "LoRA adapters loaded and servable",
+        registers,
+        collect() {
+          this.set(adapters.resident);
+        },
+      });
+    }
     if (events) {
       for (const direction of ["published", "received"] as const) {
         new Counter({

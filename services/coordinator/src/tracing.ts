@@ -201,6 +201,7 @@ export class CoordinatorTelemetry implements PipelineObserver {
             "strata.step.tokens": record.tokens,
             "strata.step.prefill_tokens": prefillTokens,
             "strata.step.decode_tokens": decodeTokens,
+            "strata.batch.adapter_ids": [...new Set(seqs.map((c) => c.adapter).filter((a) => a !== ""))],
           },
         },
         ROOT_CONTEXT,

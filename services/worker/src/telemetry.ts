@@ -75,7 +75,26 @@ export class StageTelemetry implements StageObserver {
     gauge("strata_kv_blocks_total", "KV blocks this stage holds", (k) => k.blocksTotal);
     gauge("strata_kv_usage_ratio", "Fraction of this stage's KV blocks in use (0 to 1)", (k) => (k.blocksTotal > 0 ? k.blocksUsed / k.blocksTotal : 0));
     gauge("strata_kv_sequences", "Sequences holding KV on this stage", (k) => k.sequences);
+    new Gauge({
+      name: "strata_lora_adapters_resident",
+      help: "LoRA adapters loaded on this stage",
+      labelNames: ["stage"],
+      registers,
+      collect() {
+        this.reset();
+        const d = describe();
+        if (d.loaded) this.set({ stage: String(d.stageIndex) }, d.adapters.length);
+      },
+    });
     if (events) {
+      const lag = new Histogram({
+        name: "strata_nats_event_lag_seconds",
+        help: "Time from an event's publication (publisher's clock) to its receipt here, by kind",
+        labelNames: ["kind"],
+        buckets: SECONDS_BUCKETS,
+        registers,
+      });
+      events.onLag = (kind, seconds) => lag.observe({ kind }, seconds);
       new Counter({
         name: "strata_nats_events_received_total",
         help: "NATS events this worker received, by kind and reason",

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file strata/v1/events.proto.
  */
 export const file_strata_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("ChZzdHJhdGEvdjEvZXZlbnRzLnByb3RvEglzdHJhdGEudjEiLgoMS3ZFdmljdEV2ZW50Eg4KBnNlcV9pZBgBIAEoDRIOCgZyZWFzb24YAiABKAkiQAoWQWRhcHRlckludmFsaWRhdGVFdmVudBISCgphZGFwdGVyX2lkGAEgASgJEhIKCmdlbmVyYXRpb24YAiABKA1iBnByb3RvMw");
+  fileDesc("ChZzdHJhdGEvdjEvZXZlbnRzLnByb3RvEglzdHJhdGEudjEiSQoMS3ZFdmljdEV2ZW50Eg4KBnNlcV9pZBgBIAEoDRIOCgZyZWFzb24YAiABKAkSGQoRcHVibGlzaGVkX3VuaXhfbXMYAyABKAEiWwoWQWRhcHRlckludmFsaWRhdGVFdmVudBISCgphZGFwdGVyX2lkGAEgASgJEhIKCmdlbmVyYXRpb24YAiABKA0SGQoRcHVibGlzaGVkX3VuaXhfbXMYAyABKAFiBnByb3RvMw");
 
 /**
  * strata.kv.evict.<seq_id>: every stage frees the sequence's blocks. Sequence ids are uint32
@@ -30,6 +30,13 @@ export type KvEvictEvent = Message<"strata.v1.KvEvictEvent"> & {
    * @generated from field: string reason = 2;
    */
   reason: string;
+
+  /**
+   * Publisher's wall clock (ms since the epoch): receivers report the event's lag from it.
+   *
+   * @generated from field: double published_unix_ms = 3;
+   */
+  publishedUnixMs: number;
 };
 
 /**
@@ -55,6 +62,11 @@ export type AdapterInvalidateEvent = Message<"strata.v1.AdapterInvalidateEvent">
    * @generated from field: uint32 generation = 2;
    */
   generation: number;
+
+  /**
+   * @generated from field: double published_unix_ms = 3;
+   */
+  publishedUnixMs: number;
 };
 
 /**
