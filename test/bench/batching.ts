@@ -13,8 +13,10 @@ function randomPrompt(rng: SeededRandom, length: number, vocab: number): number[
   return [1, ...Array.from({ length: length - 1 }, () => 3 + Math.floor(rng.next() * (vocab - 3)))];
 }
 
-/** Aggregate generated tokens/s of `count` concurrent requests (median of runs after a warm-up). */
-async function throughput(cluster: LocalCluster, count: number, promptTokens: number, newTokens: number, vocab: number, runs = 2): Promise<number> {
+const PIPELINING_PAIRS = 3;
+
+/** Aggregate generated tokens/s of `count` concurrent requests, one sample per run after a warm-up. */
+async function throughputSamples(cluster: LocalCluster, count: number, promptTokens: number, newTokens: number, vocab: number, runs = 2): Promise<number[]> {
   const rng = new SeededRandom(3);
   const once = async () => {
     const prompts = Array.from({ length: count }, () => randomPrompt(rng, promptTokens, vocab));
@@ -27,7 +29,11 @@ async function throughput(cluster: LocalCluster, count: number, promptTokens: nu
   await once();
   const samples: number[] = [];
   for (let i = 0; i < runs; i++) samples.push(await once());
-  return median(samples);
+  return samples;
+}
+
+async function throughput(cluster: LocalCluster, count: number, promptTokens: number, newTokens: number, vocab: number): Promise<number> {
+  return median(await throughputSamples(cluster, count, promptTokens, newTokens, vocab));
 }
 
 async function timeToFirstToken(cluster: LocalCluster, promptIds: number[], cacheSalt: string): Promise<number> {
@@ -44,16 +50,27 @@ export const batching: BenchPart = {
     const dir = await syntheticModelDir();
     const vocab = BENCH_SHAPE.vocabSize;
     ctx.print(describeShape(BENCH_SHAPE));
-    ctx.print(`2 worker processes, 1 onnxruntime thread each; requests: ${PROMPT_TOKENS}-token random prompts, ${NEW_TOKENS} new tokens, greedy; median of 2 runs after a warm-up`);
+    ctx.print(
+      `2 worker processes, 1 onnxruntime thread each; requests: ${PROMPT_TOKENS}-token random prompts, ${NEW_TOKENS} new tokens, greedy; ` +
+        `2 runs after a warm-up per cluster; pipelining off and on clusters alternate ${PIPELINING_PAIRS} times (one cluster at a time), medians of all their runs`,
+    );
 
     const figures: Record<string, number> = {};
-    await withCluster(ctx, { modelDir: dir, workers: 2, pipelining: false }, async (cluster) => {
-      figures.pipelining_off_32_tok_s = await throughput(cluster, CONCURRENT, PROMPT_TOKENS, NEW_TOKENS, vocab);
-    });
+    const off: number[] = [];
+    const on: number[] = [];
+    for (let pair = 0; pair < PIPELINING_PAIRS; pair++) {
+      await withCluster(ctx, { modelDir: dir, workers: 2, pipelining: false }, async (cluster) => {
+        off.push(...(await throughputSamples(cluster, CONCURRENT, PROMPT_TOKENS, NEW_TOKENS, vocab)));
+      });
+      await withCluster(ctx, { modelDir: dir, workers: 2 }, async (cluster) => {
+        on.push(...(await throughputSamples(cluster, CONCURRENT, PROMPT_TOKENS, NEW_TOKENS, vocab)));
+      });
+    }
+    figures.pipelining_off_32_tok_s = median(off);
+    figures.concurrent_32_tok_s = median(on);
     await withCluster(ctx, { modelDir: dir, workers: 2 }, async (cluster) => {
       ctx.print(`partition (balanced by compute, the LM head counted on the last stage): ${describePartition(cluster.partition)}`);
       figures.single_request_tok_s = await throughput(cluster, 1, PROMPT_TOKENS, NEW_TOKENS, vocab);
-      figures.concurrent_32_tok_s = await throughput(cluster, CONCURRENT, PROMPT_TOKENS, NEW_TOKENS, vocab);
 
       // Time to first token behind a shared 1,024-token system prompt: a fresh salt misses the
       // prefix cache every time; a fixed salt hits it after its first request.
@@ -77,8 +94,8 @@ export const batching: BenchPart = {
     for (const line of table([
       ["load", "figure", "value"],
       ["1 request", "tok/s", fmt(figures.single_request_tok_s)],
-      [`${CONCURRENT} concurrent, pipelining on (2 micro-batches in flight)`, "tok/s", fmt(figures.concurrent_32_tok_s)],
-      [`${CONCURRENT} concurrent, pipelining off (1 in flight)`, "tok/s", fmt(figures.pipelining_off_32_tok_s)],
+      [`${CONCURRENT} concurrent, pipelining on (2 micro-batches in flight)`, "tok/s", `${fmt(figures.concurrent_32_tok_s)}  (${on.map(fmt).join(" ")})`],
+      [`${CONCURRENT} concurrent, pipelining off (1 in flight)`, "tok/s", `${fmt(figures.pipelining_off_32_tok_s)}  (${off.map(fmt).join(" ")})`],
       [`${SYSTEM_PROMPT_TOKENS}-token system prompt + 15 user tokens, miss`, "TTFT ms", fmt(figures.prefix_ttft_miss_ms)],
       [`${SYSTEM_PROMPT_TOKENS}-token system prompt + 15 user tokens, hit`, "TTFT ms", fmt(figures.prefix_ttft_hit_ms)],
       ["batch32_vs_1 (goal >= 6)", "ratio", `${fmt(figures.batch32_vs_1)}x`],
