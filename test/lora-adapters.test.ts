@@ -113,6 +113,10 @@ describe("runtime adapter loading", () => {
     const describe = async () => (await cluster.pipeline.describeAll()).map((d) => d.adapters.map((a) => a.adapterId).sort());
     expect(await describe()).toEqual([[ADAPTER, "tenant-b"].sort(), [ADAPTER, "tenant-b"].sort()]);
     expect(await complete("tenant-b")).toBe(want);
+    // Two full blocks of prompt, cached under tenant-b's first generation.
+    const prompt = [...PROMPT_IDS, ...Array.from({ length: 32 }, (_, i) => 40 + i)];
+    const hits = () => cluster.engine.stats().prefixHitTokens;
+    await client.completions.create({ model: "tenant-b", prompt, max_tokens: 1, temperature: 0 });
 
     const again = await post("/v1/load_lora_adapter", { lora_name: "tenant-b", lora_path: adapterDir });
     expect(again.status).toBe(400);
@@ -125,6 +129,10 @@ describe("runtime adapter loading", () => {
 
     const reloaded = await post("/v1/load_lora_adapter", { lora_name: "tenant-b", lora_path: adapterDir });
     expect(reloaded.json.generation).toBeGreaterThan(loaded.json.generation as number);
+    // No stale KV after the switch: the new generation finds none of the old one's blocks.
+    const before = hits();
+    await client.completions.create({ model: "tenant-b", prompt, max_tokens: 1, temperature: 0 });
+    expect(hits()).toBe(before);
     expect(await complete("tenant-b")).toBe(want);
     expect((await post("/v1/unload_lora_adapter", { lora_name: "tenant-b" })).status).toBe(200);
 
@@ -146,6 +154,7 @@ describe("runtime adapter loading", () => {
     expect((big.json.error as { message: string }).message).toMatch(/rank 32 exceeds this stage's max LoRA rank 8/);
 
     expect((await post("/v1/load_lora_adapter", { lora_name: "bad name!", lora_path: adapterDir })).status).toBe(400);
+    expect((await post("/v1/load_lora_adapter", { lora_name: "dotted.name", lora_path: adapterDir })).status).toBe(400);
     expect((await post("/v1/load_lora_adapter", { lora_name: 7 })).status).toBe(400);
     expect((await post("/v1/unload_lora_adapter", { lora_name: "never-loaded" })).status).toBe(404);
 

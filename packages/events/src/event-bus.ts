@@ -39,7 +39,7 @@ export class EventBus {
   /** Tells every worker to drop `adapterId` if it holds `generation` or older. */
   publishAdapterInvalidate(adapterId: string, generation: number): void {
     const event = create(AdapterInvalidateEventSchema, { adapterId, generation, publishedUnixMs: wallClockMs() });
-    this.connection.publish(SUBJECTS.adapterInvalidate(adapterId), toBinary(AdapterInvalidateEventSchema, event));
+    this.connection.publish(SUBJECTS.adapterSwitch(adapterId), toBinary(AdapterInvalidateEventSchema, event));
     this.count("published", "adapter_invalidate", "unloaded");
   }
 
@@ -61,7 +61,7 @@ export class EventBus {
 
   /** Calls `onInvalidate` for every adapter invalidation event; malformed payloads are reported, not thrown. */
   onAdapterInvalidate(onInvalidate: (event: AdapterInvalidateEvent) => void, onBadPayload: (error: Error, subject: string) => void = () => {}): void {
-    this.subscribe(SUBJECTS.adapterInvalidateAll, AdapterInvalidateEventSchema, "adapter_invalidate", () => "unloaded", onInvalidate, onBadPayload);
+    this.subscribe(SUBJECTS.adapterSwitchAll, AdapterInvalidateEventSchema, "adapter_invalidate", () => "unloaded", onInvalidate, onBadPayload);
   }
 
   private subscribe<S extends DescMessage>(

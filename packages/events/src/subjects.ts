@@ -2,7 +2,7 @@
 export const SUBJECTS = {
   kvEvict: (seqId: number) => `strata.kv.evict.${seqId}`,
   kvEvictAll: "strata.kv.evict.*",
-  adapterInvalidate: (adapterId: string) => `strata.adapter.invalidate.${adapterId}`,
-  // Adapter ids may contain dots (more subject tokens), so the wildcard takes the rest.
-  adapterInvalidateAll: "strata.adapter.invalidate.>",
+  // Adapter ids are one subject token (no dots, spaces or wildcards; the coordinator checks).
+  adapterSwitch: (adapterId: string) => `strata.adapter.${adapterId}.switch`,
+  adapterSwitchAll: "strata.adapter.*.switch",
 } as const;

@@ -36,6 +36,27 @@ describe("event bus over a real nats-server", () => {
     await subscriber.close();
   });
 
+  it("delivers adapter switch events keyed by adapter id, with their lag", async () => {
+    const publisher = await EventBus.connect(nats.url, "test-adapter-pub");
+    const subscriber = await EventBus.connect(nats.url, "test-adapter-sub");
+    const seen: Array<[string, number]> = [];
+    const lags: Array<[string, number]> = [];
+    subscriber.onAdapterInvalidate((e) => seen.push([e.adapterId, e.generation]));
+    subscriber.onLag = (kind, seconds) => lags.push([kind, seconds]);
+    await subscriber.flush();
+    publisher.publishAdapterInvalidate("tenant-a", 3);
+    await publisher.flush();
+    await until(() => seen.length === 1);
+    expect(seen).toEqual([["tenant-a", 3]]);
+    expect(lags).toHaveLength(1);
+    expect(lags[0][0]).toBe("adapter_invalidate");
+    expect(lags[0][1]).toBeGreaterThanOrEqual(0);
+    expect(lags[0][1]).toBeLessThan(5);
+    expect(subscriber.eventCounts()).toContainEqual({ direction: "received", kind: "adapter_invalidate", reason: "unloaded", count: 1 });
+    await publisher.close();
+    await subscriber.close();
+  });
+
   it("reports a malformed payload and keeps delivering", async () => {
     const bus = await EventBus.connect(nats.url, "test-bad");
     const seen: number[] = [];

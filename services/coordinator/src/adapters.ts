@@ -4,8 +4,8 @@ import type { Engine } from "./engine.ts";
 import type { ModelRegistry } from "./models.ts";
 import type { PipelineClient } from "./pipeline-client.ts";
 
-// Adapter ids travel in NATS subjects (strata.adapter.invalidate.<id>) and in `model` fields.
-const ADAPTER_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
+// Adapter ids travel in NATS subjects (strata.adapter.<id>.switch: one token) and in `model` fields.
+const ADAPTER_ID = /^[A-Za-z0-9][A-Za-z0-9_:-]{0,127}$/;
 const DRAIN_POLL_MS = 20;
 
 interface LoadedAdapter {

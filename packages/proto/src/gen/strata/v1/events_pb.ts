@@ -47,7 +47,7 @@ export const KvEvictEventSchema: GenMessage<KvEvictEvent> = /*@__PURE__*/
   messageDesc(file_strata_v1_events, 0);
 
 /**
- * Published on strata.adapter.invalidate.<adapter_id> when an adapter is unloaded or replaced:
+ * Published on strata.adapter.<adapter_id>.switch when an adapter is unloaded or replaced:
  * every worker drops that adapter's matrices if it holds this generation or an older one.
  *
  * @generated from message strata.v1.AdapterInvalidateEvent
