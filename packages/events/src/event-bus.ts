@@ -1,6 +1,13 @@
 import { connect, type NatsConnection, type Subscription } from "@nats-io/transport-node";
 import { create, fromBinary, toBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
-import { AdapterInvalidateEventSchema, KvEvictEventSchema, type AdapterInvalidateEvent, type KvEvictEvent } from "@strata/proto";
+import {
+  AdapterInvalidateEventSchema,
+  KvBlockEventBatchSchema,
+  KvEvictEventSchema,
+  type AdapterInvalidateEvent,
+  type KvBlockEventBatch,
+  type KvEvictEvent,
+} from "@strata/proto";
 import { SUBJECTS } from "./subjects.ts";
 
 // Sub-millisecond wall clock: lags on one host are tens of microseconds.
@@ -43,6 +50,13 @@ export class EventBus {
     this.count("published", "adapter_invalidate", "unloaded");
   }
 
+  /** One batch of prefix-cache block events; the caller numbers batches (event_id) without gaps. */
+  publishKvBlockEvents(batch: Omit<KvBlockEventBatch, "$typeName" | "publishedUnixMs">): void {
+    const message = create(KvBlockEventBatchSchema, { ...batch, publishedUnixMs: wallClockMs() });
+    this.connection.publish(SUBJECTS.kvBlockEvents(batch.poolId), toBinary(KvBlockEventBatchSchema, message));
+    this.count("published", "kv_block_events", "batch");
+  }
+
   eventCounts(): EventCount[] {
     return [...this.counts.values()];
   }
@@ -62,6 +76,11 @@ export class EventBus {
   /** Calls `onInvalidate` for every adapter invalidation event; malformed payloads are reported, not thrown. */
   onAdapterInvalidate(onInvalidate: (event: AdapterInvalidateEvent) => void, onBadPayload: (error: Error, subject: string) => void = () => {}): void {
     this.subscribe(SUBJECTS.adapterSwitchAll, AdapterInvalidateEventSchema, "adapter_invalidate", () => "unloaded", onInvalidate, onBadPayload);
+  }
+
+  /** Calls `onBatch` for every block-event batch of every pool; malformed payloads are reported, not thrown. */
+  onKvBlockEvents(onBatch: (batch: KvBlockEventBatch) => void, onBadPayload: (error: Error, subject: string) => void = () => {}): void {
+    this.subscribe(SUBJECTS.kvBlockEventsAll, KvBlockEventBatchSchema, "kv_block_events", () => "batch", onBatch, onBadPayload);
   }
 
   private subscribe<S extends DescMessage>(

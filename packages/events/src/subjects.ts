@@ -5,4 +5,6 @@ export const SUBJECTS = {
   // Adapter ids are one subject token (no dots, spaces or wildcards; the coordinator checks).
   adapterSwitch: (adapterId: string) => `strata.adapter.${adapterId}.switch`,
   adapterSwitchAll: "strata.adapter.*.switch",
+  kvBlockEvents: (poolId: string) => `strata.kv.events.${poolId}`,
+  kvBlockEventsAll: "strata.kv.events.*",
 } as const;

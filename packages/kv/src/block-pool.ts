@@ -5,7 +5,19 @@ export interface BlockPoolOptions {
   numBlocks: number;
   blockSizeTokens: number;
   enablePrefixCaching?: boolean;
+  /** Keep a log of block events for drainBlockEvents (default off: nobody drains it). */
+  recordBlockEvents?: boolean;
 }
+
+/**
+ * What happened to the prefix cache's content-addressed blocks: a block got a hash (stored), a
+ * hashed block was evicted and its content forgotten (removed), or every hash was dropped
+ * (cleared). Hashes are lowercase hex SHA-256 (see hash.ts); a parent of null starts a chain.
+ */
+export type BlockEvent =
+  | { kind: "stored"; blockHash: string; parentHash: string | null }
+  | { kind: "removed"; blockHash: string }
+  | { kind: "cleared" };
 
 export interface KvPoolStats {
   blockSizeTokens: number;
@@ -84,6 +96,7 @@ export class BlockPool {
   private prefixQueryTokens = 0;
   private prefixHitTokens = 0;
   private evictions = 0;
+  private readonly blockEvents: BlockEvent[] | undefined;
 
   constructor(opts: BlockPoolOptions) {
     checkIndex("numBlocks", opts.numBlocks, 0x7fff_ffff);
@@ -95,6 +108,7 @@ export class BlockPool {
     this.prefixCachingEnabled = opts.enablePrefixCaching ?? false;
     this.refCounts = new Int32Array(opts.numBlocks);
     this.blockHashKeys = new Array<string | null>(opts.numBlocks).fill(null);
+    this.blockEvents = opts.recordBlockEvents ? [] : undefined;
     // Pushed in reverse so allocation hands out 0, 1, 2, ...
     for (let b = opts.numBlocks - 1; b >= 0; b--) this.freeBlocks.push(b);
   }
@@ -135,7 +149,8 @@ export class BlockPool {
     seq.lengthTokens = lengthTokens;
     for (const hash of newHashes) {
       const block = seq.blocks[seq.chain.length];
-      if (block !== NO_BLOCK) this.register(block, hash);
+      const parent = seq.chain.length > 0 ? seq.chain[seq.chain.length - 1] : null;
+      if (block !== NO_BLOCK) this.register(block, hash, parent);
       seq.chain.push(hash);
     }
   }
@@ -277,6 +292,17 @@ export class BlockPool {
     this.cachedLru.clear();
     for (const block of this.blockByHash.values()) this.blockHashKeys[block] = null;
     this.blockByHash.clear();
+    this.blockEvents?.push({ kind: "cleared" });
+  }
+
+  /** The block events since the last call, oldest first (empty unless recordBlockEvents). */
+  drainBlockEvents(): BlockEvent[] {
+    return this.blockEvents?.splice(0) ?? [];
+  }
+
+  /** Hex hashes of every block the prefix cache can match now (used or cached). */
+  blockHashes(): string[] {
+    return [...this.blockByHash.keys()];
   }
 
   stats(): KvPoolStats {
@@ -388,6 +414,7 @@ export class BlockPool {
     const block = first.value;
     this.cachedLru.delete(block);
     this.blockByHash.delete(this.blockHashKeys[block]!);
+    this.blockEvents?.push({ kind: "removed", blockHash: this.blockHashKeys[block]! });
     this.blockHashKeys[block] = null;
     this.evictions++;
     return block;
@@ -414,11 +441,12 @@ export class BlockPool {
    * Gives `block` the content hash if nobody owns it yet. When two sequences computed the same
    * block at once, the later one's copy stays unhashed and is freed, not cached, when released.
    */
-  private register(block: number, hash: Uint8Array): void {
+  private register(block: number, hash: Uint8Array, parent: Uint8Array | null): void {
     const key = hashToHex(hash);
     if (this.blockHashKeys[block] !== null || this.blockByHash.has(key)) return;
     this.blockHashKeys[block] = key;
     this.blockByHash.set(key, block);
+    this.blockEvents?.push({ kind: "stored", blockHash: key, parentHash: parent && hashToHex(parent) });
   }
 }
 

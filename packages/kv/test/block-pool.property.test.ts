@@ -72,13 +72,15 @@ class Harness {
   readonly seqs = new Map<number, ModelSeq>();
   readonly storage: (string | undefined)[][];
   capacityErrors = 0;
+  // What a block-event consumer knows: the pool's matchable hashes, rebuilt from events alone.
+  readonly replayedHashes = new Set<string>();
 
   constructor(
     readonly numBlocks: number,
     readonly blockSizeTokens: number,
     enablePrefixCaching: boolean,
   ) {
-    this.pool = new BlockPool({ numBlocks, blockSizeTokens, enablePrefixCaching });
+    this.pool = new BlockPool({ numBlocks, blockSizeTokens, enablePrefixCaching, recordBlockEvents: true });
     this.storage = Array.from({ length: numBlocks }, () => new Array<string | undefined>(blockSizeTokens));
   }
 
@@ -181,6 +183,15 @@ class Harness {
 
   verify(): void {
     this.pool.checkInvariants();
+    for (const event of this.pool.drainBlockEvents()) {
+      if (event.kind === "cleared") this.replayedHashes.clear();
+      else if (event.kind === "removed") expect(this.replayedHashes.delete(event.blockHash)).toBe(true);
+      else {
+        expect(this.replayedHashes.has(event.blockHash)).toBe(false);
+        this.replayedHashes.add(event.blockHash);
+      }
+    }
+    expect([...this.replayedHashes].sort()).toEqual(this.pool.blockHashes().sort());
     const stats = this.pool.stats();
     expect(stats.blocksTotal).toBe(this.numBlocks);
     expect(stats.blocksFree + stats.blocksUsed + stats.blocksCached).toBe(this.numBlocks);

@@ -1,4 +1,4 @@
-import { BlockPool, ContiguousAllocator, type ExtraKey, type KvPoolStats } from "@strata/kv";
+import { BlockPool, ContiguousAllocator, type BlockEvent, type ExtraKey, type KvPoolStats } from "@strata/kv";
 
 /** What the scheduler needs from KV allocation, whichever allocator stands behind it. */
 export interface SchedulerKvAllocator {
@@ -16,13 +16,17 @@ export interface SchedulerKvAllocator {
   /** Forgets every cached content hash (a batch failed: its blocks may hold nothing). */
   reset(): void;
   stats(): KvPoolStats;
+  /** Prefix-cache block events since the last call (none unless asked for at construction). */
+  drainBlockEvents(): BlockEvent[];
+  /** Hashes of every block the prefix cache can match now. */
+  blockHashes(): string[];
 }
 
 /** Paged blocks allocated as sequences grow, with prefix caching (the default). */
 export class PagedKvAllocator implements SchedulerKvAllocator {
   private readonly pool: BlockPool;
 
-  constructor(opts: { numBlocks: number; blockSizeTokens: number; enablePrefixCaching: boolean }) {
+  constructor(opts: { numBlocks: number; blockSizeTokens: number; enablePrefixCaching: boolean; recordBlockEvents?: boolean }) {
     this.pool = new BlockPool(opts);
   }
 
@@ -61,6 +65,14 @@ export class PagedKvAllocator implements SchedulerKvAllocator {
 
   stats(): KvPoolStats {
     return this.pool.stats();
+  }
+
+  drainBlockEvents(): BlockEvent[] {
+    return this.pool.drainBlockEvents();
+  }
+
+  blockHashes(): string[] {
+    return this.pool.blockHashes();
   }
 }
 
@@ -111,6 +123,15 @@ export class ContiguousKvAllocator implements SchedulerKvAllocator {
   }
 
   reset(): void {}
+
+  // No content addressing: nothing to report.
+  drainBlockEvents(): BlockEvent[] {
+    return [];
+  }
+
+  blockHashes(): string[] {
+    return [];
+  }
 
   stats(): KvPoolStats {
     const s = this.extents.stats();

@@ -1,4 +1,4 @@
-import type { ExtraKey, KvPoolStats } from "@strata/kv";
+import type { BlockEvent, ExtraKey, KvPoolStats } from "@strata/kv";
 import { ContiguousKvAllocator, PagedKvAllocator, type SchedulerKvAllocator } from "./kv-allocators.ts";
 
 /** What the scheduler knows of a request: token ids and how far the stages have computed them. */
@@ -60,6 +60,8 @@ export interface SchedulerOptions {
   /** Longest prompt prefill per step; longer prompts are split over steps. */
   maxPrefillChunkTokens?: number;
   enablePrefixCaching?: boolean;
+  /** Log prefix-cache block events for drainBlockEvents (default off). */
+  recordBlockEvents?: boolean;
   /** "paged" (default) or "contiguous": max-length reservations, the baseline paging is measured against. */
   kvAllocator?: "paged" | "contiguous";
   /**
@@ -101,7 +103,7 @@ export class Scheduler {
     this.pool =
       opts.kvAllocator === "contiguous"
         ? new ContiguousKvAllocator(opts.kvBlocks, opts.blockSizeTokens)
-        : new PagedKvAllocator({ numBlocks: opts.kvBlocks, blockSizeTokens: opts.blockSizeTokens, enablePrefixCaching: opts.enablePrefixCaching ?? true });
+        : new PagedKvAllocator({ numBlocks: opts.kvBlocks, blockSizeTokens: opts.blockSizeTokens, enablePrefixCaching: opts.enablePrefixCaching ?? true, recordBlockEvents: opts.recordBlockEvents });
   }
 
   add(seq: SchedulerSequence): void {
@@ -254,6 +256,16 @@ export class Scheduler {
   fail(batch: MicroBatch): void {
     for (const chunk of batch.chunks) chunk.seq.inFlight = false;
     this.pool.reset();
+  }
+
+  /** Prefix-cache block events since the last call (with recordBlockEvents). */
+  drainBlockEvents(): BlockEvent[] {
+    return this.pool.drainBlockEvents();
+  }
+
+  /** Hashes of every block the prefix cache can match now: the state the events describe. */
+  blockHashes(): string[] {
+    return this.pool.blockHashes();
   }
 
   /** Removes a finished or aborted sequence; its full blocks stay cached for later prefixes. */

@@ -2,8 +2,9 @@ import { create } from "@bufbuild/protobuf";
 import type { EventBus } from "@strata/events";
 import { Scheduler, type MicroBatch, type SchedulerOptions, type SchedulerSequence, type SchedulerStats } from "@strata/scheduler";
 import { SeededRandom, type SamplingParams } from "@strata/sampling";
-import { SequenceChunkSchema, readF32Tensor, type ResultsResponse } from "@strata/proto";
-import type { ExtraKey } from "@strata/kv";
+import { KvBlockEventSchema, SequenceChunkSchema, readF32Tensor, type KvBlockEvent, type ResultsResponse } from "@strata/proto";
+import { hostname } from "node:os";
+import type { BlockEvent, ExtraKey } from "@strata/kv";
 import type { PipelineClient } from "./pipeline-client.ts";
 
 export class RequestValidationError extends Error {
@@ -83,6 +84,19 @@ interface ActiveRequest {
   reject(error: Error): void;
 }
 
+const fromHex = (h: string) => Uint8Array.from(Buffer.from(h, "hex"));
+
+function blockEventMessage(e: BlockEvent): KvBlockEvent {
+  switch (e.kind) {
+    case "stored":
+      return create(KvBlockEventSchema, { event: { case: "stored", value: { blockHash: fromHex(e.blockHash), parentHash: e.parentHash ? fromHex(e.parentHash) : new Uint8Array() } } });
+    case "removed":
+      return create(KvBlockEventSchema, { event: { case: "removed", value: { blockHash: fromHex(e.blockHash) } } });
+    case "cleared":
+      return create(KvBlockEventSchema, { event: { case: "cleared", value: {} } });
+  }
+}
+
 let seqCounter = 0;
 let arrivalCounter = 0;
 
@@ -102,6 +116,9 @@ export class Engine {
   private readonly active = new Map<SchedulerSequence, ActiveRequest>();
   private inFlight = 0;
   tokensGenerated = 0;
+  private blockEventId = 0n;
+  /** Names this engine's block pool in strata.kv.events.<pool id> (one NATS subject token). */
+  readonly poolId: string;
 
   constructor(
     private readonly pipeline: PipelineClient,
@@ -109,8 +126,26 @@ export class Engine {
     readonly limits: ModelLimits,
     schedulerOptions: EngineSchedulerOptions,
     private readonly maxInFlight: number,
+    poolId = `${hostname()}-${process.pid}`,
   ) {
-    this.scheduler = new Scheduler({ ...schedulerOptions, nextSeqId });
+    this.scheduler = new Scheduler({ ...schedulerOptions, recordBlockEvents: true, nextSeqId });
+    this.poolId = poolId.replace(/[^A-Za-z0-9_-]/g, "_");
+  }
+
+  /**
+   * The prefix cache's matchable block hashes and the event id they are current at: what a
+   * strata.kv.events consumer loads after a gap. Pending events go out first, so the two agree.
+   */
+  blockSnapshot(): { poolId: string; eventId: bigint; blockHashes: string[] } {
+    this.publishBlockEvents();
+    return { poolId: this.poolId, eventId: this.blockEventId, blockHashes: this.scheduler.blockHashes() };
+  }
+
+  private publishBlockEvents(): void {
+    const events = this.scheduler.drainBlockEvents();
+    if (events.length === 0) return;
+    this.blockEventId++;
+    this.events.publishKvBlockEvents({ poolId: this.poolId, eventId: this.blockEventId, events: events.map(blockEventMessage) });
   }
 
   stats(): SchedulerStats {
@@ -219,6 +254,15 @@ export class Engine {
   }
 
   private pump(): void {
+    // One block-event batch per pump: what scheduling (and any reset before it) did to the cache.
+    try {
+      this.schedulePending();
+    } finally {
+      this.publishBlockEvents();
+    }
+  }
+
+  private schedulePending(): void {
     while (this.inFlight < this.maxInFlight) {
       const { batch, preempted } = this.scheduler.schedule();
       // Every stage frees a preempted sequence; it comes back under a fresh id and recomputes.

@@ -104,6 +104,12 @@ export function createHttpApi(opts: HttpApiOptions): Hono {
   app.get("/v1/models", (c) => c.json({ object: "list", data: models.list().map(modelObject) }));
   app.get("/v1/models/:id{.+}", (c) => c.json(modelObject(models.resolve(c.req.param("id")))));
 
+  // The block-event consumer's resync point (see KvBlockIndex): hashes current at event_id.
+  app.get("/debug/kv/blocks", (c) => {
+    const s = engine.blockSnapshot();
+    return c.json({ pool_id: s.poolId, event_id: Number(s.eventId), block_hashes: s.blockHashes });
+  });
+
   app.get("/debug/trace", (c) =>
     c.json({ requests: telemetry.log.recentRequests().map((r) => ({ id: r.requestId, trace_id: r.traceId ?? null, finish_reason: r.finishReason ?? null })) }),
   );

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file strata/v1/events.proto.
  */
 export const file_strata_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("ChZzdHJhdGEvdjEvZXZlbnRzLnByb3RvEglzdHJhdGEudjEiSQoMS3ZFdmljdEV2ZW50Eg4KBnNlcV9pZBgBIAEoDRIOCgZyZWFzb24YAiABKAkSGQoRcHVibGlzaGVkX3VuaXhfbXMYAyABKAEiWwoWQWRhcHRlckludmFsaWRhdGVFdmVudBISCgphZGFwdGVyX2lkGAEgASgJEhIKCmdlbmVyYXRpb24YAiABKA0SGQoRcHVibGlzaGVkX3VuaXhfbXMYAyABKAFiBnByb3RvMw");
+  fileDesc("ChZzdHJhdGEvdjEvZXZlbnRzLnByb3RvEglzdHJhdGEudjEiSQoMS3ZFdmljdEV2ZW50Eg4KBnNlcV9pZBgBIAEoDRIOCgZyZWFzb24YAiABKAkSGQoRcHVibGlzaGVkX3VuaXhfbXMYAyABKAEiWwoWQWRhcHRlckludmFsaWRhdGVFdmVudBISCgphZGFwdGVyX2lkGAEgASgJEhIKCmdlbmVyYXRpb24YAiABKA0SGQoRcHVibGlzaGVkX3VuaXhfbXMYAyABKAEiegoRS3ZCbG9ja0V2ZW50QmF0Y2gSDwoHcG9vbF9pZBgBIAEoCRIQCghldmVudF9pZBgCIAEoBBIZChFwdWJsaXNoZWRfdW5peF9tcxgDIAEoARInCgZldmVudHMYBCADKAsyFy5zdHJhdGEudjEuS3ZCbG9ja0V2ZW50IqABCgxLdkJsb2NrRXZlbnQSKgoGc3RvcmVkGAEgASgLMhguc3RyYXRhLnYxLkt2QmxvY2tTdG9yZWRIABIsCgdyZW1vdmVkGAIgASgLMhkuc3RyYXRhLnYxLkt2QmxvY2tSZW1vdmVkSAASLQoHY2xlYXJlZBgDIAEoCzIaLnN0cmF0YS52MS5LdkJsb2Nrc0NsZWFyZWRIAEIHCgVldmVudCI4Cg1LdkJsb2NrU3RvcmVkEhIKCmJsb2NrX2hhc2gYASABKAwSEwoLcGFyZW50X2hhc2gYAiABKAwiJAoOS3ZCbG9ja1JlbW92ZWQSEgoKYmxvY2tfaGFzaBgBIAEoDCIRCg9LdkJsb2Nrc0NsZWFyZWRiBnByb3RvMw");
 
 /**
  * strata.kv.evict.<seq_id>: every stage frees the sequence's blocks. Sequence ids are uint32
@@ -75,4 +75,138 @@ export type AdapterInvalidateEvent = Message<"strata.v1.AdapterInvalidateEvent">
  */
 export const AdapterInvalidateEventSchema: GenMessage<AdapterInvalidateEvent> = /*@__PURE__*/
   messageDesc(file_strata_v1_events, 1);
+
+/**
+ * Published on strata.kv.events.<pool_id>: what happened to the prefix cache's content-addressed
+ * blocks since the previous batch, for KV-aware routing and observability. Block ids are the
+ * same on every stage and the coordinator allocates them, so the pool's owner publishes.
+ * event_id counts a pool's batches from 1 with no gaps: a consumer that sees a jump missed some
+ * and reloads the pool's snapshot (the coordinator's GET /debug/kv/blocks).
+ *
+ * @generated from message strata.v1.KvBlockEventBatch
+ */
+export type KvBlockEventBatch = Message<"strata.v1.KvBlockEventBatch"> & {
+  /**
+   * @generated from field: string pool_id = 1;
+   */
+  poolId: string;
+
+  /**
+   * @generated from field: uint64 event_id = 2;
+   */
+  eventId: bigint;
+
+  /**
+   * @generated from field: double published_unix_ms = 3;
+   */
+  publishedUnixMs: number;
+
+  /**
+   * @generated from field: repeated strata.v1.KvBlockEvent events = 4;
+   */
+  events: KvBlockEvent[];
+};
+
+/**
+ * Describes the message strata.v1.KvBlockEventBatch.
+ * Use `create(KvBlockEventBatchSchema)` to create a new message.
+ */
+export const KvBlockEventBatchSchema: GenMessage<KvBlockEventBatch> = /*@__PURE__*/
+  messageDesc(file_strata_v1_events, 2);
+
+/**
+ * @generated from message strata.v1.KvBlockEvent
+ */
+export type KvBlockEvent = Message<"strata.v1.KvBlockEvent"> & {
+  /**
+   * @generated from oneof strata.v1.KvBlockEvent.event
+   */
+  event: {
+    /**
+     * @generated from field: strata.v1.KvBlockStored stored = 1;
+     */
+    value: KvBlockStored;
+    case: "stored";
+  } | {
+    /**
+     * @generated from field: strata.v1.KvBlockRemoved removed = 2;
+     */
+    value: KvBlockRemoved;
+    case: "removed";
+  } | {
+    /**
+     * @generated from field: strata.v1.KvBlocksCleared cleared = 3;
+     */
+    value: KvBlocksCleared;
+    case: "cleared";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message strata.v1.KvBlockEvent.
+ * Use `create(KvBlockEventSchema)` to create a new message.
+ */
+export const KvBlockEventSchema: GenMessage<KvBlockEvent> = /*@__PURE__*/
+  messageDesc(file_strata_v1_events, 3);
+
+/**
+ * A full block got its content hash (SHA-256 over parent hash, token ids and tagged extra keys;
+ * packages/kv/src/hash.ts): a prompt whose chain reaches this hash can reuse the block.
+ *
+ * @generated from message strata.v1.KvBlockStored
+ */
+export type KvBlockStored = Message<"strata.v1.KvBlockStored"> & {
+  /**
+   * @generated from field: bytes block_hash = 1;
+   */
+  blockHash: Uint8Array;
+
+  /**
+   * Empty for a chain's first block.
+   *
+   * @generated from field: bytes parent_hash = 2;
+   */
+  parentHash: Uint8Array;
+};
+
+/**
+ * Describes the message strata.v1.KvBlockStored.
+ * Use `create(KvBlockStoredSchema)` to create a new message.
+ */
+export const KvBlockStoredSchema: GenMessage<KvBlockStored> = /*@__PURE__*/
+  messageDesc(file_strata_v1_events, 4);
+
+/**
+ * The block was evicted: its content hash no longer matches anything.
+ *
+ * @generated from message strata.v1.KvBlockRemoved
+ */
+export type KvBlockRemoved = Message<"strata.v1.KvBlockRemoved"> & {
+  /**
+   * @generated from field: bytes block_hash = 1;
+   */
+  blockHash: Uint8Array;
+};
+
+/**
+ * Describes the message strata.v1.KvBlockRemoved.
+ * Use `create(KvBlockRemovedSchema)` to create a new message.
+ */
+export const KvBlockRemovedSchema: GenMessage<KvBlockRemoved> = /*@__PURE__*/
+  messageDesc(file_strata_v1_events, 5);
+
+/**
+ * Every hash was forgotten (a stage restarted or a batch failed).
+ *
+ * @generated from message strata.v1.KvBlocksCleared
+ */
+export type KvBlocksCleared = Message<"strata.v1.KvBlocksCleared"> & {
+};
+
+/**
+ * Describes the message strata.v1.KvBlocksCleared.
+ * Use `create(KvBlocksClearedSchema)` to create a new message.
+ */
+export const KvBlocksClearedSchema: GenMessage<KvBlocksCleared> = /*@__PURE__*/
+  messageDesc(file_strata_v1_events, 6);
 
