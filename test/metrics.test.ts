@@ -97,9 +97,14 @@ describe("GET /metrics after traffic", () => {
       expect(batches).toBe(steps);
       expect(w.value("strata_stage_compute_seconds_count", { stage: String(stage) })).toBeGreaterThanOrEqual(batches);
     });
-    for (const hop of ["coordinator->0", "0->1", "1->2", "2->coordinator"]) {
+    for (const hop of ["0->1", "1->2", "2->coordinator"]) {
       expect(coordinator.value("strata_stage_hop_latency_seconds_count", { hop })).toBe(steps);
     }
+    // A step enters stage 0 from the coordinator, or from the last stage inside a decode run.
+    const fromCoordinator = coordinator.value("strata_stage_hop_latency_seconds_count", { hop: "coordinator->0" });
+    const loopedBack = coordinator.value("strata_stage_hop_latency_seconds_count", { hop: "2->0" });
+    expect(fromCoordinator + loopedBack).toBe(steps);
+    expect(loopedBack).toBeGreaterThan(0);
     expect(workers[2].value("strata_stage_hidden_state_sent_bytes_total")).toBe(0);
     expect(workers[0].value("strata_stage_hidden_state_sent_bytes_total")).toBeGreaterThan(0);
   });

@@ -21,6 +21,8 @@ export interface SchedulerSequence {
   inFlight: boolean;
   state: "waiting" | "running" | "finished";
   preemptions: number;
+  /** Never part of a multi-step decode run (its caller wants every step's logits, say). */
+  singleStep?: boolean;
 }
 
 export interface ScheduledChunk {
@@ -38,6 +40,11 @@ export interface ScheduledChunk {
 export interface MicroBatch {
   chunks: ScheduledChunk[];
   numTokens: number;
+  /**
+   * Decode steps the stages run back to back (default 1): every chunk is one decode token, its
+   * blocks cover `steps` positions, and each step's sampled token feeds the next.
+   */
+  steps?: number;
 }
 
 export interface Preemption {
@@ -73,6 +80,12 @@ export interface SchedulerOptions {
   slidingWindowTokens?: number;
   /** Fresh sequence ids (for new sequences and recomputed preempted ones). */
   nextSeqId: () => number;
+  /**
+   * Longest decode run (multi-step scheduling, default 1): a batch of decodes only may run up to
+   * this many steps without coming back, when every sequence has that many tokens to go and
+   * its blocks for them can be had without preempting anyone.
+   */
+  maxDecodeSteps?: number;
 }
 
 export interface SchedulerStats extends KvPoolStats {
@@ -192,8 +205,24 @@ export class Scheduler {
       this.running.push(seq);
       take(seq);
     }
-    const batch = chunks.length === 0 ? null : { chunks, numTokens: chunks.reduce((a, c) => a + c.tokenIds.length, 0) };
-    return { batch, preempted };
+    if (chunks.length === 0) return { batch: null, preempted };
+    return { batch: { chunks, numTokens: chunks.reduce((a, c) => a + c.tokenIds.length, 0), steps: this.decodeRunSteps(chunks) }, preempted };
+  }
+
+  // How many steps this batch can run back to back; reserves the blocks for them.
+  private decodeRunSteps(chunks: ScheduledChunk[]): number {
+    const maxSteps = this.opts.maxDecodeSteps ?? 1;
+    if (maxSteps <= 1 || chunks.some((c) => c.tokenIds.length !== 1 || !c.sample || c.seq.singleStep)) return 1;
+    // Each step adds a token: no sequence may pass its maximum length.
+    const steps = Math.min(maxSteps, ...chunks.map((c) => c.seq.maxLength - c.seq.tokenIds.length));
+    if (steps <= 1) return 1;
+    for (const c of chunks) {
+      // Blocks taken before a later one fails stay with their sequence, which reaches them soon.
+      if (!this.pool.canReserve(c.seqId, c.startPosition + steps)) return 1;
+      this.pool.reserve(c.seqId, c.startPosition + steps, c.seq.tokenIds);
+    }
+    for (const c of chunks) c.blockIds = this.pool.blockTable(c.seqId).slice(0, Math.ceil((c.startPosition + steps) / this.opts.blockSizeTokens));
+    return steps;
   }
 
   // Latest arrival first (possibly the sequence asking), among running sequences the pipeline is
@@ -223,13 +252,17 @@ export class Scheduler {
     return { seq, evictedSeqId };
   }
 
-  /** The stages computed this batch; sampled[i] is the token for chunks[i] when it sampled. */
-  complete(batch: MicroBatch, sampled: ReadonlyArray<number | undefined>): void {
+  /**
+   * The stages computed step `step` of this batch (0 unless it is a decode run); sampled[i] is
+   * the token for chunks[i] when it sampled. Sequences stay in flight until the last step.
+   */
+  complete(batch: MicroBatch, sampled: ReadonlyArray<number | undefined>, step = 0): void {
+    const lastStep = step === (batch.steps ?? 1) - 1;
     batch.chunks.forEach((chunk, i) => {
       const seq = chunk.seq;
-      seq.inFlight = false;
+      if (lastStep) seq.inFlight = false;
       if (seq.state !== "running" || seq.seqId !== chunk.seqId) return;
-      seq.computed = chunk.startPosition + chunk.tokenIds.length;
+      seq.computed = chunk.startPosition + chunk.tokenIds.length + step;
       const token = sampled[i];
       if (chunk.sample && token !== undefined) seq.tokenIds.push(token);
       // Every stage has finished this batch, so blocks no later query can see go back now.

@@ -27,6 +27,59 @@ function scheduler(opts: Partial<SchedulerOptions> = {}): Scheduler {
 const range = (n: number, from = 10) => Array.from({ length: n }, (_, i) => from + i);
 
 describe("Scheduler", () => {
+  it("runs decode-only batches several steps at once, within each sequence's length and the free blocks", () => {
+    const s = scheduler({ maxDecodeSteps: 5 });
+    const a = seq(1, range(3), 8);
+    const b = seq(2, range(2), 3);
+    s.add(a);
+    s.add(b);
+    const prefill = s.schedule().batch!;
+    expect(prefill.steps).toBe(1); // prompts are not decode runs
+    s.complete(prefill, [50, 60]);
+    // b may generate 3 tokens in all and has 1: the run is 2 steps, for both.
+    const run = s.schedule().batch!;
+    expect(run.steps).toBe(2);
+    expect(run.chunks.map((c) => [c.startPosition, c.tokenIds])).toEqual([
+      [3, [50]],
+      [2, [60]],
+    ]);
+    // Blocks (4 tokens each) cover both steps' positions: a 3..4, b 2..3.
+    expect(run.chunks.map((c) => c.blockIds.length)).toEqual([2, 1]);
+    s.complete(run, [51, 61], 0);
+    expect(a.inFlight).toBe(true); // still in the run
+    expect(s.schedule().batch).toBeNull();
+    expect([a.computed, a.tokenIds.at(-1)]).toEqual([4, 51]);
+    s.complete(run, [52, 62], 1);
+    expect([a.inFlight, a.computed, a.tokenIds.slice(3)]).toEqual([false, 5, [50, 51, 52]]);
+    expect(b.tokenIds.slice(2)).toEqual([60, 61, 62]);
+  });
+
+  it("steps one at a time for single-step sequences, prompt chunks, and when the run's blocks are not free", () => {
+    const s = scheduler({ maxDecodeSteps: 4, kvBlocks: 3 });
+    const a = seq(1, range(4), 8);
+    s.add(a);
+    s.complete(s.schedule().batch!, [50]);
+    // a needs blocks up to position 8 for 4 steps: 3 blocks, all there is. Fine alone.
+    const run = s.schedule().batch!;
+    expect(run.steps).toBe(4);
+    for (let step = 0; step < 4; step++) s.complete(run, [51 + step], step);
+    expect([a.inFlight, a.computed, a.tokenIds.slice(4)]).toEqual([false, 8, [50, 51, 52, 53, 54]]);
+    const single = seq(2, range(2), 8);
+    single.singleStep = true;
+    const s2 = scheduler({ maxDecodeSteps: 4 });
+    s2.add(single);
+    s2.complete(s2.schedule().batch!, [7]);
+    expect(s2.schedule().batch!.steps).toBe(1);
+    // Not enough blocks for a run of 4 beside another sequence: one step.
+    const s3 = scheduler({ maxDecodeSteps: 4, kvBlocks: 3 });
+    const x = seq(3, range(3), 5);
+    const y = seq(4, range(3), 5);
+    s3.add(x);
+    s3.add(y);
+    s3.complete(s3.schedule().batch!, [8, 9]);
+    expect(s3.schedule().batch!.steps).toBe(1);
+  });
+
   it("splits a long prompt over steps (chunked prefill) and samples only at its end", () => {
     const s = scheduler({ maxPrefillChunkTokens: 4 });
     const a = seq(1, range(10));

@@ -39,6 +39,8 @@ common options:
   --kv-allocator A       paged (default) or contiguous: max-length reservations per sequence, the
                          pre-PagedAttention baseline, for comparison
   --no-pipelining        one micro-batch in flight instead of one per stage
+  --num-scheduler-steps N  longest decode run: decode batches loop through the stages up to N
+                         steps before the coordinator schedules again (default 8; 1 with tracing)
 
 start:
   --host H --port P      HTTP address (default 127.0.0.1:8000)
@@ -77,6 +79,7 @@ const { positionals, values } = parseArgs({
     "max-prefill-chunk": { type: "string" },
     "no-prefix-caching": { type: "boolean", default: false },
     "no-pipelining": { type: "boolean", default: false },
+    "num-scheduler-steps": { type: "string" },
     "kv-dtype": { type: "string", default: "fp32" },
     "kv-allocator": { type: "string", default: "paged" },
     lora: { type: "string", multiple: true },
@@ -131,6 +134,7 @@ async function clusterOptions(): Promise<ClusterOptions & { tokenizer: Tokenizer
     maxPrefillChunkTokens: numberOption("max-prefill-chunk", values["max-prefill-chunk"], (n) => Number.isInteger(n) && n > 0),
     enablePrefixCaching: !values["no-prefix-caching"],
     pipelining: !values["no-pipelining"],
+    numSchedulerSteps: numberOption("num-scheduler-steps", values["num-scheduler-steps"], (n) => Number.isInteger(n) && n >= 1),
     kvDtype: kvDtypeOption(values["kv-dtype"]!),
     kvAllocator: kvAllocatorOption(values["kv-allocator"]!),
     loras: (values.lora ?? []).map(loraOption),

@@ -17,6 +17,7 @@ const REPO_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 const WORKER_MAIN = fileURLToPath(new URL("../../worker/src/main.ts", import.meta.url));
 
 const DEFAULT_MAX_LORA_RANK = 16;
+const DEFAULT_SCHEDULER_STEPS = 8;
 
 /** The name the base model is served under: the bundled model's name, else its folder. */
 export function servedModelName(modelDir: string): string {
@@ -52,6 +53,12 @@ export interface ClusterOptions {
   kvAllocator?: "paged" | "contiguous";
   /** Up to one micro-batch per stage in flight (default on); off sends one at a time. */
   pipelining?: boolean;
+  /**
+   * Longest decode run (default 8): a batch of decodes loops through the stages up to this many
+   * steps, the last stage feeding its sampled tokens straight back to the first, before the
+   * coordinator schedules again. 1 schedules every step. With tracing on, steps run one at a time.
+   */
+  numSchedulerSteps?: number;
   /** Run every batch-size bucket through the stages before reporting ready (default on). */
   warmUp?: boolean;
   /**
@@ -105,6 +112,8 @@ export class LocalCluster {
     await source.close();
     const partition = opts.partition ?? balancedPartition(config, opts.workers);
     const maxLoraRank = opts.maxLoraRank ?? (opts.loras?.length ? DEFAULT_MAX_LORA_RANK : 0);
+    // Each step of a decode run is not a span of the coordinator's yet: traced clusters step one at a time.
+    const tracingWanted = opts.tracing?.enabled === true || opts.tracesUrl !== undefined;
     validatePartition(partition, config.numLayers);
 
     let ownNats: NatsServerProcess | undefined;
@@ -154,6 +163,7 @@ export class LocalCluster {
           kvAllocator: opts.kvAllocator,
           pipelineDepth: opts.pipelining === false ? 1 : partition.length,
           slidingWindowTokens: config.slidingWindow,
+          maxDecodeSteps: tracingWanted ? 1 : (opts.numSchedulerSteps ?? DEFAULT_SCHEDULER_STEPS),
         },
         opts.pipelining === false ? 1 : partition.length,
       );

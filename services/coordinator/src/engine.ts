@@ -80,6 +80,11 @@ interface ActiveRequest {
   rng: SeededRandom;
   logits: Float32Array[];
   abortRequested: boolean;
+  /**
+   * Ended inside a decode run: its later steps still write the sequence's KV, so it is finished
+   * (and freed) after the run's last step. `outputEnd` is where its tokens end in seq.tokenIds.
+   */
+  ended?: { finishReason: FinishReason; droppedStopToken: boolean; outputEnd: number };
   resolve(result: GenerateResult): void;
   reject(error: Error): void;
 }
@@ -215,6 +220,8 @@ export class Engine {
     this.validate(req);
     const seq: SchedulerSequence = {
       seqId: nextSeqId(),
+      // Logprobs need every step's logits, which decode runs do not send back.
+      singleStep: req.returnLogits === true,
       arrival: arrivalCounter++,
       tokenIds: [...req.promptIds],
       promptLength: req.promptIds.length,
@@ -269,8 +276,11 @@ export class Engine {
       for (const p of preempted) this.events.publishEvict(p.evictedSeqId, "preempted");
       if (!batch) return;
       this.inFlight++;
+      const steps = batch.steps ?? 1;
       const chunks = batch.chunks.map((c) => {
         const active = this.active.get(c.seq)!;
+        // One seeded draw per step that samples, in step order: a run samples as single steps would.
+        const randoms = c.sample && active.req.sampling.temperature > 0 ? Array.from({ length: steps }, () => active.rng.next()) : [];
         return create(SequenceChunkSchema, {
           seqId: c.seqId,
           startPosition: c.startPosition,
@@ -280,12 +290,14 @@ export class Engine {
           newSequence: c.newSequence,
           sample: c.sample,
           sampling: active.req.sampling,
-          random: c.sample && active.req.sampling.temperature > 0 ? active.rng.next() : 0,
+          random: randoms[0] ?? 0,
+          randoms: steps > 1 ? randoms : [],
           returnLogits: c.sample && active.req.returnLogits === true,
           adapter: active.req.adapter?.id ?? "",
         });
       });
-      this.pipeline.forward(chunks).then(
+      const run = { steps, onStep: (result: ResultsResponse) => this.onResult(batch, result) };
+      this.pipeline.forward(chunks, {}, run).then(
         (result) => this.onResult(batch, result),
         (error: Error) => this.onFailure(batch, error),
       ).finally(() => {
@@ -296,24 +308,34 @@ export class Engine {
   }
 
   private onResult(batch: MicroBatch, result: ResultsResponse): void {
+    const step = result.step;
+    const lastStep = step === (batch.steps ?? 1) - 1;
     const sampled = batch.chunks.map((c, i) => (c.sample ? result.outputs[i]?.tokenId : undefined));
-    this.scheduler.complete(batch, sampled);
+    this.scheduler.complete(batch, sampled, step);
     batch.chunks.forEach((chunk, i) => {
       const active = this.active.get(chunk.seq);
       if (!active) return;
-      if (active.abortRequested) return this.finish(active, "aborted", new RequestAbortedError("request aborted"));
+      // The run goes on writing this sequence's KV: nothing is freed before its last step.
+      if (active.ended) return lastStep ? this.finish(active, "finished", undefined, active.ended.finishReason, active.ended.droppedStopToken, active.ended.outputEnd) : undefined;
+      if (active.abortRequested) return lastStep ? this.finish(active, "aborted", new RequestAbortedError("request aborted")) : undefined;
       if (!chunk.sample) return;
       const output = result.outputs[i];
       const token = output.tokenId;
       const logits = active.req.returnLogits ? readF32Tensor(output.logits, [this.limits.vocabSize], "logits") : undefined;
       if (logits) active.logits.push(logits);
       const stopIds = active.req.stopTokenIds ?? this.limits.eosTokenIds;
-      if (stopIds.includes(token)) return this.finish(active, "finished", undefined, "stop", true);
+      const outputEnd = active.seq.tokenIds.length;
+      if (stopIds.includes(token)) return this.end(active, lastStep, "stop", true, outputEnd);
       this.tokensGenerated++;
       active.req.onToken?.(token, logits);
       const generated = active.seq.tokenIds.length - active.seq.promptLength;
-      if (generated >= active.req.maxTokens) this.finish(active, "finished", undefined, "length");
+      if (generated >= active.req.maxTokens) this.end(active, lastStep, "length", false, outputEnd);
     });
+  }
+
+  private end(active: ActiveRequest, lastStep: boolean, finishReason: FinishReason, droppedStopToken: boolean, outputEnd: number): void {
+    if (lastStep) this.finish(active, "finished", undefined, finishReason, droppedStopToken, outputEnd);
+    else active.ended = { finishReason, droppedStopToken, outputEnd };
   }
 
   private onFailure(batch: MicroBatch, error: Error): void {
@@ -332,7 +354,14 @@ export class Engine {
     else this.finish(active, "aborted", new RequestAbortedError("request aborted"));
   }
 
-  private finish(active: ActiveRequest, reason: "finished" | "aborted", error?: Error, finishReason: FinishReason = "length", droppedStopToken = false): void {
+  private finish(
+    active: ActiveRequest,
+    reason: "finished" | "aborted",
+    error?: Error,
+    finishReason: FinishReason = "length",
+    droppedStopToken = false,
+    outputEnd = active.seq.tokenIds.length,
+  ): void {
     const seq = active.seq;
     this.active.delete(seq);
     // A sequence that never reached the stages (or was preempted, already evicted) has nothing there to free.
@@ -340,7 +369,7 @@ export class Engine {
     this.scheduler.finish(seq);
     if (onStages) this.events.publishEvict(seq.seqId, reason);
     if (error) return active.reject(error);
-    const generated = seq.tokenIds.slice(seq.promptLength, droppedStopToken ? -1 : undefined);
+    const generated = seq.tokenIds.slice(seq.promptLength, droppedStopToken ? outputEnd - 1 : outputEnd);
     active.resolve({
       promptTokenIds: seq.tokenIds.slice(0, seq.promptLength),
       tokenIds: generated,

@@ -65,6 +65,9 @@ export interface LoadOptions {
 interface Pending {
   resolve(result: ResultsResponse): void;
   reject(error: Error): void;
+  /** A decode run's steps before the last. */
+  onStep?(result: ResultsResponse): void;
+  steps: number;
 }
 
 /** What an observer (tracing, metrics, the trace ring) makes of one micro-batch's trip. */
@@ -75,8 +78,20 @@ export interface StepObservation {
   failed(error: Error): void;
 }
 
+/** A decode run's later step: sent by the last stage (`fromStage`) back to the first at `sentUnixMs`. */
+export interface LoopedBack {
+  sentUnixMs: number;
+  fromStage: number;
+}
+
 export interface PipelineObserver {
-  stepStarted(batchId: number, seqs: readonly SequenceChunk[]): StepObservation | undefined;
+  stepStarted(batchId: number, seqs: readonly SequenceChunk[], loopedBack?: LoopedBack): StepObservation | undefined;
+}
+
+/** A decode run (MicroBatch.steps): how many steps, and who hears about each one before the last. */
+export interface DecodeRun {
+  steps: number;
+  onStep?(result: ResultsResponse): void;
 }
 
 /**
@@ -121,6 +136,8 @@ export class PipelineClient {
           blockSizeTokens: opts.blockSizeTokens,
           kvCacheBytes: BigInt(opts.kvCacheBytes),
           nextStageAddress: this.addresses[i + 1] ?? "",
+          // The last of several stages sends decode runs' next steps back to the first.
+          firstStageAddress: i === this.stubs.length - 1 && i > 0 ? this.addresses[0] : "",
           stageIndex: i,
           numStages: this.stubs.length,
           maxLoraRank: opts.maxLoraRank ?? 0,
@@ -165,6 +182,7 @@ export class PipelineClient {
     results.on("data", (msg: ResultsResponse) => {
       const waiter = this.pending.get(msg.batchId);
       if (!waiter) return;
+      if (!msg.error && msg.step + 1 < waiter.steps) return waiter.onStep?.(msg);
       this.pending.delete(msg.batchId);
       if (msg.error) waiter.reject(new StageFailure(msg.error.code, `stage ${msg.error.stageIndex}: ${msg.error.message}`, msg.error.stageIndex));
       else waiter.resolve(msg);
@@ -184,29 +202,36 @@ export class PipelineClient {
     this.toFirstStage = forward;
   }
 
-  /** Sends one micro-batch into the pipeline; resolves with the last stage's outputs. */
-  forward(seqs: SequenceChunk[], traceContext: Record<string, string> = {}): Promise<ResultsResponse> {
+  /**
+   * Sends one micro-batch into the pipeline; resolves with the last stage's outputs. A decode run
+   * (run.steps > 1) loops through the stages that many times without coming back here; every step
+   * before the last reaches run.onStep, and the observer sees each step as one.
+   */
+  forward(seqs: SequenceChunk[], traceContext: Record<string, string> = {}, run: DecodeRun = { steps: 1 }): Promise<ResultsResponse> {
     const batchId = this.nextBatchId;
     this.nextBatchId = (this.nextBatchId % 0xffffffff) + 1;
     if (!this.toFirstStage) this.openStreams();
-    const step = this.observer?.stepStarted(batchId, seqs);
+    let step = this.observer?.stepStarted(batchId, seqs);
+    const lastStage = this.stubs.length - 1;
     return new Promise<ResultsResponse>((resolve, reject) => {
-      this.pending.set(
-        batchId,
-        step
-          ? {
-              resolve: (result) => {
-                step.finished(result);
-                resolve(result);
-              },
-              reject: (error) => {
-                step.failed(error);
-                reject(error);
-              },
-            }
-          : { resolve, reject },
-      );
-      this.toFirstStage!.write(create(ForwardRequestSchema, { batchId, seqs, traceContext: step?.traceContext ?? traceContext }));
+      this.pending.set(batchId, {
+        steps: run.steps,
+        onStep: (result) => {
+          step?.finished(result);
+          run.onStep?.(result);
+          const sentUnixMs = result.stageTimings[result.stageTimings.length - 1]?.sentUnixMs ?? Date.now();
+          step = this.observer?.stepStarted(batchId, seqs, { sentUnixMs, fromStage: lastStage });
+        },
+        resolve: (result) => {
+          step?.finished(result);
+          resolve(result);
+        },
+        reject: (error) => {
+          step?.failed(error);
+          reject(error);
+        },
+      });
+      this.toFirstStage!.write(create(ForwardRequestSchema, { batchId, seqs, traceContext: step?.traceContext ?? traceContext, numSteps: run.steps }));
     });
   }
 

@@ -3,7 +3,7 @@ import type { ResultsResponse, SequenceChunk } from "@strata/proto";
 import { injectTraceContext, wallClockMs, type Tracing } from "@strata/telemetry";
 import type { GenerateRequest } from "./engine.ts";
 import type { CoordinatorMetrics } from "./metrics.ts";
-import type { PipelineObserver, StepObservation } from "./pipeline-client.ts";
+import type { LoopedBack, PipelineObserver, StepObservation } from "./pipeline-client.ts";
 import { TraceLog, type StageTimingRecord, type StepRecord } from "./trace-view.ts";
 
 /** Where the telemetry finds the request behind a stage-side sequence id (ids change on preemption). */
@@ -153,8 +153,8 @@ export class CoordinatorTelemetry implements PipelineObserver {
     this.traces.set(req, trace);
   }
 
-  stepStarted(batchId: number, seqs: readonly SequenceChunk[]): StepObservation {
-    const sentUnixMs = wallClockMs();
+  stepStarted(batchId: number, seqs: readonly SequenceChunk[], loopedBack?: LoopedBack): StepObservation {
+    const sentUnixMs = loopedBack?.sentUnixMs ?? wallClockMs();
     const step = ++this.stepCounter;
     const bySeq = this.engine?.requestsBySeqId();
     const requests: Array<RequestTrace | undefined> = seqs.map((c) => {
@@ -214,7 +214,7 @@ export class CoordinatorTelemetry implements PipelineObserver {
     this.log.addStep(record);
     return {
       traceContext,
-      finished: (result) => this.stepFinished(record, result, span, unique),
+      finished: (result) => this.stepFinished(record, result, span, unique, loopedBack ? String(loopedBack.fromStage) : "coordinator"),
       failed: (error) => {
         record.receivedUnixMs = wallClockMs();
         record.error = error.message;
@@ -226,7 +226,8 @@ export class CoordinatorTelemetry implements PipelineObserver {
     };
   }
 
-  private stepFinished(record: StepRecord, result: ResultsResponse, span: Span | undefined, requests: RequestTrace[]): void {
+  // `sender`: where the step entered stage 0 from (the coordinator, or the last stage of a decode run).
+  private stepFinished(record: StepRecord, result: ResultsResponse, span: Span | undefined, requests: RequestTrace[], sender: string): void {
     const receivedUnixMs = wallClockMs();
     record.receivedUnixMs = receivedUnixMs;
     record.stages = result.stageTimings.map(
@@ -235,7 +236,7 @@ export class CoordinatorTelemetry implements PipelineObserver {
     const m = this.metrics;
     m.stepDuration.observe((receivedUnixMs - record.sentUnixMs) / 1000);
     m.stepTokens.observe(record.tokens);
-    let previous = "coordinator";
+    let previous = sender;
     let at = record.sentUnixMs;
     for (const t of record.stages) {
       m.hopLatency.observe({ hop: `${previous}->${t.stageIndex}` }, Math.max(0, t.receivedUnixMs - at) / 1000);

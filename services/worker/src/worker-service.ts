@@ -66,9 +66,9 @@ type ForwardCall = grpc.ServerDuplexStream<ForwardRequest, ForwardResponse>;
  */
 export class WorkerNode {
   private stage: LoadedStage | undefined;
-  private nextStageAddress = "";
-  private nextStageClient: grpc.Client | undefined;
-  private nextStageStream: grpc.ClientDuplexStream<ForwardRequest, ForwardResponse> | undefined;
+  // Hidden states go on to the next stage; a decode run's sampled tokens loop back to the first.
+  private readonly nextStage = new StageLink("next stage", (line) => this.log(line));
+  private readonly firstStage = new StageLink("first stage", (line) => this.log(line));
   private readonly resultSubscribers = new Set<grpc.ServerWritableStream<unknown, ResultsResponse>>();
   private queue: Promise<void> = Promise.resolve();
   private readonly log: (line: string) => void;
@@ -201,7 +201,8 @@ export class WorkerNode {
       } finally {
         await source.close();
       }
-      this.connectNextStage(req.nextStageAddress);
+      this.nextStage.connect(req.nextStageAddress);
+      this.firstStage.connect(req.firstStageAddress);
       this.log(`loaded layers [${req.layerStart}, ${req.layerEnd}) of ${req.modelDir}`);
       call.write(create(LoadResponseSchema, { event: { case: "ready", value: this.describe() } }));
       call.end();
@@ -210,36 +211,6 @@ export class WorkerNode {
       // destroy() would skip that and leave the client waiting forever.
       call.emit("error", Object.assign(new Error(errorMessage(error)), { code: grpcCodeFor(error), details: errorMessage(error) }));
     }
-  }
-
-  private connectNextStage(address: string): void {
-    if (address === this.nextStageAddress) return;
-    this.nextStageStream?.end();
-    this.nextStageClient?.close();
-    this.nextStageStream = undefined;
-    this.nextStageClient = address ? new WorkerClient(address, grpc.credentials.createInsecure(), grpcChannelOptions) : undefined;
-    this.nextStageAddress = address;
-  }
-
-  private downstream(): grpc.ClientDuplexStream<ForwardRequest, ForwardResponse> {
-    if (!this.nextStageStream) {
-      const client = this.nextStageClient;
-      if (!client) throw new StageRequestError(grpc.status.FAILED_PRECONDITION, "this stage is not the last, but has no next stage address");
-      const stream = (client as unknown as { forward(): grpc.ClientDuplexStream<ForwardRequest, ForwardResponse> }).forward();
-      const drop = () => {
-        if (this.nextStageStream === stream) this.nextStageStream = undefined;
-      };
-      stream.on("data", (reply: ForwardResponse) => {
-        if (reply.error) this.log(`next stage rejected batch ${reply.batchId}: ${reply.error.message}`);
-      });
-      stream.on("error", (error: Error) => {
-        this.log(`stream to next stage failed: ${error.message}`);
-        drop();
-      });
-      stream.on("end", drop);
-      this.nextStageStream = stream;
-    }
-    return this.nextStageStream;
   }
 
   private handleForward(call: ForwardCall): void {
@@ -275,10 +246,12 @@ export class WorkerNode {
           seqs: req.seqs.map((c) => ({ ...c, tokenIds: [] })),
           hidden: f32Tensor(output.hidden!, [totalTokens, stage.config.hiddenSize]),
           traceContext: req.traceContext,
+          numSteps: req.numSteps,
+          step: req.step,
         });
         const timing = this.stageTiming(stage, receivedUnixMs, startedUnixMs, next.hidden?.data.byteLength ?? 0);
         next.stageTimings = [...req.stageTimings, timing];
-        this.downstream().write(next);
+        this.nextStage.stream().write(next);
         this.observer?.batchDone(req, timing);
         return;
       }
@@ -292,8 +265,9 @@ export class WorkerNode {
         }),
       );
       const timing = this.stageTiming(stage, receivedUnixMs, startedUnixMs, 0);
-      this.publishResult(create(ResultsResponseSchema, { batchId: req.batchId, outputs, stageTimings: [...req.stageTimings, timing] }));
+      this.publishResult(create(ResultsResponseSchema, { batchId: req.batchId, outputs, stageTimings: [...req.stageTimings, timing], step: req.step }));
       this.observer?.batchDone(req, timing);
+      if (req.step + 1 < req.numSteps) this.loopBack(req, outputs.map((o) => o.tokenId), sender);
     } catch (error) {
       failure = create(StageErrorSchema, { code: grpcCodeFor(error), message: errorMessage(error), stageIndex: stage?.spec.stageIndex ?? 0 });
     }
@@ -302,6 +276,37 @@ export class WorkerNode {
       sender.write(create(ForwardResponseSchema, { batchId: req.batchId, error: failure }));
       this.passOnError(req, failure);
       this.observer?.batchFailed(req, failure, receivedUnixMs);
+    }
+  }
+
+  /**
+   * The next step of a decode run: the tokens just sampled go back to the first stage, one
+   * position on. On a single stage that is this one, behind whatever is queued already.
+   */
+  private loopBack(req: ForwardRequest, sampled: number[], sender: ForwardCall): void {
+    const step = req.step + 1;
+    const next = create(ForwardRequestSchema, {
+      batchId: req.batchId,
+      numSteps: req.numSteps,
+      step,
+      traceContext: req.traceContext,
+      seqs: req.seqs.map((c, i) => ({
+        ...c,
+        startPosition: c.startPosition + 1,
+        tokenIds: [sampled[i]],
+        newSequence: false,
+        random: c.randoms[step] ?? 0,
+      })),
+    });
+    if (this.stage?.firstStage) {
+      const receivedUnixMs = wallClockMs();
+      this.queue = this.queue.then(() => this.processBatch(next, sender, receivedUnixMs));
+      return;
+    }
+    try {
+      this.firstStage.stream().write(next);
+    } catch (error) {
+      this.passOnError(next, create(StageErrorSchema, { code: grpcCodeFor(error), message: errorMessage(error), stageIndex: this.stage?.spec.stageIndex ?? 0 }));
     }
   }
 
@@ -325,7 +330,7 @@ export class WorkerNode {
       return;
     }
     try {
-      this.downstream().write(create(ForwardRequestSchema, { batchId: req.batchId, seqs: req.seqs, error, traceContext: req.traceContext }));
+      this.nextStage.stream().write(create(ForwardRequestSchema, { batchId: req.batchId, seqs: req.seqs, error, traceContext: req.traceContext, numSteps: req.numSteps, step: req.step }));
     } catch (e) {
       this.log(`could not pass on the failure of batch ${req.batchId}: ${errorMessage(e)}`);
     }
@@ -336,8 +341,8 @@ export class WorkerNode {
   }
 
   close(): void {
-    this.nextStageStream?.end();
-    this.nextStageClient?.close();
+    this.nextStage.close();
+    this.firstStage.close();
     for (const s of this.resultSubscribers) s.end();
     void this.stage?.engine.close();
   }
@@ -353,4 +358,51 @@ function kvDtypeOf(value: string): KvDtype {
 
 export function workerServiceDefinition(): grpc.ServiceDefinition {
   return grpcServiceDefinition(WorkerService);
+}
+
+/** A long-lived Forward stream to another stage, opened on first use and again after a failure. */
+class StageLink {
+  private address = "";
+  private client: grpc.Client | undefined;
+  private current: grpc.ClientDuplexStream<ForwardRequest, ForwardResponse> | undefined;
+
+  constructor(
+    private readonly name: string,
+    private readonly log: (line: string) => void,
+  ) {}
+
+  connect(address: string): void {
+    if (address === this.address) return;
+    this.close();
+    this.client = address ? new WorkerClient(address, grpc.credentials.createInsecure(), grpcChannelOptions) : undefined;
+    this.address = address;
+  }
+
+  stream(): grpc.ClientDuplexStream<ForwardRequest, ForwardResponse> {
+    if (!this.current) {
+      if (!this.client) throw new StageRequestError(grpc.status.FAILED_PRECONDITION, `this stage has no ${this.name} address`);
+      const stream = (this.client as unknown as { forward(): grpc.ClientDuplexStream<ForwardRequest, ForwardResponse> }).forward();
+      const drop = () => {
+        if (this.current === stream) this.current = undefined;
+      };
+      stream.on("data", (reply: ForwardResponse) => {
+        if (reply.error) this.log(`${this.name} rejected batch ${reply.batchId}: ${reply.error.message}`);
+      });
+      stream.on("error", (error: Error) => {
+        this.log(`stream to ${this.name} failed: ${error.message}`);
+        drop();
+      });
+      stream.on("end", drop);
+      this.current = stream;
+    }
+    return this.current;
+  }
+
+  close(): void {
+    this.current?.end();
+    this.client?.close();
+    this.current = undefined;
+    this.client = undefined;
+    this.address = "";
+  }
 }

@@ -1,0 +1,79 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { BUNDLED_MODEL_DIR } from "@strata/model";
+import { LocalCluster, RequestAbortedError, type GenerateRequest, type GenerateResult } from "@strata/coordinator";
+import { GREEDY, loadGreedyOracle, useNats } from "./support/cluster.ts";
+
+// Decode runs (multi-step scheduling): a batch of decodes loops through the stages several steps
+// without the coordinator, the last stage feeding its tokens back to the first. Outputs must be
+// exactly those of one step at a time: greedy and seeded sampling, lengths that end mid-run,
+// stop tokens met mid-run, and an abort mid-run that still frees every block.
+
+const oracle = loadGreedyOracle();
+const nats = useNats();
+let runs: LocalCluster;
+let single: LocalCluster;
+
+beforeAll(async () => {
+  await nats.start();
+  const base = { modelDir: BUNDLED_MODEL_DIR, workers: 2, natsUrl: nats.url(), inProcessWorkers: true, warmUp: false };
+  runs = await LocalCluster.start({ ...base, numSchedulerSteps: 6 });
+  single = await LocalCluster.start({ ...base, numSchedulerSteps: 1 });
+});
+
+afterAll(async () => {
+  await runs?.stop();
+  await single?.stop();
+  await nats.stop();
+});
+
+const greedyIds = oracle.token_ids.slice(oracle.prompt_token_ids.length);
+
+function requests(): GenerateRequest[] {
+  return [
+    { promptIds: oracle.prompt_token_ids, maxTokens: 40, sampling: GREEDY, stopTokenIds: [] },
+    { promptIds: oracle.prompt_token_ids, maxTokens: 13, sampling: GREEDY, stopTokenIds: [] }, // ends mid-run
+    { promptIds: oracle.prompt_token_ids, maxTokens: 40, sampling: GREEDY, stopTokenIds: [greedyIds[8]] }, // stops mid-run
+    { promptIds: [1, 400, 401, 402], maxTokens: 1, sampling: GREEDY, stopTokenIds: [] },
+    { promptIds: [1, 77], maxTokens: 30, sampling: { temperature: 0.9, topP: 0.95, topK: 0 }, seed: 11, stopTokenIds: [] },
+    { promptIds: [1, 78], maxTokens: 25, sampling: { temperature: 1.2, topP: 1, topK: 20 }, seed: 12 },
+  ];
+}
+
+async function hopCount(cluster: LocalCluster, hop: string): Promise<number> {
+  const metric = await cluster.telemetry.metrics.hopLatency.get();
+  return metric.values.find((v) => v.metricName?.endsWith("_count") && v.labels.hop === hop)?.value ?? 0;
+}
+
+describe("decode runs", () => {
+  it("generate exactly what single steps generate, with lengths and stop tokens ending mid-run", async () => {
+    const [a, b] = await Promise.all([Promise.all(requests().map((r) => runs.engine.generate(r))), Promise.all(requests().map((r) => single.engine.generate(r)))]);
+    const strip = (r: GenerateResult) => ({ tokens: r.tokenIds, finish: r.finishReason });
+    expect(a.map(strip)).toEqual(b.map(strip));
+    expect(a[0].tokenIds).toEqual(greedyIds.slice(0, 40));
+    expect(a[1].tokenIds).toHaveLength(13);
+    expect(a[2]).toMatchObject({ tokenIds: greedyIds.slice(0, 8), finishReason: "stop" });
+    // The runs really looped: steps entered stage 0 from the last stage.
+    expect(await hopCount(runs, "1->0")).toBeGreaterThan(0);
+    expect(await hopCount(single, "1->0")).toBe(0);
+    expect(await runs.waitForBlocksFreed()).toEqual([0, 0]);
+  });
+
+  it("an abort inside a run ends the request and frees its blocks once the run is back", async () => {
+    const controller = new AbortController();
+    let tokens = 0;
+    const aborted = runs.engine.generate({
+      promptIds: oracle.prompt_token_ids,
+      maxTokens: 60,
+      sampling: GREEDY,
+      stopTokenIds: [],
+      signal: controller.signal,
+      onToken: () => ++tokens === 3 && controller.abort(),
+    });
+    const other = runs.engine.generate({ promptIds: oracle.prompt_token_ids, maxTokens: 20, sampling: GREEDY, stopTokenIds: [] });
+    await expect(aborted).rejects.toBeInstanceOf(RequestAbortedError);
+    expect(tokens).toBe(3); // nothing after the abort reached the caller
+    expect((await other).tokenIds).toEqual(greedyIds.slice(0, 20));
+    expect(await runs.waitForBlocksFreed()).toEqual([0, 0]);
+    expect(runs.engine.liveSequenceIds()).toEqual([]);
+  });
+});
