@@ -75,6 +75,8 @@ describe.each([
       const steps = spans.filter((s) => s.name === "step");
       // One token per step: the prefill step samples the first, each decode step one more.
       expect(steps).toHaveLength(completionTokens);
+      // Decode runs: several steps of one batch (looped back by the last stage), each its own span.
+      expect(new Set(steps.map((s) => s.attributes["strata.batch.id"])).size).toBeLessThan(steps.length);
       for (const step of steps) {
         expect(step.serviceName).toBe("strata-coordinator");
         expect(step.parentSpanId).toBe("");

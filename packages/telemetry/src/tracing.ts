@@ -1,7 +1,11 @@
 import { performance } from "node:perf_hooks";
 import {
+  INVALID_SPANID,
+  INVALID_TRACEID,
   ProxyTracerProvider,
   ROOT_CONTEXT,
+  type Span,
+  type SpanOptions,
   defaultTextMapGetter,
   defaultTextMapSetter,
   trace,
@@ -14,7 +18,7 @@ import { W3CTraceContextPropagator } from "@opentelemetry/core";
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-proto";
 import { resourceFromAttributes } from "@opentelemetry/resources";
 import { NodeSDK } from "@opentelemetry/sdk-node";
-import { BatchSpanProcessor, TracerProvider, type SpanLimits } from "@opentelemetry/sdk-trace";
+import { BatchSpanProcessor, RandomIdGenerator, TracerProvider, type IdGenerator, type SpanLimits } from "@opentelemetry/sdk-trace";
 
 export interface TracingOptions {
   /** `service.name` of every span this provider exports (strata-coordinator, strata-worker-0, ...). */
@@ -29,11 +33,24 @@ export interface TracingOptions {
   global?: boolean;
 }
 
+/** A span's identity, chosen before the span exists (hex, as in `traceparent`). */
+export interface SpanIds {
+  traceId: string;
+  spanId: string;
+}
+
 /** One service's tracer. Callers check `enabled` before building attributes, so off is free. */
 export interface Tracing {
   readonly enabled: boolean;
   readonly serviceName: string;
   readonly tracer: Tracer;
+  /**
+   * Ids for root spans that will start later: a context to hand out now (another process
+   * parents its spans on it) for a span that begins when its work does (see startRootSpanAs).
+   */
+  reserveRootSpanIds(): SpanIds;
+  /** Starts a root span under ids from reserveRootSpanIds. */
+  startRootSpanAs(ids: SpanIds, name: string, options: SpanOptions): Span;
   forceFlush(): Promise<void>;
   shutdown(): Promise<void>;
 }
@@ -44,6 +61,8 @@ export const TRACING_OFF: Tracing = {
   enabled: false,
   serviceName: "",
   tracer: NOOP_TRACER,
+  reserveRootSpanIds: () => ({ traceId: INVALID_TRACEID, spanId: INVALID_SPANID }),
+  startRootSpanAs: (_ids, name, options) => NOOP_TRACER.startSpan(name, options, ROOT_CONTEXT),
   forceFlush: async () => {},
   shutdown: async () => {},
 };
@@ -69,12 +88,51 @@ export function otlpTracesUrlFromEnv(env: NodeJS.ProcessEnv): string | undefined
   return base ? `${base.replace(/\/+$/, "")}/v1/traces` : undefined;
 }
 
+/**
+ * Random ids, except for the one span being started under ids chosen earlier: the SDK's tracer
+ * asks its generator for a root span's ids, so this is where they can be given.
+ */
+class PresetIdGenerator implements IdGenerator {
+  private readonly random = new RandomIdGenerator();
+  private preset: SpanIds | undefined;
+
+  // Each preset id is handed out once; anything else asked meanwhile is random.
+  generateTraceId(): string {
+    const id = this.preset?.traceId;
+    if (!id) return this.random.generateTraceId();
+    this.preset = { ...this.preset!, traceId: "" };
+    return id;
+  }
+
+  generateSpanId(): string {
+    const id = this.preset?.spanId;
+    if (!id) return this.random.generateSpanId();
+    this.preset = { ...this.preset!, spanId: "" };
+    return id;
+  }
+
+  reserve(): SpanIds {
+    return { traceId: this.random.generateTraceId(), spanId: this.random.generateSpanId() };
+  }
+
+  startRootSpanAs(tracer: Tracer, ids: SpanIds, name: string, options: SpanOptions): Span {
+    this.preset = ids;
+    try {
+      return tracer.startSpan(name, options, ROOT_CONTEXT);
+    } finally {
+      this.preset = undefined;
+    }
+  }
+}
+
 export function startTracing(opts: TracingOptions): Tracing {
   if (!opts.tracesUrl) return TRACING_OFF;
   const processor = spanProcessor(opts.tracesUrl);
+  const ids = new PresetIdGenerator();
   if (opts.global) {
     const sdk = new NodeSDK({
       serviceName: opts.serviceName,
+      idGenerator: ids,
       spanProcessors: [processor],
       spanLimits: SPAN_LIMITS,
       textMapPropagator: new W3CTraceContextPropagator(),
@@ -88,10 +146,13 @@ export function startTracing(opts: TracingOptions): Tracing {
       instrumentations: [],
     });
     sdk.start();
+    const tracer = trace.getTracer("strata");
     return {
       enabled: true,
       serviceName: opts.serviceName,
-      tracer: trace.getTracer("strata"),
+      tracer,
+      reserveRootSpanIds: () => ids.reserve(),
+      startRootSpanAs: (spanIds, name, options) => ids.startRootSpanAs(tracer, spanIds, name, options),
       forceFlush: () => processor.forceFlush(),
       shutdown: () => sdk.shutdown(),
     };
@@ -100,11 +161,15 @@ export function startTracing(opts: TracingOptions): Tracing {
     resource: resourceFromAttributes({ "service.name": opts.serviceName }),
     spanLimits: SPAN_LIMITS,
     spanProcessors: [processor],
+    idGenerator: ids,
   });
+  const tracer = provider.getTracer("strata");
   return {
     enabled: true,
     serviceName: opts.serviceName,
-    tracer: provider.getTracer("strata"),
+    tracer,
+    reserveRootSpanIds: () => ids.reserve(),
+    startRootSpanAs: (spanIds, name, options) => ids.startRootSpanAs(tracer, spanIds, name, options),
     forceFlush: () => provider.forceFlush(),
     shutdown: () => provider.shutdown(),
   };

@@ -40,7 +40,7 @@ common options:
                          pre-PagedAttention baseline, for comparison
   --no-pipelining        one micro-batch in flight instead of one per stage
   --num-scheduler-steps N  longest decode run: decode batches loop through the stages up to N
-                         steps before the coordinator schedules again (default 8; 1 with tracing)
+                         steps before the coordinator schedules again (default 8)
 
 start:
   --host H --port P      HTTP address (default 127.0.0.1:8000)

@@ -56,7 +56,7 @@ export interface ClusterOptions {
   /**
    * Longest decode run (default 8): a batch of decodes loops through the stages up to this many
    * steps, the last stage feeding its sampled tokens straight back to the first, before the
-   * coordinator schedules again. 1 schedules every step. With tracing on, steps run one at a time.
+   * coordinator schedules again. 1 schedules every step. Each step is still a step span.
    */
   numSchedulerSteps?: number;
   /** Run every batch-size bucket through the stages before reporting ready (default on). */
@@ -112,8 +112,6 @@ export class LocalCluster {
     await source.close();
     const partition = opts.partition ?? balancedPartition(config, opts.workers);
     const maxLoraRank = opts.maxLoraRank ?? (opts.loras?.length ? DEFAULT_MAX_LORA_RANK : 0);
-    // Each step of a decode run is not a span of the coordinator's yet: traced clusters step one at a time.
-    const tracingWanted = opts.tracing?.enabled === true || opts.tracesUrl !== undefined;
     validatePartition(partition, config.numLayers);
 
     let ownNats: NatsServerProcess | undefined;
@@ -163,7 +161,7 @@ export class LocalCluster {
           kvAllocator: opts.kvAllocator,
           pipelineDepth: opts.pipelining === false ? 1 : partition.length,
           slidingWindowTokens: config.slidingWindow,
-          maxDecodeSteps: tracingWanted ? 1 : (opts.numSchedulerSteps ?? DEFAULT_SCHEDULER_STEPS),
+          maxDecodeSteps: opts.numSchedulerSteps ?? DEFAULT_SCHEDULER_STEPS,
         },
         opts.pipelining === false ? 1 : partition.length,
       );

@@ -85,7 +85,10 @@ export interface LoopedBack {
 }
 
 export interface PipelineObserver {
-  stepStarted(batchId: number, seqs: readonly SequenceChunk[], loopedBack?: LoopedBack): StepObservation | undefined;
+  /** A step's observation; a decode run's later steps come with `loopedBack` and a reserved context. */
+  stepStarted(batchId: number, seqs: readonly SequenceChunk[], loopedBack?: LoopedBack & { traceparent?: string }): StepObservation | undefined;
+  /** W3C traceparents for steps that start later (a decode run's), when tracing. */
+  reserveStepTraceparents?(count: number): string[];
 }
 
 /** A decode run (MicroBatch.steps): how many steps, and who hears about each one before the last. */
@@ -213,6 +216,7 @@ export class PipelineClient {
     if (!this.toFirstStage) this.openStreams();
     let step = this.observer?.stepStarted(batchId, seqs);
     const lastStage = this.stubs.length - 1;
+    const runTraceparents = run.steps > 1 ? (this.observer?.reserveStepTraceparents?.(run.steps - 1) ?? []) : [];
     return new Promise<ResultsResponse>((resolve, reject) => {
       this.pending.set(batchId, {
         steps: run.steps,
@@ -220,7 +224,7 @@ export class PipelineClient {
           step?.finished(result);
           run.onStep?.(result);
           const sentUnixMs = result.stageTimings[result.stageTimings.length - 1]?.sentUnixMs ?? Date.now();
-          step = this.observer?.stepStarted(batchId, seqs, { sentUnixMs, fromStage: lastStage });
+          step = this.observer?.stepStarted(batchId, seqs, { sentUnixMs, fromStage: lastStage, traceparent: runTraceparents[result.step] });
         },
         resolve: (result) => {
           step?.finished(result);
@@ -231,7 +235,7 @@ export class PipelineClient {
           reject(error);
         },
       });
-      this.toFirstStage!.write(create(ForwardRequestSchema, { batchId, seqs, traceContext: step?.traceContext ?? traceContext, numSteps: run.steps }));
+      this.toFirstStage!.write(create(ForwardRequestSchema, { batchId, seqs, traceContext: step?.traceContext ?? traceContext, numSteps: run.steps, runTraceparents }));
     });
   }
 

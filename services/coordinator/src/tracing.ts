@@ -1,4 +1,4 @@
-import { ROOT_CONTEXT, SpanKind, SpanStatusCode, type Link, type Span } from "@opentelemetry/api";
+import { ROOT_CONTEXT, SpanKind, SpanStatusCode, type Link, type Span, type SpanOptions } from "@opentelemetry/api";
 import type { ResultsResponse, SequenceChunk } from "@strata/proto";
 import { injectTraceContext, wallClockMs, type Tracing } from "@strata/telemetry";
 import type { GenerateRequest } from "./engine.ts";
@@ -153,7 +153,15 @@ export class CoordinatorTelemetry implements PipelineObserver {
     this.traces.set(req, trace);
   }
 
-  stepStarted(batchId: number, seqs: readonly SequenceChunk[], loopedBack?: LoopedBack): StepObservation {
+  reserveStepTraceparents(count: number): string[] {
+    if (!this.tracing.enabled) return [];
+    return Array.from({ length: count }, () => {
+      const { traceId, spanId } = this.tracing.reserveRootSpanIds();
+      return `00-${traceId}-${spanId}-01`;
+    });
+  }
+
+  stepStarted(batchId: number, seqs: readonly SequenceChunk[], loopedBack?: LoopedBack & { traceparent?: string }): StepObservation {
     const sentUnixMs = loopedBack?.sentUnixMs ?? wallClockMs();
     const step = ++this.stepCounter;
     const bySeq = this.engine?.requestsBySeqId();
@@ -186,9 +194,7 @@ export class CoordinatorTelemetry implements PipelineObserver {
       const links: Link[] = unique
         .filter((r) => r.span !== undefined)
         .map((r) => ({ context: r.span!.spanContext(), attributes: { "strata.request.id": r.info.requestId } }));
-      span = this.tracing.tracer.startSpan(
-        "step",
-        {
+      const options: SpanOptions = {
           kind: SpanKind.CLIENT,
           startTime: sentUnixMs,
           links,
@@ -203,9 +209,10 @@ export class CoordinatorTelemetry implements PipelineObserver {
             "strata.step.decode_tokens": decodeTokens,
             "strata.batch.adapter_ids": [...new Set(seqs.map((c) => c.adapter).filter((a) => a !== ""))],
           },
-        },
-        ROOT_CONTEXT,
-      );
+      };
+      // A decode run's later step: its stages already parented their spans on the reserved ids.
+      const reserved = loopedBack?.traceparent?.split("-");
+      span = reserved ? this.tracing.startRootSpanAs({ traceId: reserved[1], spanId: reserved[2] }, "step", options) : this.tracing.tracer.startSpan("step", options, ROOT_CONTEXT);
       const ctx = span.spanContext();
       record.traceId = ctx.traceId;
       record.spanId = ctx.spanId;

@@ -248,6 +248,7 @@ export class WorkerNode {
           traceContext: req.traceContext,
           numSteps: req.numSteps,
           step: req.step,
+          runTraceparents: req.runTraceparents,
         });
         const timing = this.stageTiming(stage, receivedUnixMs, startedUnixMs, next.hidden?.data.byteLength ?? 0);
         next.stageTimings = [...req.stageTimings, timing];
@@ -285,11 +286,14 @@ export class WorkerNode {
    */
   private loopBack(req: ForwardRequest, sampled: number[], sender: ForwardCall): void {
     const step = req.step + 1;
+    const traceparent = req.runTraceparents[step - 1];
     const next = create(ForwardRequestSchema, {
       batchId: req.batchId,
       numSteps: req.numSteps,
       step,
-      traceContext: req.traceContext,
+      runTraceparents: req.runTraceparents,
+      // Each step's stage spans belong to that step's span on the coordinator.
+      traceContext: traceparent ? { traceparent } : req.traceContext,
       seqs: req.seqs.map((c, i) => ({
         ...c,
         startPosition: c.startPosition + 1,
