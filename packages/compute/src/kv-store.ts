@@ -418,6 +418,8 @@ function copyCodes(out: KvCodes, src: KvCodes, offset: number): void {
   (out as Uint8Array).set(src as Uint8Array, offset);
 }
 
+const MAX_SCRATCH_ARRAYS = 32;
+
 export interface KvStoreOptions extends KvPoolShape {
   numLayers: number;
   kvDtype: KvDtype;
@@ -434,6 +436,7 @@ export class KvStore {
   /** 2 * numLayers pools: pools[2l] is layer l's K, pools[2l + 1] its V. */
   readonly pools: readonly KvPool[];
   private readonly row: number;
+  private readonly scratchArrays = new Map<string, KvCodes>();
 
   constructor(opts: KvStoreOptions) {
     for (const [name, value] of Object.entries({ numLayers: opts.numLayers, numBlocks: opts.numBlocks, blockSizeTokens: opts.blockSizeTokens, numKvHeads: opts.numKvHeads, headDim: opts.headDim })) {
@@ -472,13 +475,31 @@ export class KvStore {
     const first = this.pools[0];
     if (P % first.blockSizeTokens !== 0) throw new RangeError(`P ${P} is not a whole number of ${first.blockSizeTokens}-token blocks`);
     const perPool = chunks.length * P * this.row;
-    const codes = first.newCodes(this.pools.length * perPool);
+    const codes = this.scratch("codes", this.pools.length * perPool, (n) => first.newCodes(n));
     this.pools.forEach((pool, i) => pool.gatherEncoded(chunks, P, codes, i * perPool));
     if (!(first instanceof ScaledPool)) return { codes };
     const perPoolScales = (chunks.length * P * first.numKvHeads) / first.blockSizeTokens;
-    const scales = new Float32Array(this.pools.length * perPoolScales);
+    const scales = this.scratch("scales", this.pools.length * perPoolScales, (n) => new Float32Array(n)) as Float32Array;
     this.pools.forEach((pool, i) => (pool as ScaledPool).gatherScales(chunks, P, scales, i * perPoolScales));
     return { codes, scales };
+  }
+
+  /**
+   * A gather's output array, reused from the last gather of the same size: a decode step's past
+   * K/V is megabytes, and allocating (and collecting) it every step cost more than the copy. So
+   * gatherEncoded's arrays hold only until the next call. Slots past a sequence's length keep
+   * stale but finite values from earlier steps (the mask hides them). An array moved to a
+   * compute thread comes back detached and is replaced.
+   */
+  private scratch(kind: string, length: number, make: (n: number) => KvCodes): KvCodes {
+    const key = `${kind}:${length}`;
+    const held = this.scratchArrays.get(key);
+    if (held && held.buffer.byteLength > 0) return held;
+    const fresh = make(length);
+    // A few sizes recur (batch buckets × past lengths); drop the rest rather than grow forever.
+    if (this.scratchArrays.size >= MAX_SCRATCH_ARRAYS) this.scratchArrays.delete(this.scratchArrays.keys().next().value!);
+    this.scratchArrays.set(key, fresh);
+    return fresh;
   }
 
   copyBlock(from: number, to: number): void {
