@@ -1,3 +1,6 @@
+import { execFile } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 import { BUNDLED_MODEL_DIR, openModel } from "@strata/model";
 import { GREEDY, SeededRandom } from "@strata/sampling";
 import type { LocalCluster } from "@strata/coordinator";
@@ -14,6 +17,24 @@ function randomPrompt(rng: SeededRandom, length: number, vocab: number): number[
 }
 
 const PIPELINING_PAIRS = 3;
+const COMPUTE_LOOP = fileURLToPath(new URL("./compute-loop.ts", import.meta.url));
+
+/** Decode steps/s of one compute-loop process over `layers` layers at batch `batch`, for `seconds`. */
+async function computeLoop(dir: string, layers: number, batch: number, seconds: number): Promise<number> {
+  const { stdout } = await promisify(execFile)(process.execPath, ["--import", "tsx", COMPUTE_LOOP, dir, String(layers), String(batch), String(seconds)], { encoding: "utf8" });
+  return (JSON.parse(stdout.trim().split("\n").pop()!) as { steps_per_s: number }).steps_per_s;
+}
+
+/**
+ * What two pipeline stages can compute at once on this machine: two processes running the same
+ * stage graph side by side, their summed steps/s over one alone. Pipelining 2 stages cannot gain
+ * more than this here (2 on two cores with their own memory bandwidth).
+ */
+async function parallelComputeCeiling(dir: string, layers: number, batch: number): Promise<number> {
+  const alone = await computeLoop(dir, layers, batch, 4);
+  const [a, b] = await Promise.all([computeLoop(dir, layers, batch, 4), computeLoop(dir, layers, batch, 4)]);
+  return (a + b) / alone;
+}
 
 /** Aggregate generated tokens/s of `count` concurrent requests, one sample per run after a warm-up. */
 async function throughputSamples(cluster: LocalCluster, count: number, promptTokens: number, newTokens: number, vocab: number, runs = 2): Promise<number[]> {
@@ -68,6 +89,7 @@ export const batching: BenchPart = {
     }
     figures.pipelining_off_32_tok_s = median(off);
     figures.concurrent_32_tok_s = median(on);
+    figures.parallel_compute_ceiling = await parallelComputeCeiling(dir, BENCH_SHAPE.numLayers / 2, CONCURRENT / 2);
     await withCluster(ctx, { modelDir: dir, workers: 2 }, async (cluster) => {
       ctx.print(`partition (balanced by compute, the LM head counted on the last stage): ${describePartition(cluster.partition)}`);
       figures.single_request_tok_s = await throughput(cluster, 1, PROMPT_TOKENS, NEW_TOKENS, vocab);
@@ -100,6 +122,7 @@ export const batching: BenchPart = {
       [`${SYSTEM_PROMPT_TOKENS}-token system prompt + 15 user tokens, hit`, "TTFT ms", fmt(figures.prefix_ttft_hit_ms)],
       ["batch32_vs_1 (goal >= 6)", "ratio", `${fmt(figures.batch32_vs_1)}x`],
       ["pipelining_on_vs_off (goal >= 1.6)", "ratio", `${fmt(figures.pipelining_on_vs_off)}x`],
+      [`ceiling here: 2 processes computing ${BENCH_SHAPE.numLayers / 2} layers at batch ${CONCURRENT / 2} at once vs 1`, "ratio", `${fmt(figures.parallel_compute_ceiling)}x`],
       ["prefix_ttft_hit_vs_miss (goal >= 5)", "ratio", `${fmt(figures.prefix_ttft_hit_vs_miss)}x`],
     ])) ctx.print(line);
 

@@ -1,0 +1,32 @@
+// One process running one stage's decode step over and over: `pnpm bench batching` runs one alone
+// and two at once to measure how much two stages on this machine can compute in parallel (the
+// ceiling on what pipelining can gain here). Prints {"steps_per_s": …} on its last line.
+import { openModel } from "@strata/model";
+import { StageEngine, type StageChunk } from "@strata/compute";
+
+const [modelDir, layersArg, batchArg, secondsArg] = process.argv.slice(2);
+const layers = Number(layersArg);
+const batch = Number(batchArg);
+const source = await openModel(modelDir);
+const weights = await source.loadStage({ layerStart: 0, layerEnd: layers, withEmbedding: true, withHead: false });
+await source.close();
+const BLOCK = 16;
+const PAST = 32; // every sequence decodes at position 32, over two full blocks
+const engine = await StageEngine.create(weights, { numBlocks: batch * 3, blockSizeTokens: BLOCK, firstStage: true, lastStage: false });
+const chunks: StageChunk[] = Array.from({ length: batch }, (_, b) => ({
+  seqId: b + 1,
+  startPosition: PAST,
+  numTokens: 1,
+  tokenIds: [5],
+  blockTable: [3 * b, 3 * b + 1, 3 * b + 2],
+}));
+for (let i = 0; i < 3; i++) await engine.forward(chunks);
+const started = performance.now();
+const deadline = started + Number(secondsArg) * 1000;
+let steps = 0;
+while (performance.now() < deadline) {
+  await engine.forward(chunks);
+  steps++;
+}
+process.stdout.write(JSON.stringify({ steps_per_s: steps / ((performance.now() - started) / 1000) }) + "\n");
+await engine.close();
