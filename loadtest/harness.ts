@@ -2,6 +2,7 @@
 // Starts a local cluster and the HTTP API on loopback (or targets --url, loopback only), runs each
 // scenario for its fixed time and request cap, and prints throughput, TTFT and TPOT p50/p99 and errors.
 import type { AddressInfo } from "node:net";
+import { setMaxListeners } from "node:events";
 import { performance } from "node:perf_hooks";
 import { parseArgs } from "node:util";
 import { serve, type ServerType } from "@hono/node-server";
@@ -55,6 +56,8 @@ async function runScenario(baseUrl: string, scenario: Scenario, timeScale: numbe
   const results: StreamResult[] = [];
   let sent = 0;
   const stop = new AbortController();
+  // One signal for every virtual user's requests: as many listeners as users, by design.
+  setMaxListeners(0, stop.signal);
   const running = new Set<Promise<void>>();
   const vu = async (id: number) => {
     while (performance.now() - started < durationMs && sent < maxRequests && id < vusAt(scenario, elapsedS())) {

@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import type { EventBus } from "@strata/events";
+import type { EventBus, EvictReason } from "@strata/events";
 import { Scheduler, type MicroBatch, type SchedulerOptions, type SchedulerSequence, type SchedulerStats } from "@strata/scheduler";
 import { SeededRandom, type SamplingParams } from "@strata/sampling";
 import { KvBlockEventSchema, SequenceChunkSchema, readF32Tensor, type KvBlockEvent, type ResultsResponse } from "@strata/proto";
@@ -102,6 +102,9 @@ function blockEventMessage(e: BlockEvent): KvBlockEvent {
   }
 }
 
+// How long an eviction event may take to reach every stage before reconcile frees by hand.
+const EVICTION_GRACE_MS = 2000;
+
 let seqCounter = 0;
 let arrivalCounter = 0;
 
@@ -122,6 +125,8 @@ export class Engine {
   private inFlight = 0;
   tokensGenerated = 0;
   private blockEventId = 0n;
+  // Sequence ids evicted over NATS lately, with when: reconcile leaves them to their event.
+  private readonly recentEvictions = new Map<number, number>();
   /** Names this engine's block pool in strata.kv.events.<pool id> (one NATS subject token). */
   readonly poolId: string;
 
@@ -146,6 +151,11 @@ export class Engine {
     return { poolId: this.poolId, eventId: this.blockEventId, blockHashes: this.scheduler.blockHashes() };
   }
 
+  private evict(seqId: number, reason: EvictReason): void {
+    this.events.publishEvict(seqId, reason);
+    this.recentEvictions.set(seqId, Date.now());
+  }
+
   private publishBlockEvents(): void {
     const events = this.scheduler.drainBlockEvents();
     if (events.length === 0) return;
@@ -165,11 +175,14 @@ export class Engine {
    */
   async reconcile(): Promise<number> {
     let stale = 0;
+    const now = Date.now();
+    for (const [id, at] of this.recentEvictions) if (now - at > EVICTION_GRACE_MS) this.recentEvictions.delete(id);
     await Promise.all(
       this.pipeline.stages.map(async (_, stage) => {
         const onStage = (await this.pipeline.describe(stage)).seqIds;
         const live = new Set(this.liveSequenceIds());
-        const orphans = onStage.filter((id) => !live.has(id));
+        // An eviction published a moment ago may still be on its way: not lost (yet).
+        const orphans = onStage.filter((id) => !live.has(id) && !this.recentEvictions.has(id));
         stale += orphans.length;
         if (orphans.length > 0) await this.pipeline.freeSequences(stage, orphans);
       }),
@@ -182,7 +195,7 @@ export class Engine {
    * and sequences between steps are recomputed from their tokens.
    */
   stagesRestarted(): void {
-    for (const p of this.scheduler.restartAll()) this.events.publishEvict(p.evictedSeqId, "preempted");
+    for (const p of this.scheduler.restartAll()) this.evict(p.evictedSeqId, "preempted");
     this.pump();
   }
 
@@ -273,7 +286,7 @@ export class Engine {
     while (this.inFlight < this.maxInFlight) {
       const { batch, preempted } = this.scheduler.schedule();
       // Every stage frees a preempted sequence; it comes back under a fresh id and recomputes.
-      for (const p of preempted) this.events.publishEvict(p.evictedSeqId, "preempted");
+      for (const p of preempted) this.evict(p.evictedSeqId, "preempted");
       if (!batch) return;
       this.inFlight++;
       const steps = batch.steps ?? 1;
@@ -367,7 +380,7 @@ export class Engine {
     // A sequence that never reached the stages (or was preempted, already evicted) has nothing there to free.
     const onStages = seq.state === "running" && !seq.startsOnStages;
     this.scheduler.finish(seq);
-    if (onStages) this.events.publishEvict(seq.seqId, reason);
+    if (onStages) this.evict(seq.seqId, reason);
     if (error) return active.reject(error);
     const generated = seq.tokenIds.slice(seq.promptLength, droppedStopToken ? outputEnd - 1 : outputEnd);
     active.resolve({
