@@ -1,4 +1,5 @@
 import { randomUUID } from "node:crypto";
+import type { ServerResponse } from "node:http";
 import { Hono, type Context } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import type { z } from "zod";
@@ -159,7 +160,7 @@ export function createHttpApi(opts: HttpApiOptions): Hono {
     c.req.raw.signal.addEventListener("abort", () => cancel.abort(), { once: true });
     if (!stream.on) return c.json(format.response(meta, await runCompletion({ engine, tokenizer }, trace, job, cancel.signal), withLogprobs));
 
-    const sse = new SseStream(() => cancel.abort());
+    const sse = new SseStream(() => cancel.abort(), (c.env as { outgoing?: ServerResponse } | undefined)?.outgoing);
     for (const chunk of format.openingChunks(meta, job.n, stream.includeUsage)) sse.send(chunk);
     // Validation errors throw here, before any byte is sent: they become a JSON error response.
     let firstEvent!: () => void;

@@ -1,17 +1,37 @@
+import type { ServerResponse } from "node:http";
+import { RESPONSE_ALREADY_SENT } from "@hono/node-server/utils/response";
+
 const encoder = new TextEncoder();
 
 /**
  * A server-sent-events body fed straight from the engine's callbacks: each event is encoded and
- * enqueued as it happens, so the step loop never waits on a client and no per-token promise
- * chain or extra stream stage sits between a token and the socket.
+ * sent as it happens, so the step loop never waits on a client and no per-token promise chain
+ * sits between a token and the socket. Served by @hono/node-server, events go to the Node
+ * response directly (a web ReadableStream in between cost more per token than the rest of the
+ * API); elsewhere they go through a ReadableStream body.
  */
 export class SseStream {
-  readonly body: ReadableStream<Uint8Array>;
-  private controller!: ReadableStreamDefaultController<Uint8Array>;
+  private controller: ReadableStreamDefaultController<Uint8Array> | undefined;
+  private readonly body: ReadableStream<Uint8Array> | undefined;
+  // Node: events before response() are held, so an error before the first one is still JSON.
+  private held: string[] | undefined = [];
   private closed = false;
+  private ended = false;
 
-  /** `onCancel` runs when the reader goes away (the client disconnected). */
-  constructor(onCancel: () => void) {
+  /** `onCancel` runs when the client goes away before the stream ends. */
+  constructor(
+    private readonly onCancel: () => void,
+    private readonly outgoing?: ServerResponse,
+  ) {
+    if (outgoing) {
+      outgoing.on("close", () => {
+        if (!this.ended) {
+          this.closed = true;
+          onCancel();
+        }
+      });
+      return;
+    }
     this.body = new ReadableStream<Uint8Array>({
       start: (controller) => {
         this.controller = controller;
@@ -26,16 +46,33 @@ export class SseStream {
   /** Sends one `data:` event: a string as it is, anything else as JSON. */
   send(data: unknown): void {
     if (this.closed) return;
-    this.controller.enqueue(encoder.encode(`data: ${typeof data === "string" ? data : JSON.stringify(data)}\n\n`));
+    const event = `data: ${typeof data === "string" ? data : JSON.stringify(data)}\n\n`;
+    if (!this.outgoing) this.controller!.enqueue(encoder.encode(event));
+    else if (this.held) this.held.push(event);
+    else this.outgoing.write(event);
   }
 
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.controller.close();
+    if (!this.outgoing) this.controller!.close();
+    else if (!this.held) this.end();
   }
 
+  private end(): void {
+    this.ended = true;
+    this.outgoing!.end();
+  }
+
+  /** Starts the response: the status line and headers, then every event so far. */
   response(headers: Record<string, string> = {}): Response {
-    return new Response(this.body, { status: 200, headers: { "content-type": "text/event-stream", "cache-control": "no-cache", connection: "keep-alive", ...headers } });
+    const all = { "content-type": "text/event-stream", "cache-control": "no-cache", connection: "keep-alive", ...headers };
+    if (!this.outgoing) return new Response(this.body, { status: 200, headers: all });
+    this.outgoing.writeHead(200, all);
+    const held = this.held!;
+    this.held = undefined;
+    if (held.length > 0) this.outgoing.write(held.join(""));
+    if (this.closed) this.end();
+    return RESPONSE_ALREADY_SENT;
   }
 }
