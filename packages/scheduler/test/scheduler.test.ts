@@ -70,6 +70,12 @@ describe("Scheduler", () => {
     s2.add(single);
     s2.complete(s2.schedule().batch!, [7]);
     expect(s2.schedule().batch!.steps).toBe(1);
+    // A sliding window frees blocks as a sequence advances, which a run's fixed tables cannot follow.
+    const windowed = scheduler({ maxDecodeSteps: 4, slidingWindowTokens: 8 });
+    const w = seq(5, range(3), 8);
+    windowed.add(w);
+    windowed.complete(windowed.schedule().batch!, [9]);
+    expect(windowed.schedule().batch!.steps).toBe(1);
     // Not enough blocks for a run of 4 beside another sequence: one step.
     const s3 = scheduler({ maxDecodeSteps: 4, kvBlocks: 3 });
     const x = seq(3, range(3), 5);
