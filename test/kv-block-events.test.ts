@@ -18,8 +18,9 @@ const batches: KvBlockEventBatch[] = [];
 
 beforeAll(async () => {
   await nats.start();
-  // 20 blocks of 16 tokens: shared prompts fill it and force LRU evictions.
-  cluster = await LocalCluster.start({ modelDir: BUNDLED_MODEL_DIR, workers: 2, natsUrl: nats.url(), inProcessWorkers: true, kvCacheBytes: 20 * 16 * 2 * 5 * 4 * 8 * 4, warmUp: false });
+  // 22 blocks on the 3-layer stage (16 tokens × K and V × 3 layers × 4 KV heads × 8 dims × 4
+  // bytes each): 4 running 65-token sequences hold 20, so cached prefixes must be evicted.
+  cluster = await LocalCluster.start({ modelDir: BUNDLED_MODEL_DIR, workers: 2, natsUrl: nats.url(), inProcessWorkers: true, kvCacheBytes: 22 * 16 * 2 * 3 * 4 * 8 * 4, warmUp: false });
   api = await startApiServer(cluster, BUNDLED_MODEL_DIR);
   bus = await EventBus.connect(nats.url(), "test-kv-events");
   bus.onKvBlockEvents((b) => batches.push(b));

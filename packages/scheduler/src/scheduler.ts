@@ -214,6 +214,8 @@ export class Scheduler {
     const maxSteps = this.opts.maxDecodeSteps ?? 1;
     // A run's block tables are fixed when it starts; a sliding window frees blocks step by step.
     if (this.opts.slidingWindowTokens !== undefined) return 1;
+    // Requests waiting for a seat join at the next step, not after a whole run.
+    if (this.waiting.length > 0 && this.running.length < this.opts.maxNumSeqs) return 1;
     if (maxSteps <= 1 || chunks.some((c) => c.tokenIds.length !== 1 || !c.sample || c.seq.singleStep)) return 1;
     // Each step adds a token: no sequence may pass its maximum length.
     const steps = Math.min(maxSteps, ...chunks.map((c) => c.seq.maxLength - c.seq.tokenIds.length));

@@ -76,6 +76,17 @@ describe("Scheduler", () => {
     windowed.add(w);
     windowed.complete(windowed.schedule().batch!, [9]);
     expect(windowed.schedule().batch!.steps).toBe(1);
+    // Someone waiting for a seat: step once, so it joins at the next step rather than after a run.
+    const busy = scheduler({ maxDecodeSteps: 4, maxNumBatchedTokens: 1 });
+    const first = seq(6, range(1), 8);
+    busy.add(first);
+    const alone = busy.schedule().batch!;
+    expect(alone.steps).toBe(4); // nobody waiting: a run
+    for (let i = 0; i < 4; i++) busy.complete(alone, [20 + i], i);
+    busy.add(seq(7, range(1), 8));
+    const step = busy.schedule().batch!;
+    expect(step.chunks.map((c) => c.seqId)).toEqual([6]); // the token budget leaves the newcomer waiting
+    expect(step.steps).toBe(1);
     // Not enough blocks for a run of 4 beside another sequence: one step.
     const s3 = scheduler({ maxDecodeSteps: 4, kvBlocks: 3 });
     const x = seq(3, range(3), 5);

@@ -260,6 +260,19 @@ export class Engine {
       this.active.set(seq, active);
       req.signal?.addEventListener("abort", () => this.abort(active), { once: true });
       if (req.signal?.aborted) this.abort(active);
+      this.pumpSoon();
+    });
+  }
+
+  private pumpScheduled = false;
+
+  // Requests that arrive together (one tick of the event loop: a burst of HTTP requests, a
+  // Promise.all) are scheduled together, not the first alone in a batch of its own.
+  private pumpSoon(): void {
+    if (this.pumpScheduled) return;
+    this.pumpScheduled = true;
+    setImmediate(() => {
+      this.pumpScheduled = false;
       this.pump();
     });
   }
