@@ -193,7 +193,8 @@ export class CoordinatorTelemetry implements PipelineObserver {
     if (this.tracing.enabled) {
       const links: Link[] = unique
         .filter((r) => r.span !== undefined)
-        .map((r) => ({ context: r.span!.spanContext(), attributes: { "strata.request.id": r.info.requestId } }));
+        // The linked span is the request span; its id is already in strata.batch.request_ids.
+        .map((r) => ({ context: r.span!.spanContext() }));
       const options: SpanOptions = {
           kind: SpanKind.CLIENT,
           startTime: sentUnixMs,
@@ -202,7 +203,6 @@ export class CoordinatorTelemetry implements PipelineObserver {
             "strata.step": step,
             "strata.batch.id": batchId,
             "strata.batch.size": seqs.length,
-            "strata.batch.seq_ids": record.seqIds,
             "strata.batch.request_ids": record.requestIds,
             "strata.step.tokens": record.tokens,
             "strata.step.prefill_tokens": prefillTokens,
