@@ -85,6 +85,8 @@ interface ActiveRequest {
    * (and freed) after the run's last step. `outputEnd` is where its tokens end in seq.tokenIds.
    */
   ended?: { finishReason: FinishReason; droppedStopToken: boolean; outputEnd: number };
+  /** The caller has its result (or error); the sequence may still hold KV until its batch is back. */
+  answered?: boolean;
   resolve(result: GenerateResult): void;
   reject(error: Error): void;
 }
@@ -360,8 +362,10 @@ export class Engine {
   }
 
   private end(active: ActiveRequest, lastStep: boolean, finishReason: FinishReason, droppedStopToken: boolean, outputEnd: number): void {
-    if (lastStep) this.finish(active, "finished", undefined, finishReason, droppedStopToken, outputEnd);
-    else active.ended = { finishReason, droppedStopToken, outputEnd };
+    if (lastStep) return this.finish(active, "finished", undefined, finishReason, droppedStopToken, outputEnd);
+    // The caller is answered now; the blocks go after the run's last step.
+    active.ended = { finishReason, droppedStopToken, outputEnd };
+    this.answer(active, undefined, finishReason, droppedStopToken, outputEnd);
   }
 
   private onFailure(batch: MicroBatch, error: Error): void {
@@ -376,8 +380,9 @@ export class Engine {
   private abort(active: ActiveRequest): void {
     if (!this.active.has(active.seq)) return;
     // A batch in flight still writes this sequence's KV; free it once that batch is back.
-    if (active.seq.inFlight) active.abortRequested = true;
-    else this.finish(active, "aborted", new RequestAbortedError("request aborted"));
+    if (!active.seq.inFlight) return this.finish(active, "aborted", new RequestAbortedError("request aborted"));
+    active.abortRequested = true;
+    this.answer(active, new RequestAbortedError("request aborted"));
   }
 
   private finish(
@@ -388,13 +393,21 @@ export class Engine {
     droppedStopToken = false,
     outputEnd = active.seq.tokenIds.length,
   ): void {
+    this.answer(active, error, finishReason, droppedStopToken, outputEnd);
     const seq = active.seq;
     this.active.delete(seq);
     // A sequence that never reached the stages (or was preempted, already evicted) has nothing there to free.
     const onStages = seq.state === "running" && !seq.startsOnStages;
     this.scheduler.finish(seq);
     if (onStages) this.evict(seq.seqId, reason);
+  }
+
+  /** Settles the caller's promise, once. */
+  private answer(active: ActiveRequest, error?: Error, finishReason: FinishReason = "length", droppedStopToken = false, outputEnd = active.seq.tokenIds.length): void {
+    if (active.answered) return;
+    active.answered = true;
     if (error) return active.reject(error);
+    const seq = active.seq;
     const generated = seq.tokenIds.slice(seq.promptLength, droppedStopToken ? outputEnd - 1 : outputEnd);
     active.resolve({
       promptTokenIds: seq.tokenIds.slice(0, seq.promptLength),
