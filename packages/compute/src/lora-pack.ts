@@ -1,4 +1,4 @@
-import type { LoraAdapter, LoraModule, ModelConfig } from "@strata/model";
+import { layerTensorShape, type LoraAdapter, type LoraModule, type ModelConfig } from "@strata/model";
 
 // The stage graph's LoRA inputs: each is every layer's matrices stacked, [layers, ...].
 // Projections that share an input are fused in the graph (q/k/v, gate/up), so their adapters
@@ -30,25 +30,10 @@ export const LORA_GROUPS: readonly LoraGroup[] = [
   { a: "downA", b: "downB", modules: ["wDown"] },
 ];
 
+// [out, in] of a module's weight, as the model package lays it out.
 function moduleDims(c: ModelConfig, m: LoraModule): { inDim: number; out: number } {
-  const q = c.numHeads * c.headDim;
-  const kv = c.numKvHeads * c.headDim;
-  const F = c.intermediateSize;
-  const D = c.hiddenSize;
-  switch (m) {
-    case "wq":
-      return { inDim: D, out: q };
-    case "wk":
-    case "wv":
-      return { inDim: D, out: kv };
-    case "wo":
-      return { inDim: q, out: D };
-    case "wGate":
-    case "wUp":
-      return { inDim: D, out: F };
-    case "wDown":
-      return { inDim: F, out: D };
-  }
+  const [out, inDim] = layerTensorShape(c, m);
+  return { inDim, out };
 }
 
 /** [layers, in, modules * R] and [layers, modules * R, sum of outs] for each group, keyed by input name. */

@@ -159,7 +159,11 @@ export class StageEngine {
       if (!this.adapters.has(c.adapter) && (c.adapter !== undefined || this.maxLoraRank > 0)) throw new RangeError(`unknown LoRA adapter "${c.adapter}" on this stage`);
     }
     const groups = new Map<string | undefined, number[]>();
-    chunks.forEach((c, i) => groups.set(c.adapter, [...(groups.get(c.adapter) ?? []), i]));
+    chunks.forEach((c, i) => {
+      const members = groups.get(c.adapter);
+      if (members) members.push(i);
+      else groups.set(c.adapter, [i]);
+    });
     if (groups.size <= 1) return this.forwardGroup(chunks, hidden);
     const D = this.hiddenSize;
     const rowStart: number[] = [];

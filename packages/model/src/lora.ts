@@ -6,6 +6,7 @@ import { DTYPE_BYTES, decodeToF32, encodeFromF32, isDType } from "./dtype.ts";
 import { ModelFormatError } from "./errors.ts";
 import { HF_LAYER_NAMES } from "./hf.ts";
 import { readSafetensorsHeader, writeSafetensors, type TensorToWrite } from "./safetensors.ts";
+import { mulberry32, normals } from "./synthetic.ts";
 import { checkLayerRange, layerTensorShape, type LayerWeights, type StageWeights } from "./weights.ts";
 
 /** The layer matrices a LoRA adapter may target. */
@@ -163,22 +164,14 @@ export async function writeSyntheticLora(
 ): Promise<void> {
   const targets = opts.targetModules ?? [...LORA_MODULES];
   const hfTargets = Object.entries(PEFT_TARGETS).filter(([, m]) => targets.includes(m)).map(([name]) => name);
-  let state = opts.seed >>> 0;
-  const rand = () => {
-    // xorshift32: seedable, enough for test weights
-    state ^= state << 13;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    return (state >>> 0) / 4294967296 - 0.5;
-  };
+  const rand = mulberry32(opts.seed);
   const std = opts.std ?? 0.5;
   const tensors: TensorToWrite[] = [];
   for (let l = 0; l < base.numLayers; l++) {
     for (const m of targets) {
       const [out, inDim] = layerTensorShape(base, m);
       for (const [which, shape] of [["A", [opts.rank, inDim]], ["B", [out, opts.rank]]] as const) {
-        const n = shape[0] * shape[1];
-        const values = Float32Array.from({ length: n }, () => (rand() * std * 2) / Math.sqrt(shape[1]));
+        const values = normals(rand, shape[0] * shape[1], 0, std / Math.sqrt(shape[1]));
         tensors.push({ name: peftName(l, m, which), dtype: "F32", shape: [...shape], data: () => encodeFromF32(values, "F32") });
       }
     }

@@ -18,7 +18,7 @@ export interface SyntheticOptions {
 }
 
 /** mulberry32: tiny, seedable, good enough for test weights. */
-function mulberry32(seed: number): () => number {
+export function mulberry32(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;
@@ -30,7 +30,7 @@ function mulberry32(seed: number): () => number {
 }
 
 /** Standard normal samples by Box–Muller. */
-function normals(rand: () => number, n: number, mean: number, std: number): Float32Array {
+export function normals(rand: () => number, n: number, mean: number, std: number): Float32Array {
   const out = new Float32Array(n);
   for (let i = 0; i < n; i += 2) {
     const r = Math.sqrt(-2 * Math.log(1 - rand()));

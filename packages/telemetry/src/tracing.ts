@@ -146,16 +146,7 @@ export function startTracing(opts: TracingOptions): Tracing {
       instrumentations: [],
     });
     sdk.start();
-    const tracer = trace.getTracer("strata");
-    return {
-      enabled: true,
-      serviceName: opts.serviceName,
-      tracer,
-      reserveRootSpanIds: () => ids.reserve(),
-      startRootSpanAs: (spanIds, name, options) => ids.startRootSpanAs(tracer, spanIds, name, options),
-      forceFlush: () => processor.forceFlush(),
-      shutdown: () => sdk.shutdown(),
-    };
+    return enabledTracing(opts.serviceName, trace.getTracer("strata"), ids, () => processor.forceFlush(), () => sdk.shutdown());
   }
   const provider = new TracerProvider({
     resource: resourceFromAttributes({ "service.name": opts.serviceName }),
@@ -163,15 +154,18 @@ export function startTracing(opts: TracingOptions): Tracing {
     spanProcessors: [processor],
     idGenerator: ids,
   });
-  const tracer = provider.getTracer("strata");
+  return enabledTracing(opts.serviceName, provider.getTracer("strata"), ids, () => provider.forceFlush(), () => provider.shutdown());
+}
+
+function enabledTracing(serviceName: string, tracer: Tracer, ids: PresetIdGenerator, forceFlush: () => Promise<void>, shutdown: () => Promise<void>): Tracing {
   return {
     enabled: true,
-    serviceName: opts.serviceName,
+    serviceName,
     tracer,
     reserveRootSpanIds: () => ids.reserve(),
     startRootSpanAs: (spanIds, name, options) => ids.startRootSpanAs(tracer, spanIds, name, options),
-    forceFlush: () => provider.forceFlush(),
-    shutdown: () => provider.shutdown(),
+    forceFlush,
+    shutdown,
   };
 }
 
