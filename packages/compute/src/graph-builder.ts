@@ -36,7 +36,8 @@ const ELEM_TYPES: Record<ElemType, TensorProto_DataType> = {
 /** onnxruntime's contrib operators (fused attention and norms) live in this domain. */
 export const MS_DOMAIN = "com.microsoft";
 
-const OPSET = 18;
+// 23: the Attention operator (grouped-query heads, past K/V, additive mask).
+const OPSET = 23;
 
 // A small builder over onnx-buf's generated types: names are generated, weights become
 // initializers so they live inside onnxruntime rather than being fed on every run.

@@ -19,10 +19,12 @@ export interface KvPoolShape {
 }
 
 /**
- * One layer's K or V, shaped [numBlocks, blockSizeTokens, kvHeads, headDim] so a block's tokens
- * are contiguous. scatter encodes a step's float32 K/V into the blocks; gatherEncoded copies a
- * batch's past out as stored (one set() per block run) for the stage graph to decode, and gather
- * decodes it to float32 in JS, the definition the graph's decoding is tested against.
+ * One layer's K or V, shaped [numBlocks, kvHeads, blockSizeTokens, headDim]: within a block, each
+ * head's tokens are contiguous, so gatherEncoded copies a batch's past out as stored, one set()
+ * per block and head, straight into the head-major layout onnxruntime's Attention reads (no
+ * transpose in the graph). scatter encodes a step's float32 K/V (token-major, as the graph emits
+ * them) into the blocks, and gather decodes the past to float32 in JS, token-major: the
+ * definition the graph's decoding is tested against.
  */
 export abstract class KvPool {
   abstract readonly dtype: KvDtype;
@@ -52,6 +54,11 @@ export abstract class KvPool {
       case "fp8":
         return new Fp8Pool(shape);
     }
+  }
+
+  /** Storage index of `slot`'s first value for `head` in `block`. */
+  protected at(block: number, head: number, slot: number): number {
+    return ((block * this.numKvHeads + head) * this.blockSizeTokens + slot) * this.headDim;
   }
 
   /** Bytes this pool holds, scales included. */
@@ -100,19 +107,22 @@ export abstract class KvPool {
 
   /**
    * Like gather, but copies the stored codes as they are into `out` (the pool's storage type),
-   * a block's run at a time: what the stage graph decodes itself.
+   * head-major, [chunks, kvHeads, P, headDim], a block's head run at a time: what the stage graph
+   * decodes itself.
    */
   gatherEncoded(chunks: readonly KvChunk[], P: number, out: KvCodes, outOffset = 0): void {
-    const bs = this.blockSizeTokens;
-    const row = this.row;
+    const { blockSizeTokens: bs, numKvHeads: kv, headDim: hd } = this;
     const data = this.storage();
     for (let b = 0; b < chunks.length; b++) {
       const c = chunks[b];
       for (let start = 0; start < c.startPosition; start += bs) {
-        if (c.blockTable[start / bs] === NO_BLOCK) continue; // outside the sliding window: masked
-        const src = c.blockTable[start / bs] * bs * row;
-        const n = Math.min(bs, c.startPosition - start);
-        copyCodes(out, data.subarray(src, src + n * row), outOffset + (b * P + start) * row);
+        const block = c.blockTable[start / bs];
+        if (block === NO_BLOCK) continue; // outside the sliding window: masked
+        const n = Math.min(bs, c.startPosition - start) * hd;
+        for (let h = 0; h < kv; h++) {
+          const src = this.at(block, h, 0);
+          copyCodes(out, data.subarray(src, src + n), outOffset + ((b * kv + h) * P + start) * hd);
+        }
       }
     }
   }
@@ -153,13 +163,26 @@ class Fp32Pool extends KvPool {
   }
 
   protected readRun(block: number, n: number, out: Float32Array, outOffset: number): void {
-    const src = block * this.blockSizeTokens * this.row;
-    out.set(this.data.subarray(src, src + n * this.row), outOffset);
+    const { data, numKvHeads: kv, headDim: hd, row } = this;
+    for (let h = 0; h < kv; h++) {
+      const src = this.at(block, h, 0);
+      for (let t = 0; t < n; t++) {
+        const o = outOffset + t * row + h * hd;
+        for (let d = 0; d < hd; d++) out[o + d] = data[src + t * hd + d];
+      }
+    }
   }
 
   protected writeRun(block: number, slot: number, n: number, values: Float32Array, src: number): void {
-    const row = this.row;
-    this.data.set(values.subarray(src, src + n * row), (block * this.blockSizeTokens + slot) * row);
+    const { data, numKvHeads: kv, headDim: hd, row } = this;
+    // Head rows are a few floats: a plain loop beats a subarray() and set() per row.
+    for (let h = 0; h < kv; h++) {
+      const dst = this.at(block, h, slot);
+      for (let t = 0; t < n; t++) {
+        const v = src + t * row + h * hd;
+        for (let d = 0; d < hd; d++) data[dst + t * hd + d] = values[v + d];
+      }
+    }
   }
 }
 
@@ -191,18 +214,27 @@ class Fp16Pool extends KvPool {
   }
 
   protected readRun(block: number, n: number, out: Float32Array, outOffset: number): void {
-    const { data, decode } = this;
-    const src = block * this.blockSizeTokens * this.row;
-    const count = n * this.row;
-    for (let i = 0; i < count; i++) out[outOffset + i] = decode[data[src + i]];
+    const { data, decode, numKvHeads: kv, headDim: hd, row } = this;
+    for (let h = 0; h < kv; h++) {
+      const src = this.at(block, h, 0);
+      for (let t = 0; t < n; t++) {
+        const o = outOffset + t * row + h * hd;
+        for (let d = 0; d < hd; d++) out[o + d] = decode[data[src + t * hd + d]];
+      }
+    }
   }
 
   protected writeRun(block: number, slot: number, n: number, values: Float32Array, src: number): void {
     // The float32 bits, read in place: no per-element scratch round trip.
-    const bits = new Uint32Array(values.buffer, values.byteOffset + src * 4, n * this.row);
-    const data = this.data;
-    const dst = (block * this.blockSizeTokens + slot) * this.row;
-    for (let i = 0; i < bits.length; i++) data[dst + i] = f16BitsFromF32Bits(bits[i]);
+    const bits = new Uint32Array(values.buffer, values.byteOffset, values.length);
+    const { data, numKvHeads: kv, headDim: hd, row } = this;
+    for (let h = 0; h < kv; h++) {
+      const dst = this.at(block, h, slot);
+      for (let t = 0; t < n; t++) {
+        const v = src + t * row + h * hd;
+        for (let d = 0; d < hd; d++) data[dst + t * hd + d] = f16BitsFromF32Bits(bits[v + d]);
+      }
+    }
   }
 }
 
@@ -237,8 +269,9 @@ export abstract class ScaledPool extends KvPool {
   }
 
   /**
-   * Each chunk's past blocks' scales into out[outOffset..] as [chunks, P / blockSizeTokens,
-   * kvHeads], beside gatherEncoded's codes. Slots past a sequence's blocks are left as they are.
+   * Each chunk's past blocks' scales into out[outOffset..] as [chunks, kvHeads, P /
+   * blockSizeTokens], beside gatherEncoded's head-major codes. Slots past a sequence's blocks are
+   * left as they are.
    */
   gatherScales(chunks: readonly KvChunk[], P: number, out: Float32Array, outOffset = 0): void {
     const bs = this.blockSizeTokens;
@@ -250,7 +283,7 @@ export abstract class ScaledPool extends KvPool {
       for (let i = 0; i < blocks; i++) {
         const block = c.blockTable[i];
         if (block === NO_BLOCK) continue;
-        out.set(this.scales.subarray(block * kv, (block + 1) * kv), outOffset + (b * blocksPerSeq + i) * kv);
+        for (let h = 0; h < kv; h++) out[outOffset + (b * kv + h) * blocksPerSeq + i] = this.scales[block * kv + h];
       }
     }
   }
@@ -261,16 +294,15 @@ export abstract class ScaledPool extends KvPool {
 
   protected readRun(block: number, n: number, out: Float32Array, outOffset: number): void {
     const { numKvHeads: kv, headDim: hd, row, scales } = this;
-    const base = block * this.blockSizeTokens * row;
     for (let t = 0; t < n; t++) {
-      for (let h = 0; h < kv; h++) this.decodeRow(base + t * row + h * hd, hd, scales[block * kv + h], out, outOffset + t * row + h * hd);
+      for (let h = 0; h < kv; h++) this.decodeRow(this.at(block, h, t), hd, scales[block * kv + h], out, outOffset + t * row + h * hd);
     }
   }
 
   protected writeRun(block: number, slot: number, n: number, values: Float32Array, src: number): void {
     const { numKvHeads: kv, headDim: hd, row, scales, scratch, qmax } = this;
-    const base = block * this.blockSizeTokens * row;
     for (let h = 0; h < kv; h++) {
+      const base = this.at(block, h, 0);
       let maxAbs = 0;
       for (let t = 0; t < n; t++) {
         const off = src + t * row + h * hd;
@@ -287,7 +319,7 @@ export abstract class ScaledPool extends KvPool {
         if (scale > 0) {
           const ratio = scale / grown;
           for (let t = 0; t < slot; t++) {
-            const idx = base + t * row + h * hd;
+            const idx = base + t * hd;
             this.decodeRow(idx, hd, ratio, scratch, 0);
             this.encodeRow(scratch, 0, hd, 1, idx);
           }
@@ -297,7 +329,7 @@ export abstract class ScaledPool extends KvPool {
       }
       const inv = scale > 0 ? 1 / scale : 0;
       for (let t = 0; t < n; t++) {
-        this.encodeRow(values, src + t * row + h * hd, hd, inv, base + (slot + t) * row + h * hd);
+        this.encodeRow(values, src + t * row + h * hd, hd, inv, base + (slot + t) * hd);
       }
     }
   }
@@ -454,7 +486,7 @@ export class KvStore {
     return p.numBlocks * kvBytesPerBlock({ numLayers: this.numLayers, numKvHeads: p.numKvHeads, headDim: p.headDim, blockSizeTokens: p.blockSizeTokens, kvDtype: this.kvDtype });
   }
 
-  /** Every layer's past K and V into `out`, [2 * layers * chunks, P, kvHeads, headDim] (past_kv). */
+  /** Every layer's past K and V decoded into `out`, token-major: [2 * layers * chunks, P, kvHeads, headDim]. */
   gather(chunks: readonly KvChunk[], P: number, out: Float32Array): void {
     const perPool = chunks.length * P * this.row;
     this.pools.forEach((pool, i) => pool.gather(chunks, P, out, i * perPool));
@@ -467,9 +499,9 @@ export class KvStore {
   }
 
   /**
-   * Every layer's past K and V as stored, for the stage graph to decode: codes shaped like
-   * gather's output, and for int8 / fp8 the scales, [2 * layers * chunks, P / blockSizeTokens,
-   * kvHeads]. P must be a whole number of blocks.
+   * Every layer's past K and V as stored, for the stage graph to decode (past_kv): codes shaped
+   * [2 * layers * chunks, kvHeads, P, headDim], and for int8 / fp8 the scales, [2 * layers *
+   * chunks, kvHeads, P / blockSizeTokens]. P must be a whole number of blocks.
    */
   gatherEncoded(chunks: readonly KvChunk[], P: number): { codes: KvCodes; scales?: Float32Array } {
     const first = this.pools[0];

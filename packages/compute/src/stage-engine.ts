@@ -215,10 +215,9 @@ export class StageEngine {
       feeds[STAGE_IO.hiddenIn] = new ort.Tensor("float32", uniform ? hidden! : padRows(hidden!, chunks, T, D), [B, T, D]);
     }
 
-    const G = this.weights.config.numHeads / this.weights.config.numKvHeads;
     const window = this.weights.config.slidingWindow ?? Infinity;
     const positions = new BigInt64Array(B * T);
-    const mask = new Float32Array(B * T * G * S).fill(MASKED);
+    const mask = new Float32Array(B * T * S).fill(MASKED);
     chunks.forEach((c, b) => {
       for (let t = 0; t < T; t++) {
         // Padded slots repeat the last real position; their outputs are never read.
@@ -228,15 +227,13 @@ export class StageEngine {
         // keys, so nothing turns into NaN.
         const query = c.startPosition + t;
         const firstKey = Math.max(0, query - window + 1);
-        for (let g = 0; g < G; g++) {
-          const maskRow = ((b * T + t) * G + g) * S;
-          mask.fill(0, maskRow + Math.min(firstKey, c.startPosition), maskRow + c.startPosition);
-          mask.fill(0, maskRow + P + Math.max(0, firstKey - c.startPosition), maskRow + P + t + 1);
-        }
+        const maskRow = (b * T + t) * S;
+        mask.fill(0, maskRow + Math.min(firstKey, c.startPosition), maskRow + c.startPosition);
+        mask.fill(0, maskRow + P + Math.max(0, firstKey - c.startPosition), maskRow + P + t + 1);
       }
     });
     feeds[STAGE_IO.positions] = new ort.Tensor("int64", positions, [B, T]);
-    feeds[STAGE_IO.mask] = new ort.Tensor("float32", mask, [B, 1, T * G, S]);
+    feeds[STAGE_IO.mask] = new ort.Tensor("float32", mask, [B, 1, T, S]);
 
     // Every layer's past K and V gathered from the blocks into one tensor, layer-major, K then V,
     // still in the storage dtype: the graph decodes it.
@@ -246,18 +243,18 @@ export class StageEngine {
     // The shapes stage-graph's pastKvInput declares for each dtype.
     switch (this.kv.kvDtype) {
       case "fp32":
-        feeds[STAGE_IO.pastKv] = new ort.Tensor("float32", codes as Float32Array, [LB2, P, KV, hd]);
+        feeds[STAGE_IO.pastKv] = new ort.Tensor("float32", codes as Float32Array, [LB2, KV, P, hd]);
         break;
       case "fp16":
-        feeds[STAGE_IO.pastKv] = new ort.Tensor("float16", codes as Uint16Array, [LB2, P, KV, hd]);
+        feeds[STAGE_IO.pastKv] = new ort.Tensor("float16", codes as Uint16Array, [LB2, KV, P, hd]);
         break;
       case "int8":
-        feeds[STAGE_IO.pastKv] = new ort.Tensor("int8", codes as Int8Array, [LB2, P / bs, bs, KV, hd]);
-        feeds[STAGE_IO.pastKvScales] = new ort.Tensor("float32", scales!, [LB2, P / bs, 1, KV, 1]);
+        feeds[STAGE_IO.pastKv] = new ort.Tensor("int8", codes as Int8Array, [LB2, KV, P / bs, bs, hd]);
+        feeds[STAGE_IO.pastKvScales] = new ort.Tensor("float32", scales!, [LB2, KV, P / bs, 1, 1]);
         break;
       case "fp8":
-        feeds[STAGE_IO.pastKv] = new ort.Tensor("uint16", new Uint16Array(codes.buffer, codes.byteOffset, codes.length / 2), [LB2, P / bs, bs, KV, hd / 2]);
-        feeds[STAGE_IO.pastKvScales] = new ort.Tensor("float32", scales!, [LB2, P / bs, 1, KV, 1, 1]);
+        feeds[STAGE_IO.pastKv] = new ort.Tensor("uint16", new Uint16Array(codes.buffer, codes.byteOffset, codes.length / 2), [LB2, KV, P / bs, bs, hd / 2]);
+        feeds[STAGE_IO.pastKvScales] = new ort.Tensor("float32", scales!, [LB2, KV, P / bs, 1, 1, 1]);
         break;
     }
     if (lastStage) {

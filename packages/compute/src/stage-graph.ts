@@ -10,17 +10,17 @@ export const STAGE_IO = {
   inputIds: "input_ids", // int64 [B, T], first stage
   hiddenIn: "hidden_in", // f32 [B, T, D], later stages
   positions: "position_ids", // int64 [B, T]
-  mask: "attn_mask", // f32 [B, 1, T * G, P + T], additive; row t * G + g is query slot t (G query heads per KV head)
-  // [2 * layers * B, P, kv_heads, head_dim]: layer-major, K then V, as stored: f32, f16, int8 codes
-  // as [2 * layers * B, P / block, block, kv_heads, head_dim], or e4m3 codes two to a uint16 as
-  // [2 * layers * B, P / block, block, kv_heads, head_dim / 2].
+  mask: "attn_mask", // f32 [B, 1, T, P + T], additive, shared by every head
+  // [2 * layers * B, kv_heads, P, head_dim] (head-major, as Attention reads it): layer-major, K
+  // then V, as stored: f32, f16, int8 codes as [2 * layers * B, kv_heads, P / block, block,
+  // head_dim], or e4m3 codes two to a uint16 as [..., P / block, block, head_dim / 2].
   pastKv: "past_kv",
-  // f32 [2 * layers * B, P / block, 1, kv_heads, 1] (int8) or [..., 1, kv_heads, 1, 1] (fp8).
+  // f32 [2 * layers * B, kv_heads, P / block, 1, 1] (int8) or [..., 1, 1, 1] (fp8).
   pastKvScales: "past_kv_scales",
   lastIndex: "last_index", // int64 [B], rows of the flattened [B * T] batch whose logits are wanted
   hiddenOut: "hidden_out", // f32 [B, T, D], all but the last stage
   logits: "logits", // f32 [B, vocab], last stage
-  newKv: "new_kv", // f32 [2 * layers * B, T, kv_heads, head_dim], after RoPE, same order as past_kv
+  newKv: "new_kv", // f32 [2 * layers * B, T, kv_heads * head_dim] (token-major), after RoPE, same order as past_kv
 } as const;
 
 /**
@@ -28,6 +28,11 @@ export const STAGE_IO = {
  * past K/V has been gathered from the paged blocks. One session.run per step per stage keeps
  * onnxruntime's per-call cost out of the per-layer loop. Weights must be in rotate-half RoPE
  * layout (see toRotateHalfLayout).
+ *
+ * At small shapes onnxruntime's cost is per node (a few µs each), not per FLOP, so attention is
+ * one opset-23 Attention node (grouped-query heads, additive mask, past K/V in the head-major
+ * layout the KV store gathers into) instead of the ~20 reshapes, transposes, concats and matmuls
+ * of writing it out: about 13 nodes a layer.
  */
 export function buildStageGraph(
   weights: StageWeights,
@@ -38,7 +43,6 @@ export function buildStageGraph(
   const H = config.numHeads;
   const KV = config.numKvHeads;
   const hd = config.headDim;
-  const G = H / KV;
   const F = config.intermediateSize;
   const L = weights.layers.length;
   const g = new GraphBuilder();
@@ -56,7 +60,7 @@ export function buildStageGraph(
   const [cosTable, sinTable] = ropeTables(config.maxPositionEmbeddings, hd, config.ropeTheta);
   const cosCache = g.weight("rope_cos", cosTable, [config.maxPositionEmbeddings, hd / 2]);
   const sinCache = g.weight("rope_sin", sinTable, [config.maxPositionEmbeddings, hd / 2]);
-  const mask = g.input(STAGE_IO.mask, "float", ["B", 1, "TG", "S"]);
+  const mask = g.input(STAGE_IO.mask, "float", ["B", 1, "T", "S"]);
   const pastKv = pastKvInput(g, opts.kvDtype ?? "fp32", KV, hd);
   const pastParts = g.nodeMulti("Split", [pastKv], 2 * L, { axis: 0, num_outputs: 2 * L });
 
@@ -71,11 +75,6 @@ export function buildStageGraph(
   const qkFlatSplit = g.ints([H * hd, KV * hd]);
   let pendingMlp: string | undefined;
   const mlpSplit = g.ints([F, F]);
-  const shapeKv = g.ints([0, 0, KV, hd]);
-  const shapeQGrouped = g.ints([0, 0, KV, G, hd]);
-  const shapeMerged = g.ints([0, 0, H * hd]);
-  const shapeQRows = g.ints([0, KV, -1, hd]);
-  const shapeAttnGrouped = g.ints([0, KV, -1, G, hd]);
   const newKv: string[] = [];
   const lora = loraInputs(g, config, L, opts.maxLoraRank ?? 0);
   // x @ W, plus x @ A @ B for the request's adapter when the stage serves adapters.
@@ -105,29 +104,19 @@ export function buildStageGraph(
     const [qkFlat, vFlat] = g.nodeMulti("Split", [qkv, qkvSplit], 2, { axis: -1 });
     const qkRotated = g.node("RotaryEmbedding", [qkFlat, positions, cosCache, sinCache], { num_heads: H + KV, interleaved: 0 }, undefined, MS_DOMAIN);
     const [qFlat, kFlat] = g.nodeMulti("Split", [qkRotated, qkFlatSplit], 2, { axis: -1 });
-    const k = g.node("Reshape", [kFlat, shapeKv]); // [B,T,KV,hd]
-    const v = g.node("Reshape", [vFlat, shapeKv]); // [B,T,KV,hd]
-    newKv.push(k, v);
-
-    const kAll = g.node("Concat", [pastParts[2 * i], k], { axis: 1 }); // [B,S,KV,hd]
-    const vAll = g.node("Concat", [pastParts[2 * i + 1], v], { axis: 1 });
-    const kT = g.node("Transpose", [kAll], { perm: [0, 2, 3, 1] }); // [B,KV,hd,S]
-    const vT = g.node("Transpose", [vAll], { perm: [0, 2, 1, 3] }); // [B,KV,S,hd]
-    // Query heads grouped by the KV head they share (GQA): [B,KV,T*G,hd], rows t-major.
-    const qGrouped = g.node("Transpose", [g.node("Reshape", [qFlat, shapeQGrouped])], { perm: [0, 2, 1, 3, 4] }); // [B,KV,T,G,hd]
-    const qRows = g.node("Reshape", [qGrouped, shapeQRows]);
-    const scores = g.node("Add", [g.node("MatMul", [qRows, kT]), mask]); // [B,KV,T*G,S]
-    const probs = g.node("Softmax", [scores], { axis: -1 });
-    const attnRows = g.node("MatMul", [probs, vT]); // [B,KV,T*G,hd]
-    const attn = g.node("Transpose", [g.node("Reshape", [attnRows, shapeAttnGrouped])], { perm: [0, 2, 1, 3, 4] }); // [B,T,KV,G,hd]
-    const [mlpIn, afterAttn] = addNorm(project(g.node("Reshape", [attn, shapeMerged]), wo, i, 1), h, ffnNorm);
+    newKv.push(kFlat, vFlat);
+    // Query head j attends with KV head floor(j / G), as in Llama's grouped-query attention; the
+    // 1/sqrt(head_dim) scale is already in wq. Present K/V (past + new) are required outputs when
+    // a past is given; the new rows alone go out through new_kv.
+    const [attn] = g.nodeMulti("Attention", [qFlat, kFlat, vFlat, mask, pastParts[2 * i], pastParts[2 * i + 1]], 3, { q_num_heads: H, kv_num_heads: KV, scale: { float: 1 } });
+    const [mlpIn, afterAttn] = addNorm(project(attn, wo, i, 1), h, ffnNorm);
     h = afterAttn;
     const gateUp = project(mlpIn, wgu, i, 2);
     const [gate, up] = g.nodeMulti("Split", [gateUp, mlpSplit], 2, { axis: -1 });
     const act = g.node("Mul", [g.node("Mul", [gate, g.node("Sigmoid", [gate])]), up]);
     pendingMlp = project(act, wdown, i, 3);
   });
-  g.output(g.node("Concat", newKv, { axis: 0 }), STAGE_IO.newKv, "float", ["LB2", "T", KV, hd]);
+  g.output(g.node("Concat", newKv, { axis: 0 }), STAGE_IO.newKv, "float", ["LB2", "T", KV * hd]);
 
   if (opts.lastStage) {
     if (!weights.finalNorm || !weights.lmHead) throw new Error("last stage needs the final norm and LM head");
@@ -162,21 +151,21 @@ function loraInputs(g: GraphBuilder, config: ModelConfig, L: number, maxRank: nu
 function pastKvInput(g: GraphBuilder, kvDtype: KvDtype, KV: number, hd: number): string {
   switch (kvDtype) {
     case "fp32":
-      return g.input(STAGE_IO.pastKv, "float", ["LB2", "P", KV, hd]);
+      return g.input(STAGE_IO.pastKv, "float", ["LB2", KV, "P", hd]);
     case "fp16":
-      return g.cast(g.input(STAGE_IO.pastKv, "float16", ["LB2", "P", KV, hd]), "float");
+      return g.cast(g.input(STAGE_IO.pastKv, "float16", ["LB2", KV, "P", hd]), "float");
     case "int8": {
-      const codes = g.input(STAGE_IO.pastKv, "int8", ["LB2", "PB", "BS", KV, hd]);
-      const scales = g.input(STAGE_IO.pastKvScales, "float", ["LB2", "PB", 1, KV, 1]);
-      return g.node("Reshape", [g.node("Mul", [g.cast(codes, "float"), scales]), g.ints([0, -1, KV, hd])]);
+      const codes = g.input(STAGE_IO.pastKv, "int8", ["LB2", KV, "PB", "BS", hd]);
+      const scales = g.input(STAGE_IO.pastKvScales, "float", ["LB2", KV, "PB", 1, 1]);
+      return g.node("Reshape", [g.node("Mul", [g.cast(codes, "float"), scales]), g.ints([0, KV, -1, hd])]);
     }
     case "fp8": {
       // No bit cast in ONNX and no float8 tensors in onnxruntime-node, so a table lookup; two
       // codes per lookup halve Gather's per-index cost (measured 1.6x faster than one).
-      const pairs = g.input(STAGE_IO.pastKv, "uint16", ["LB2", "PB", "BS", KV, hd / 2]);
-      const scales = g.input(STAGE_IO.pastKvScales, "float", ["LB2", "PB", 1, KV, 1, 1]);
+      const pairs = g.input(STAGE_IO.pastKv, "uint16", ["LB2", KV, "PB", "BS", hd / 2]);
+      const scales = g.input(STAGE_IO.pastKvScales, "float", ["LB2", KV, "PB", 1, 1, 1]);
       const values = g.node("Gather", [g.weight("e4m3_pair_decode", e4m3PairTable(), [65536, 2]), g.cast(pairs, "int32")], { axis: 0 });
-      return g.node("Reshape", [g.node("Mul", [values, scales]), g.ints([0, -1, KV, hd])]);
+      return g.node("Reshape", [g.node("Mul", [values, scales]), g.ints([0, KV, -1, hd])]);
     }
   }
 }
