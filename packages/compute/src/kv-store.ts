@@ -34,25 +34,32 @@ export abstract class KvPool {
   readonly headDim: number;
   /** Floats per token: kvHeads * headDim. */
   protected readonly row: number;
+  /**
+   * Per block, a count bumped whenever the block begins afresh (its first slot written, or a copy
+   * over it): equal counts mean slots written before still hold what they held. Shared by a
+   * KvStore's pools.
+   */
+  readonly blockEpochs: Uint32Array;
 
-  constructor(shape: KvPoolShape) {
+  constructor(shape: KvPoolShape, blockEpochs: Uint32Array = new Uint32Array(shape.numBlocks)) {
     this.numBlocks = shape.numBlocks;
     this.blockSizeTokens = shape.blockSizeTokens;
     this.numKvHeads = shape.numKvHeads;
     this.headDim = shape.headDim;
     this.row = shape.numKvHeads * shape.headDim;
+    this.blockEpochs = blockEpochs;
   }
 
-  static create(dtype: KvDtype, shape: KvPoolShape): KvPool {
+  static create(dtype: KvDtype, shape: KvPoolShape, blockEpochs?: Uint32Array): KvPool {
     switch (dtype) {
       case "fp32":
-        return new Fp32Pool(shape);
+        return new Fp32Pool(shape, blockEpochs);
       case "fp16":
-        return new Fp16Pool(shape);
+        return new Fp16Pool(shape, blockEpochs);
       case "int8":
-        return new Int8Pool(shape);
+        return new Int8Pool(shape, blockEpochs);
       case "fp8":
-        return new Fp8Pool(shape);
+        return new Fp8Pool(shape, blockEpochs);
     }
   }
 
@@ -99,7 +106,9 @@ export abstract class KvPool {
         const pos = c.startPosition + t;
         const slot = pos % bs;
         const n = Math.min(bs - slot, c.numTokens - t);
-        this.writeRun(c.blockTable[Math.floor(pos / bs)], slot, n, values, valuesOffset + (b * T + t) * row);
+        const block = c.blockTable[Math.floor(pos / bs)];
+        if (slot === 0) this.blockEpochs[block]++;
+        this.writeRun(block, slot, n, values, valuesOffset + (b * T + t) * row);
         t += n;
       }
     }
@@ -108,27 +117,28 @@ export abstract class KvPool {
   /**
    * Like gather, but copies the stored codes as they are into `out` (the pool's storage type),
    * head-major, [chunks, kvHeads, P, headDim], a block's head run at a time: what the stage graph
-   * decodes itself.
+   * decodes itself. With `from`, chunk b's positions before from[b] are taken to be in `out`
+   * already and only [from[b], startPosition) are copied.
    */
-  gatherEncoded(chunks: readonly KvChunk[], P: number, out: KvCodes, outOffset = 0): void {
+  gatherEncoded(chunks: readonly KvChunk[], P: number, out: KvCodes, outOffset = 0, from?: readonly number[]): void {
     const { blockSizeTokens: bs, numKvHeads: kv, headDim: hd } = this;
     const data = this.storage();
     for (let b = 0; b < chunks.length; b++) {
       const c = chunks[b];
-      for (let start = 0; start < c.startPosition; start += bs) {
+      const first = from ? from[b] : 0;
+      for (let start = first - (first % bs); start < c.startPosition; start += bs) {
         const block = c.blockTable[start / bs];
         if (block === NO_BLOCK) continue; // outside the sliding window: masked
-        const n = Math.min(bs, c.startPosition - start) * hd;
-        for (let h = 0; h < kv; h++) {
-          const src = this.at(block, h, 0);
-          copyCodes(out, data.subarray(src, src + n), outOffset + ((b * kv + h) * P + start) * hd);
-        }
+        const lo = Math.max(start, first) - start;
+        const n = (Math.min(bs, c.startPosition - start) - lo) * hd;
+        for (let h = 0; h < kv; h++) copyCodes(out, data, this.at(block, h, lo), n, outOffset + ((b * kv + h) * P + start + lo) * hd);
       }
     }
   }
 
   /** Copies block `from` (values and scales) over block `to`: a forked sequence's partial last block. */
   copyBlock(from: number, to: number): void {
+    this.blockEpochs[to]++;
     const size = this.blockSizeTokens * this.row;
     this.storage().copyWithin(to * size, from * size, (from + 1) * size);
   }
@@ -149,8 +159,8 @@ class Fp32Pool extends KvPool {
   readonly dtype = "fp32";
   readonly data: Float32Array;
 
-  constructor(shape: KvPoolShape) {
-    super(shape);
+  constructor(shape: KvPoolShape, blockEpochs?: Uint32Array) {
+    super(shape, blockEpochs);
     this.data = new Float32Array(shape.numBlocks * shape.blockSizeTokens * this.row);
   }
 
@@ -200,8 +210,8 @@ class Fp16Pool extends KvPool {
   readonly data: Uint16Array;
   private readonly decode = f16Table();
 
-  constructor(shape: KvPoolShape) {
-    super(shape);
+  constructor(shape: KvPoolShape, blockEpochs?: Uint32Array) {
+    super(shape, blockEpochs);
     this.data = new Uint16Array(shape.numBlocks * shape.blockSizeTokens * this.row);
   }
 
@@ -251,8 +261,8 @@ export abstract class ScaledPool extends KvPool {
   // One head row at a time, reused.
   protected readonly scratch: Float32Array;
 
-  constructor(shape: KvPoolShape) {
-    super(shape);
+  constructor(shape: KvPoolShape, blockEpochs?: Uint32Array) {
+    super(shape, blockEpochs);
     this.scales = new Float32Array(shape.numBlocks * shape.numKvHeads);
     this.scratch = new Float32Array(shape.headDim);
   }
@@ -341,8 +351,8 @@ class Int8Pool extends ScaledPool {
   protected readonly qmax = 127;
   readonly data: Int8Array;
 
-  constructor(shape: KvPoolShape) {
-    super(shape);
+  constructor(shape: KvPoolShape, blockEpochs?: Uint32Array) {
+    super(shape, blockEpochs);
     this.data = new Int8Array(shape.numBlocks * shape.blockSizeTokens * this.row);
   }
 
@@ -418,8 +428,8 @@ class Fp8Pool extends ScaledPool {
   private readonly scaled: Float32Array;
   private readonly scaledBits: Uint32Array;
 
-  constructor(shape: KvPoolShape) {
-    super(shape);
+  constructor(shape: KvPoolShape, blockEpochs?: Uint32Array) {
+    super(shape, blockEpochs);
     this.data = new Uint8Array(shape.numBlocks * shape.blockSizeTokens * this.row);
     this.scaled = new Float32Array(shape.headDim);
     this.scaledBits = new Uint32Array(this.scaled.buffer);
@@ -445,12 +455,49 @@ class Fp8Pool extends ScaledPool {
   }
 }
 
-function copyCodes(out: KvCodes, src: KvCodes, offset: number): void {
-  // Every pool copies into its own storage type; set() between equal types is a memcpy.
-  (out as Uint8Array).set(src as Uint8Array, offset);
+/** n codes from src[from..] to out[to..]; both are the pool's own storage type. */
+function copyCodes(out: KvCodes, src: KvCodes, from: number, n: number, to: number): void {
+  // A decode step copies one token per block and head: a few values, where creating a subarray
+  // for set() costs more than the copy. Long runs are a memcpy.
+  if (n <= 64) {
+    for (let i = 0; i < n; i++) out[to + i] = src[from + i];
+  } else {
+    (out as Uint8Array).set((src as Uint8Array).subarray(from, from + n), to);
+  }
 }
 
 const MAX_SCRATCH_ARRAYS = 32;
+const MAX_POOL_GATHERS = 4;
+
+// An array moved to a compute thread comes back detached.
+const isDetached = (a: KvCodes): boolean => a.buffer.byteLength === 0;
+
+/**
+ * What a per-pool gather left in its arrays: chunk b's positions [0, starts[b]) from blocks
+ * tables[b], as they were at blockEpochs epochs[b].
+ */
+interface PoolsGather {
+  P: number;
+  arrays: KvCodes[];
+  starts: number[];
+  tables: number[][];
+  epochs: number[][];
+}
+
+function canExtend(last: PoolsGather, chunks: readonly KvChunk[], P: number, blockEpochs: Uint32Array): boolean {
+  if (last.P !== P || last.starts.length !== chunks.length || last.arrays.some(isDetached)) return false;
+  for (let b = 0; b < chunks.length; b++) {
+    const c = chunks[b];
+    const table = last.tables[b];
+    const epochs = last.epochs[b];
+    if (c.startPosition < last.starts[b]) return false;
+    for (let i = 0; i < table.length; i++) {
+      // A block freed and reused since, or rewritten from its start, no longer holds what was copied.
+      if (c.blockTable[i] !== table[i] || (table[i] !== NO_BLOCK && blockEpochs[table[i]] !== epochs[i])) return false;
+    }
+  }
+  return true;
+}
 
 export interface KvStoreOptions extends KvPoolShape {
   numLayers: number;
@@ -469,6 +516,7 @@ export class KvStore {
   readonly pools: readonly KvPool[];
   private readonly row: number;
   private readonly scratchArrays = new Map<string, KvCodes>();
+  private readonly poolGathers: PoolsGather[] = []; // most recent first
 
   constructor(opts: KvStoreOptions) {
     for (const [name, value] of Object.entries({ numLayers: opts.numLayers, numBlocks: opts.numBlocks, blockSizeTokens: opts.blockSizeTokens, numKvHeads: opts.numKvHeads, headDim: opts.headDim })) {
@@ -477,7 +525,8 @@ export class KvStore {
     this.kvDtype = opts.kvDtype;
     this.numLayers = opts.numLayers;
     this.row = opts.numKvHeads * opts.headDim;
-    this.pools = Array.from({ length: 2 * opts.numLayers }, () => KvPool.create(opts.kvDtype, opts));
+    const blockEpochs = new Uint32Array(opts.numBlocks);
+    this.pools = Array.from({ length: 2 * opts.numLayers }, () => KvPool.create(opts.kvDtype, opts, blockEpochs));
   }
 
   /** Bytes held, scales included: numBlocks × kvBytesPerBlock. */
@@ -514,6 +563,40 @@ export class KvStore {
     const scales = this.scratch("scales", this.pools.length * perPoolScales, (n) => new Float32Array(n)) as Float32Array;
     this.pools.forEach((pool, i) => (pool as ScaledPool).gatherScales(chunks, P, scales, i * perPoolScales));
     return { codes, scales };
+  }
+
+  /**
+   * gatherEncoded's codes with one array per pool (the order of `pools`), each [chunks, kvHeads,
+   * P, headDim]: the fp32 graph takes them as separate inputs. The arrays hold until a later call
+   * reuses them. fp32 codes never change once written, so when an earlier call's arrays are still
+   * here and every chunk is a sequence of that call in the same slot (the same physical blocks up
+   * to where it was, so the same contents) and no shorter, only the positions since are copied: a
+   * decode step copies one token per sequence instead of its whole past. The few most recent
+   * gathers are kept, one per micro-batch a pipelined stage alternates between.
+   */
+  gatherEncodedPools(chunks: readonly KvChunk[], P: number): KvCodes[] {
+    if (this.kvDtype !== "fp32") throw new Error(`per-pool gathers are for fp32 KV, not ${this.kvDtype}`);
+    const bs = this.pools[0].blockSizeTokens;
+    const found = this.poolGathers.findIndex((g) => canExtend(g, chunks, P, this.pools[0].blockEpochs));
+    let entry: PoolsGather;
+    let from: number[] | undefined;
+    if (found >= 0) {
+      [entry] = this.poolGathers.splice(found, 1);
+      from = entry.starts;
+    } else {
+      const perPool = chunks.length * P * this.row;
+      const victim = this.poolGathers.length >= MAX_POOL_GATHERS ? this.poolGathers.pop() : undefined;
+      const reusable = victim !== undefined && victim.arrays[0].length === perPool && !victim.arrays.some(isDetached);
+      entry = { P, arrays: reusable ? victim.arrays : this.pools.map((pool) => pool.newCodes(perPool)), starts: [], tables: [], epochs: [] };
+    }
+    this.pools.forEach((pool, i) => pool.gatherEncoded(chunks, P, entry.arrays[i], 0, from));
+    entry.P = P;
+    entry.starts = chunks.map((c) => c.startPosition);
+    entry.tables = chunks.map((c) => c.blockTable.slice(0, Math.ceil(c.startPosition / bs)));
+    const epochs = this.pools[0].blockEpochs;
+    entry.epochs = entry.tables.map((table) => table.map((block) => (block === NO_BLOCK ? 0 : epochs[block])));
+    this.poolGathers.unshift(entry);
+    return entry.arrays;
   }
 
   /**

@@ -4,7 +4,7 @@ import { toRotateHalfLayout, type LoraAdapter, type StageWeights } from "@strata
 import { LORA_IO, loraInputShapes, packLoraAdapter, type LoraInput } from "./lora-pack.ts";
 import { KvStore } from "./kv-store.ts";
 import { createSessionRunner, type SessionRunner } from "./session-runner.ts";
-import { buildStageGraph, STAGE_IO } from "./stage-graph.ts";
+import { buildStageGraph, pastKvPoolInput, STAGE_IO } from "./stage-graph.ts";
 
 export type Device = "cpu" | "cuda";
 
@@ -235,27 +235,28 @@ export class StageEngine {
     feeds[STAGE_IO.positions] = new ort.Tensor("int64", positions, [B, T]);
     feeds[STAGE_IO.mask] = new ort.Tensor("float32", mask, [B, 1, T, S]);
 
-    // Every layer's past K and V gathered from the blocks into one tensor, layer-major, K then V,
-    // still in the storage dtype: the graph decodes it.
+    // Every layer's past K and V gathered from the blocks: fp32 as one tensor per pool; other
+    // dtypes packed into one tensor, layer-major, K then V, still as stored (the graph decodes it).
     const LB2 = 2 * this.layerCount * B;
     const KV = this.weights.config.numKvHeads;
-    const { codes, scales } = this.kv.gatherEncoded(chunks, P);
-    // The shapes stage-graph's pastKvInput declares for each dtype.
-    switch (this.kv.kvDtype) {
-      case "fp32":
-        feeds[STAGE_IO.pastKv] = new ort.Tensor("float32", codes as Float32Array, [LB2, KV, P, hd]);
-        break;
-      case "fp16":
-        feeds[STAGE_IO.pastKv] = new ort.Tensor("float16", codes as Uint16Array, [LB2, KV, P, hd]);
-        break;
-      case "int8":
-        feeds[STAGE_IO.pastKv] = new ort.Tensor("int8", codes as Int8Array, [LB2, KV, P / bs, bs, hd]);
-        feeds[STAGE_IO.pastKvScales] = new ort.Tensor("float32", scales!, [LB2, KV, P / bs, 1, 1]);
-        break;
-      case "fp8":
-        feeds[STAGE_IO.pastKv] = new ort.Tensor("uint16", new Uint16Array(codes.buffer, codes.byteOffset, codes.length / 2), [LB2, KV, P / bs, bs, hd / 2]);
-        feeds[STAGE_IO.pastKvScales] = new ort.Tensor("float32", scales!, [LB2, KV, P / bs, 1, 1, 1]);
-        break;
+    if (this.kv.kvDtype === "fp32") {
+      this.kv.gatherEncodedPools(chunks, P).forEach((codes, j) => (feeds[pastKvPoolInput(j)] = new ort.Tensor("float32", codes as Float32Array, [B, KV, P, hd])));
+    } else {
+      const { codes, scales } = this.kv.gatherEncoded(chunks, P);
+      // The shapes stage-graph's pastKvInput declares for each dtype.
+      switch (this.kv.kvDtype) {
+        case "fp16":
+          feeds[STAGE_IO.pastKv] = new ort.Tensor("float16", codes as Uint16Array, [LB2, KV, P, hd]);
+          break;
+        case "int8":
+          feeds[STAGE_IO.pastKv] = new ort.Tensor("int8", codes as Int8Array, [LB2, KV, P / bs, bs, hd]);
+          feeds[STAGE_IO.pastKvScales] = new ort.Tensor("float32", scales!, [LB2, KV, P / bs, 1, 1]);
+          break;
+        case "fp8":
+          feeds[STAGE_IO.pastKv] = new ort.Tensor("uint16", new Uint16Array(codes.buffer, codes.byteOffset, codes.length / 2), [LB2, KV, P / bs, bs, hd / 2]);
+          feeds[STAGE_IO.pastKvScales] = new ort.Tensor("float32", scales!, [LB2, KV, P / bs, 1, 1, 1]);
+          break;
+      }
     }
     if (lastStage) {
       feeds[STAGE_IO.lastIndex] = new ort.Tensor(

@@ -15,6 +15,8 @@ export const STAGE_IO = {
   // then V, as stored: f32, f16, int8 codes as [2 * layers * B, kv_heads, P / block, block,
   // head_dim], or e4m3 codes two to a uint16 as [..., P / block, block, head_dim / 2].
   pastKv: "past_kv",
+  // fp32 past K/V come one input per pool instead, past_kv_<j> for pool j (layer j / 2, K or V):
+  // f32 [B, kv_heads, P, head_dim]. Splitting one packed tensor in the graph copied it all again.
   // f32 [2 * layers * B, kv_heads, P / block, 1, 1] (int8) or [..., 1, 1, 1] (fp8).
   pastKvScales: "past_kv_scales",
   lastIndex: "last_index", // int64 [B], rows of the flattened [B * T] batch whose logits are wanted
@@ -61,8 +63,11 @@ export function buildStageGraph(
   const cosCache = g.weight("rope_cos", cosTable, [config.maxPositionEmbeddings, hd / 2]);
   const sinCache = g.weight("rope_sin", sinTable, [config.maxPositionEmbeddings, hd / 2]);
   const mask = g.input(STAGE_IO.mask, "float", ["B", 1, "T", "S"]);
-  const pastKv = pastKvInput(g, opts.kvDtype ?? "fp32", KV, hd);
-  const pastParts = g.nodeMulti("Split", [pastKv], 2 * L, { axis: 0, num_outputs: 2 * L });
+  const kvDtype = opts.kvDtype ?? "fp32";
+  const pastParts =
+    kvDtype === "fp32"
+      ? Array.from({ length: 2 * L }, (_, j) => g.input(pastKvPoolInput(j), "float", ["B", KV, "P", hd]))
+      : g.nodeMulti("Split", [pastKvInput(g, kvDtype, KV, hd)], 2 * L, { axis: 0, num_outputs: 2 * L });
 
   const epsilon = { float: config.rmsNormEps };
   const rmsNorm = (x: string, w: string): string => g.node("SimplifiedLayerNormalization", [x, w], { axis: -1, epsilon });
@@ -144,14 +149,19 @@ function loraInputs(g: GraphBuilder, config: ModelConfig, L: number, maxRank: nu
   return LORA_GROUPS.map((group) => [perLayer(group.a), perLayer(group.b)]);
 }
 
+/** The fp32 past K/V input of KV pool j (layer j / 2; K when j is even, V when odd). */
+export function pastKvPoolInput(j: number): string {
+  return `${STAGE_IO.pastKv}_${j}`;
+}
+
 /**
- * The past K/V as float32. They arrive as stored (a quarter of f32's bytes for int8 and fp8) and
+ * The packed past K/V of a quantized or half-precision cache as float32. They arrive as stored (a quarter of f32's bytes for int8 and fp8) and
  * are decoded here in one vectorized pass, not element by element in JS.
  */
 function pastKvInput(g: GraphBuilder, kvDtype: KvDtype, KV: number, hd: number): string {
   switch (kvDtype) {
     case "fp32":
-      return g.input(STAGE_IO.pastKv, "float", ["LB2", KV, "P", hd]);
+      throw new Error("fp32 past K/V are fed per pool (pastKvPoolInput)");
     case "fp16":
       return g.cast(g.input(STAGE_IO.pastKv, "float16", ["LB2", KV, "P", hd]), "float");
     case "int8": {

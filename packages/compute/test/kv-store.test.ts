@@ -352,3 +352,68 @@ describe("KV store: every dtype", () => {
     }
   });
 });
+
+describe("KV store: per-pool gathers for the fp32 graph", () => {
+  const { numKvHeads: KV, headDim: HD, blockSizeTokens: BS } = SHAPE;
+
+  /** The head-major [chunks, kvHeads, P, headDim] view of every chunk's past, from the token-major float32 gather. */
+  function expected(pool: KvPool, chunks: KvChunk[], P: number): Float32Array {
+    const tokenMajor = new Float32Array(chunks.length * P * ROW);
+    pool.gather(chunks, P, tokenMajor);
+    const out = new Float32Array(chunks.length * KV * P * HD);
+    chunks.forEach((c, b) => {
+      for (let t = 0; t < c.startPosition; t++) {
+        for (let h = 0; h < KV; h++) out.set(tokenMajor.subarray((b * P + t) * ROW + h * HD, (b * P + t) * ROW + (h + 1) * HD), ((b * KV + h) * P + t) * HD);
+      }
+    });
+    return out;
+  }
+
+  /** Only the positions each chunk's past covers: the rest of a gather's arrays is stale by design. */
+  function past(arr: Float32Array, chunks: KvChunk[], P: number): number[] {
+    const values: number[] = [];
+    chunks.forEach((c, b) => {
+      for (let h = 0; h < KV; h++) values.push(...arr.subarray(((b * KV + h) * P) * HD, ((b * KV + h) * P + c.startPosition) * HD));
+    });
+    return values;
+  }
+
+  function check(store: KvStore, chunks: KvChunk[], P: number): void {
+    const arrays = store.gatherEncodedPools(chunks, P) as Float32Array[];
+    store.pools.forEach((pool, i) => expect(past(arrays[i], chunks, P)).toEqual(past(expected(pool, chunks, P), chunks, P)));
+  }
+
+  it("equals a full gather through decode steps, alternating micro-batches, and blocks freed and reused by another sequence", () => {
+    const store = new KvStore({ ...SHAPE, numLayers: 2, kvDtype: "fp32" });
+    let seed = 20;
+    const write = (chunks: KvChunk[]) => {
+      const T = Math.max(...chunks.map((c) => c.numTokens));
+      store.scatter(chunks, T, randomValues(2 * 2 * chunks.length * T * ROW, seed++));
+    };
+    // Micro-batch A: two sequences; micro-batch B: one. Prefill, then decode steps alternating A and B.
+    const a = [{ blockTable: [5, 0, 3] }, { blockTable: [2, 7] }];
+    const b = [{ blockTable: [4, 6] }];
+    const lengths = new Map<object, number>([[a[0], 5], [a[1], 3], [b[0], 2]]);
+    write([...a, ...b].map((s) => ({ startPosition: 0, numTokens: lengths.get(s)!, blockTable: s.blockTable })));
+    const step = (batch: { blockTable: number[] }[], P: number) => {
+      const chunks = batch.map((s) => ({ startPosition: lengths.get(s)!, numTokens: 1, blockTable: s.blockTable }));
+      check(store, chunks, P);
+      write(chunks);
+      batch.forEach((s) => lengths.set(s, lengths.get(s)! + 1));
+    };
+    for (let i = 0; i < 3; i++) {
+      step(a, 2 * BS);
+      step(b, BS);
+    }
+    // Sequence a[1] ends; a new sequence takes its blocks (same table) and writes them afresh: a
+    // gather must not serve a[1]'s old values from the arrays it copied them into.
+    const reused = { blockTable: [2, 7] };
+    lengths.set(reused, 6);
+    write([{ startPosition: 0, numTokens: 6, blockTable: reused.blockTable }]);
+    a[1] = reused;
+    step(a, 2 * BS); // the past length of a's last gather, which held a[1]'s values at [0, 5)
+    for (let i = 0; i < 2; i++) step(a, 3 * BS);
+    // Back to the earlier past length: same arrays size as before, different contents.
+    step(b, 2 * BS);
+  });
+});
