@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BUNDLED_MODEL_DIR } from "@strata/model";
 import { LocalCluster, RequestAbortedError, type GenerateRequest, type GenerateResult } from "@strata/coordinator";
+import type { ResultsResponse } from "@strata/proto";
 import { GREEDY, loadGreedyOracle, useNats } from "./support/cluster.ts";
 
 // Decode runs (multi-step scheduling): a batch of decodes loops through the stages several steps
@@ -16,7 +17,8 @@ let single: LocalCluster;
 beforeAll(async () => {
   await nats.start();
   const base = { modelDir: BUNDLED_MODEL_DIR, workers: 2, natsUrl: nats.url(), inProcessWorkers: true, warmUp: false };
-  runs = await LocalCluster.start({ ...base, numSchedulerSteps: 6 });
+  // A hold longer than any run here: every run's step results travel together, deterministically.
+  runs = await LocalCluster.start({ ...base, numSchedulerSteps: 6, resultHoldMs: 60_000 });
   single = await LocalCluster.start({ ...base, numSchedulerSteps: 1 });
 });
 
@@ -55,6 +57,35 @@ describe("decode runs", () => {
     // The runs really looped: steps entered stage 0 from the last stage.
     expect(await hopCount(runs, "1->0")).toBeGreaterThan(0);
     expect(await hopCount(single, "1->0")).toBe(0);
+    expect(await runs.waitForBlocksFreed()).toEqual([0, 0]);
+  });
+
+  it("holds a run's step results and sends them together at its last step", async () => {
+    // Each step's result says when its last stage finished it; the coordinator's step records say
+    // when the result arrived. Held results all arrive after the run's last step was computed.
+    const arrivals: { batchId: number; step: number; computedUnixMs: number; receivedUnixMs: number }[] = [];
+    const telemetry = runs.telemetry as unknown as { stepFinished(record: { receivedUnixMs: number }, result: ResultsResponse, ...rest: unknown[]): void };
+    const original = telemetry.stepFinished.bind(telemetry);
+    telemetry.stepFinished = (record, result, ...rest) => {
+      original(record, result, ...rest);
+      const computedUnixMs = result.stageTimings[result.stageTimings.length - 1].sentUnixMs;
+      arrivals.push({ batchId: result.batchId, step: result.step, computedUnixMs, receivedUnixMs: record.receivedUnixMs });
+    };
+    try {
+      const result = await runs.engine.generate({ promptIds: oracle.prompt_token_ids, maxTokens: 30, sampling: GREEDY, stopTokenIds: [] });
+      expect(result.tokenIds).toEqual(greedyIds.slice(0, 30));
+    } finally {
+      telemetry.stepFinished = original;
+    }
+    const byBatch = new Map<number, typeof arrivals>();
+    for (const a of arrivals) byBatch.set(a.batchId, [...(byBatch.get(a.batchId) ?? []), a]);
+    const runsSeen = [...byBatch.values()].filter((steps) => steps.length > 1);
+    expect(runsSeen.length).toBeGreaterThanOrEqual(4); // 29 decode tokens in runs of 6
+    for (const steps of runsSeen) {
+      expect(steps.map((s) => s.step)).toEqual(steps.map((_, i) => i)); // in order, none lost
+      const lastComputed = Math.max(...steps.map((s) => s.computedUnixMs));
+      for (const s of steps) expect(s.receivedUnixMs).toBeGreaterThanOrEqual(lastComputed);
+    }
     expect(await runs.waitForBlocksFreed()).toEqual([0, 0]);
   });
 

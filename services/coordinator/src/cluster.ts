@@ -36,6 +36,8 @@ export interface ClusterOptions {
   blockSizeTokens?: number;
   kvCacheBytes?: number;
   threadsPerWorker?: number;
+  /** Workers' hold on a decode run's step results (see WorkerOptions.resultHoldMs; default 50 ms). */
+  resultHoldMs?: number;
   maxNumSeqs?: number;
   maxNumBatchedTokens?: number;
   /** Longest prefill chunk per step (chunked prefill); default maxNumBatchedTokens. */
@@ -131,8 +133,8 @@ export class LocalCluster {
         ownTracings.push(workerTracing);
         workers.push(
           opts.inProcessWorkers
-            ? inProcessWorker(await startWorkerServer({ workerId: `worker-${i}`, natsUrl, intraOpThreads: opts.threadsPerWorker, tracing: workerTracing, metricsPort }))
-            : await spawnWorker(i, natsUrl, opts.threadsPerWorker ?? 1, opts.log, { tracesUrl: opts.tracesUrl, metricsPort }, 0),
+            ? inProcessWorker(await startWorkerServer({ workerId: `worker-${i}`, natsUrl, intraOpThreads: opts.threadsPerWorker, tracing: workerTracing, metricsPort, resultHoldMs: opts.resultHoldMs }))
+            : await spawnWorker(i, natsUrl, opts.threadsPerWorker ?? 1, opts.log, { tracesUrl: opts.tracesUrl, metricsPort, resultHoldMs: opts.resultHoldMs }, 0),
         );
       }
       const pipeline = new PipelineClient(workers.map((w) => w.address));
@@ -288,7 +290,7 @@ async function spawnWorker(
   natsUrl: string,
   threads: number,
   log?: (line: string) => void,
-  telemetry: { tracesUrl?: string; metricsPort?: number } = {},
+  options: { tracesUrl?: string; metricsPort?: number; resultHoldMs?: number } = {},
   port = 0,
 ): Promise<WorkerHandle> {
   const child: ChildProcess = spawn(
@@ -306,12 +308,13 @@ async function spawnWorker(
       "--threads",
       String(threads),
       "--metrics-port",
-      telemetry.metricsPort === undefined ? "none" : String(telemetry.metricsPort),
+      options.metricsPort === undefined ? "none" : String(options.metricsPort),
+      ...(options.resultHoldMs === undefined ? [] : ["--result-hold-ms", String(options.resultHoldMs)]),
     ],
     {
       cwd: REPO_ROOT,
       stdio: ["pipe", "pipe", "pipe"],
-      env: telemetry.tracesUrl ? { ...process.env, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: telemetry.tracesUrl } : process.env,
+      env: options.tracesUrl ? { ...process.env, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: options.tracesUrl } : process.env,
     },
   );
   child.stderr!.on("data", (chunk: Buffer) => log?.(chunk.toString().trimEnd()));
@@ -342,7 +345,7 @@ async function spawnWorker(
     stop: () => exited("SIGTERM"),
     crashAndRestart: async () => {
       await exited("SIGKILL");
-      return spawnWorker(index, natsUrl, threads, log, telemetry, Number(address.split(":").pop()));
+      return spawnWorker(index, natsUrl, threads, log, options, Number(address.split(":").pop()));
     },
   };
 }

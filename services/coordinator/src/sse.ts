@@ -17,6 +17,7 @@ export class SseStream {
   private held: string[] | undefined = [];
   private closed = false;
   private ended = false;
+  private corked = false;
 
   /** `onCancel` runs when the client goes away before the stream ends. */
   constructor(
@@ -49,7 +50,19 @@ export class SseStream {
     const event = `data: ${typeof data === "string" ? data : JSON.stringify(data)}\n\n`;
     if (!this.outgoing) this.controller!.enqueue(encoder.encode(event));
     else if (this.held) this.held.push(event);
-    else this.outgoing.write(event);
+    else {
+      // Events of one pass of the event loop (a decode run's held steps arrive together) leave in
+      // one socket write instead of one each.
+      if (!this.corked) {
+        this.corked = true;
+        this.outgoing.cork();
+        setImmediate(() => {
+          this.corked = false;
+          this.outgoing!.uncork();
+        });
+      }
+      this.outgoing.write(event);
+    }
   }
 
   close(): void {

@@ -15,6 +15,8 @@ const { values } = parseArgs({
     // 32-request pipelined throughput 1.7x pipelining-off without it). Worth it where one step's
     // compute dwarfs that and hidden states outgrow the socket buffers.
     "compute-thread": { type: "boolean", default: false },
+    // A decode run's step results may wait this long to go out together (0: every step at once).
+    "result-hold-ms": { type: "string", default: "50" },
     // Prometheus metrics port: 0 picks a free one; "none" serves none.
     "metrics-port": { type: "string", default: "0" },
   },
@@ -22,6 +24,12 @@ const { values } = parseArgs({
 
 // Stage spans export to OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT when set, as service strata-<worker id>.
 const tracing = startTracing({ serviceName: `strata-${values["worker-id"]}`, tracesUrl: otlpTracesUrlFromEnv(process.env), global: true });
+
+const resultHoldMs = Number(values["result-hold-ms"]);
+if (!Number.isFinite(resultHoldMs) || resultHoldMs < 0) {
+  process.stderr.write(`--result-hold-ms must be a number of milliseconds >= 0, got "${values["result-hold-ms"]}"\n`);
+  process.exit(2);
+}
 
 const worker = await startWorkerServer({
   host: values.host,
@@ -33,6 +41,7 @@ const worker = await startWorkerServer({
   log: (line) => process.stderr.write(`[${values["worker-id"]}] ${line}\n`),
   tracing,
   metricsPort: values["metrics-port"] === "none" ? undefined : Number(values["metrics-port"]),
+  resultHoldMs,
 });
 // The launcher reads this line to learn the port.
 process.stdout.write(JSON.stringify({ event: "listening", address: worker.address, port: worker.port, metricsPort: worker.metricsPort, metricsUrl: worker.metricsUrl }) + "\n");

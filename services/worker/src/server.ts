@@ -17,6 +17,8 @@ export interface WorkerServerOptions {
   tracing?: Tracing;
   /** Serve Prometheus metrics at http://host:<port>/metrics; 0 picks a free port, undefined serves none. */
   metricsPort?: number;
+  /** See WorkerOptions.resultHoldMs. */
+  resultHoldMs?: number;
 }
 
 export interface RunningWorker {
@@ -32,7 +34,7 @@ export interface RunningWorker {
 
 export async function startWorkerServer(opts: WorkerServerOptions): Promise<RunningWorker> {
   const events = opts.natsUrl ? await EventBus.connect(opts.natsUrl, `strata-worker-${opts.workerId}`) : undefined;
-  const node = new WorkerNode({ workerId: opts.workerId, intraOpThreads: opts.intraOpThreads, computeThread: opts.computeThread, events, log: opts.log });
+  const node = new WorkerNode({ workerId: opts.workerId, intraOpThreads: opts.intraOpThreads, computeThread: opts.computeThread, events, log: opts.log, resultHoldMs: opts.resultHoldMs });
   const telemetry = new StageTelemetry(opts.workerId, () => node.describe(), opts.tracing ?? TRACING_OFF, events);
   node.observer = telemetry;
   const server = new grpc.Server(grpcChannelOptions);

@@ -54,9 +54,16 @@ export interface WorkerOptions {
   computeThread?: boolean;
   events?: EventBus;
   log?: (line: string) => void;
+  /**
+   * How long a decode run's intermediate step results may wait to go out together with later
+   * steps' (default 50 ms; 0 sends every step at once).
+   */
+  resultHoldMs?: number;
 }
 
 type ForwardCall = grpc.ServerDuplexStream<ForwardRequest, ForwardResponse>;
+
+export const DEFAULT_RESULT_HOLD_MS = 50;
 
 /**
  * A pipeline stage as a gRPC service. Micro-batches are processed strictly in arrival order (the
@@ -71,6 +78,8 @@ export class WorkerNode {
   private readonly firstStage = new StageLink("first stage", (line) => this.log(line));
   private readonly resultSubscribers = new Set<grpc.ServerWritableStream<unknown, ResultsResponse>>();
   private queue: Promise<void> = Promise.resolve();
+  private heldResults: ResultsResponse[] = [];
+  private heldSinceMs = 0;
   private readonly log: (line: string) => void;
   /** Metrics and stage spans; set by the server that hosts this node. */
   observer: StageObserver | undefined;
@@ -266,9 +275,10 @@ export class WorkerNode {
         }),
       );
       const timing = this.stageTiming(stage, receivedUnixMs, startedUnixMs, 0);
-      this.publishResult(create(ResultsResponseSchema, { batchId: req.batchId, outputs, stageTimings: [...req.stageTimings, timing], step: req.step }));
+      const runGoesOn = req.step + 1 < req.numSteps;
+      this.publishResult(create(ResultsResponseSchema, { batchId: req.batchId, outputs, stageTimings: [...req.stageTimings, timing], step: req.step }), runGoesOn);
       this.observer?.batchDone(req, timing);
-      if (req.step + 1 < req.numSteps) this.loopBack(req, outputs.map((o) => o.tokenId), sender);
+      if (runGoesOn) this.loopBack(req, outputs.map((o) => o.tokenId), sender);
     } catch (error) {
       failure = create(StageErrorSchema, { code: grpcCodeFor(error), message: errorMessage(error), stageIndex: stage?.spec.stageIndex ?? 0 });
     }
@@ -340,8 +350,19 @@ export class WorkerNode {
     }
   }
 
-  private publishResult(result: ResultsResponse): void {
-    for (const subscriber of this.resultSubscribers) subscriber.write(result);
+  /**
+   * Sends a result to the coordinator. A decode run's steps before its last may be held (`hold`)
+   * and go out together with later ones, at the run's last step or once the oldest has waited
+   * resultHoldMs: one wake-up of the coordinator (and one socket write per client stream) for
+   * several steps instead of one each, at a cost in token latency no larger than that bound.
+   */
+  private publishResult(result: ResultsResponse, hold = false): void {
+    if (this.heldResults.length === 0) this.heldSinceMs = performance.now();
+    this.heldResults.push(result);
+    if (hold && performance.now() - this.heldSinceMs < (this.opts.resultHoldMs ?? DEFAULT_RESULT_HOLD_MS)) return;
+    const results = this.heldResults;
+    this.heldResults = [];
+    for (const subscriber of this.resultSubscribers) for (const r of results) subscriber.write(r);
   }
 
   close(): void {
