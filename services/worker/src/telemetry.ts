@@ -6,9 +6,20 @@ import { extractTraceContext, setCounterTotal, type Tracing } from "@strata/tele
 
 /** What a WorkerNode reports about each micro-batch it handled. */
 export interface StageObserver {
-  /** The stage computed the batch and sent it on; `timing` is the entry it appended. */
+  /**
+   * The stage computed the batch and sent it on; `timing` is the entry it appended. `req` is read
+   * now only: the worker goes on to reuse it as the next stage's or step's request.
+   */
   batchDone(req: ForwardRequest, timing: StageTiming): void;
   batchFailed(req: ForwardRequest, error: StageError, receivedUnixMs: number): void;
+}
+
+/** What a stage span and the batch metrics need of a computed batch, taken when it was sent on. */
+interface DoneBatch {
+  batchId: number;
+  traceContext: Record<string, string>;
+  tokens: number;
+  timing: StageTiming;
 }
 
 const SECONDS_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
@@ -26,7 +37,7 @@ export class StageTelemetry implements StageObserver {
   private readonly hiddenBytes: Counter<"stage">;
   private readonly computeSeconds: Histogram<"stage">;
   private readonly queueSeconds: Histogram<"stage">;
-  private readonly pending: Array<{ req: ForwardRequest; timing: StageTiming }> = [];
+  private readonly pending: DoneBatch[] = [];
 
   constructor(
     workerId: string,
@@ -110,28 +121,28 @@ export class StageTelemetry implements StageObserver {
   batchDone(req: ForwardRequest, timing: StageTiming): void {
     // Recorded after the next batch has started computing (onnxruntime runs off the event loop),
     // so metrics and spans fill the stage's wait instead of lengthening every step.
-    this.pending.push({ req, timing });
+    const tokens = req.seqs.reduce((sum, c) => sum + c.numTokens, 0);
+    this.pending.push({ batchId: req.batchId, traceContext: req.traceContext, tokens, timing });
     if (this.pending.length === 1) setImmediate(() => this.recordPending());
   }
 
   private recordPending(): void {
-    for (const { req, timing } of this.pending.splice(0)) this.record(req, timing);
+    for (const done of this.pending.splice(0)) this.record(done);
   }
 
-  private record(req: ForwardRequest, timing: StageTiming): void {
+  private record({ batchId, traceContext, tokens, timing }: DoneBatch): void {
     const stage = String(timing.stageIndex);
-    const tokens = req.seqs.reduce((sum, c) => sum + c.numTokens, 0);
     const hiddenBytes = Number(timing.hiddenBytesSent);
     this.batches.inc({ stage });
     this.tokens.inc({ stage }, tokens);
     if (hiddenBytes > 0) this.hiddenBytes.inc({ stage }, hiddenBytes);
     this.computeSeconds.observe({ stage }, (timing.sentUnixMs - timing.startedUnixMs) / 1000);
     this.queueSeconds.observe({ stage }, (timing.startedUnixMs - timing.receivedUnixMs) / 1000);
-    if (this.tracing.enabled) this.recordSpan(req, timing, tokens, hiddenBytes);
+    if (this.tracing.enabled) this.recordSpan(batchId, traceContext, timing, tokens, hiddenBytes);
   }
 
   // Only what the step span (batch composition, request ids) and the resource (worker id) do not already say.
-  private recordSpan(req: ForwardRequest, timing: StageTiming, tokens: number, hiddenBytes: number): void {
+  private recordSpan(batchId: number, traceContext: Record<string, string>, timing: StageTiming, tokens: number, hiddenBytes: number): void {
     const span = this.tracing.tracer.startSpan(
       `stage ${timing.stageIndex}`,
       {
@@ -139,14 +150,14 @@ export class StageTelemetry implements StageObserver {
         startTime: timing.receivedUnixMs,
         attributes: {
           "strata.stage.index": timing.stageIndex,
-          "strata.batch.id": req.batchId,
+          "strata.batch.id": batchId,
           "strata.step.tokens": tokens,
           "strata.stage.queue_ms": timing.startedUnixMs - timing.receivedUnixMs,
           "strata.kv.blocks_used": timing.kvBlocksUsed,
           "strata.hidden_state.bytes_sent": hiddenBytes,
         },
       },
-      extractTraceContext(req.traceContext),
+      extractTraceContext(traceContext),
     );
     span.end(timing.sentUnixMs);
   }
