@@ -6,13 +6,13 @@ import { createHttpApi, type LocalCluster } from "@strata/coordinator";
 import { BUNDLED_MODEL_DIR, loadTokenizer, openModel } from "@strata/model";
 import { GREEDY } from "@strata/sampling";
 import { streamCompletion } from "../../loadtest/client.ts";
-import { describeModel, fmt, median, round, table, withCluster, type BenchContext, type BenchPart } from "./support.ts";
+import { describeModel, fmt, median, round, table, withCluster, WARMUP_ROUNDS, type BenchContext, type BenchPart } from "./support.ts";
 
 const WORKERS = 2;
 const CONCURRENT = 16;
 const NEW_TOKENS = 64;
-const RUNS = 3;
-const PAIRS = 2;
+const RUNS = 5;
+const PAIRS = 3;
 
 async function modelLine(): Promise<string> {
   const source = await openModel(BUNDLED_MODEL_DIR);
@@ -71,10 +71,12 @@ async function inProcessRound(cluster: LocalCluster, spreadMs = 0): Promise<numb
   return (CONCURRENT * NEW_TOKENS) / seconds;
 }
 
-/** Alternates the two measurements RUNS times after one warm-up each, so drift hits both alike. */
+/** Alternates the two measurements RUNS times after WARMUP_ROUNDS warm-ups each, so drift hits both alike. */
 async function sideBySide(a: () => Promise<number>, b: () => Promise<number>): Promise<{ a: number; b: number; aSamples: number[]; bSamples: number[] }> {
-  await a();
-  await b();
+  for (let i = 0; i < WARMUP_ROUNDS; i++) {
+    await a();
+    await b();
+  }
   const aSamples: number[] = [];
   const bSamples: number[] = [];
   for (let i = 0; i < RUNS; i++) {
@@ -84,7 +86,7 @@ async function sideBySide(a: () => Promise<number>, b: () => Promise<number>): P
   return { a: median(aSamples), b: median(bSamples), aSamples, bSamples };
 }
 
-const loadLine = `${CONCURRENT} concurrent requests, BOS prompt, ${NEW_TOKENS} new tokens each (ignore_eos), greedy; ${WORKERS} worker processes, 1 onnxruntime thread each; median of ${RUNS} alternating runs after a warm-up`;
+const loadLine = `${CONCURRENT} concurrent requests, BOS prompt, ${NEW_TOKENS} new tokens each (ignore_eos), greedy; ${WORKERS} worker processes, 1 onnxruntime thread each; median of ${RUNS} alternating runs after ${WARMUP_ROUNDS} warm-up rounds each`;
 
 export const httpVsInprocess: BenchPart = {
   name: "http-api",
@@ -164,7 +166,7 @@ export const tracingOnVsOff: BenchPart = {
     ctx.print(loadLine);
     ctx.print(
       `one cluster at a time (an idle cluster alongside costs the other measurably on 2 cores), identical but for tracing: ` +
-        `every request, step and stage span exported (OTLP/HTTP protobuf, batched) vs none; off and on alternate ${PAIRS} times, ${RUNS} runs each after a warm-up`,
+        `every request, step and stage span exported (OTLP/HTTP protobuf, batched) vs none; off and on alternate ${PAIRS} times, ${RUNS} runs each after ${WARMUP_ROUNDS} warm-up rounds`,
     );
     const sink = await startOtlpSink();
     const figures: Record<string, number> = {};
@@ -173,7 +175,7 @@ export const tracingOnVsOff: BenchPart = {
     const measure = (tracesUrl: string | undefined, into: number[]) =>
       withCluster(ctx, { modelDir: BUNDLED_MODEL_DIR, workers: WORKERS, tracesUrl }, (cluster) =>
         withApi(cluster, async (url) => {
-          await httpRound(url, cluster);
+          for (let i = 0; i < WARMUP_ROUNDS; i++) await httpRound(url, cluster);
           for (let i = 0; i < RUNS; i++) into.push(await httpRound(url, cluster));
         }),
       );

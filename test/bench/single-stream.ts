@@ -1,11 +1,11 @@
 import { BUNDLED_MODEL_DIR, openModel } from "@strata/model";
 import { GREEDY } from "@strata/sampling";
-import { describeModel, describePartition, fmt, medianRate, round, table, withCluster, type BenchPart } from "./support.ts";
+import { describeModel, describePartition, fmt, medianRate, round, table, withCluster, WARMUP_ROUNDS, type BenchPart } from "./support.ts";
 
 const WORKER_COUNTS = [1, 2, 3];
 const MAX_TOKENS = 256;
-const WARMUPS = 1;
-const RUNS = 3;
+const WARMUPS = WARMUP_ROUNDS;
+const RUNS = 5;
 
 // Measured on this machine kind with the same stories260K checkpoint; not re-run here (no llama.cpp in the repo).
 const LLAMACPP_1_THREAD_TOK_S = 6137;
@@ -20,7 +20,7 @@ export const singleStream: BenchPart = {
     await source.close();
     ctx.print(describeModel(BUNDLED_MODEL_DIR, config));
     ctx.print(
-      `1 stream, prompt BOS, ${MAX_TOKENS} new tokens, greedy, no stop tokens, ${RUNS} runs after ${WARMUPS} warm-up; ` +
+      `1 stream, prompt BOS, ${MAX_TOKENS} new tokens, greedy, no stop tokens, ${RUNS} runs after ${WARMUPS} warm-up runs; ` +
         `worker processes with 1 onnxruntime thread each, default (compute-balanced) layer split; tok/s = new tokens / wall time of generate()`,
     );
 

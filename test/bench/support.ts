@@ -42,6 +42,15 @@ export function median(values: number[]): number {
   return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }
 
+/**
+ * Untimed rounds before a cluster's timed ones. Throughput on a fresh cluster climbs for the first
+ * ~1,000 decode steps (V8 tiers up the per-step code paths; onnxruntime plans each new input
+ * shape once): measured here, 1-worker single-stream went 816, 965, 1,250, then ~1,000-1,350
+ * tok/s over consecutive 256-token runs, 2 workers 303, 328, 427, then ~450-600. A serving
+ * system runs in that steady state, so that is what the figures measure.
+ */
+export const WARMUP_ROUNDS = 4;
+
 export interface RateResult {
   /** Median of the per-run rates (units / s). */
   median: number;
