@@ -25,15 +25,33 @@ async function computeLoop(dir: string, layers: number, batch: number, seconds: 
   return (JSON.parse(stdout.trim().split("\n").pop()!) as { steps_per_s: number }).steps_per_s;
 }
 
+interface PipeliningCeiling {
+  /** Half-steps/s of one process over half the layers at the whole batch, alone. */
+  wholeBatchAlone: number;
+  /** The same at half the batch, one process alone and the slower of two running at once. */
+  halfBatchAlone: number;
+  halfBatchBesideAnother: number;
+  /** Two processes at half the batch, summed, over one alone: the parallelism the cores give. */
+  twoProcesses: number;
+  /** What 2-stage pipelining can gain at most at this load (see pipeliningCeiling). */
+  sameLoad: number;
+}
+
 /**
- * What two pipeline stages can compute at once on this machine: two processes running the same
- * stage graph side by side, their summed steps/s over one alone. Pipelining 2 stages cannot gain
- * more than this here (2 on two cores with their own memory bandwidth).
+ * The most 2-stage pipelining can gain on this machine at this load. Off, `batch` decodes go
+ * through both halves of the layers in turn as one micro-batch: its rate is set by a half-step at
+ * the whole batch. On, two micro-batches of half the batch each, and each stage does two
+ * half-steps per cycle while the other stage computes beside it. So on / off is at most a
+ * half-batch half-step beside another process over a whole-batch half-step alone. Neither 2
+ * processes at once nor half the batch is free here: a half-batch step reads the same weights
+ * for half the tokens, and two processes share the memory bus.
  */
-async function parallelComputeCeiling(dir: string, layers: number, batch: number): Promise<number> {
-  const alone = await computeLoop(dir, layers, batch, 4);
-  const [a, b] = await Promise.all([computeLoop(dir, layers, batch, 4), computeLoop(dir, layers, batch, 4)]);
-  return (a + b) / alone;
+async function pipeliningCeiling(dir: string, layers: number, batch: number): Promise<PipeliningCeiling> {
+  const wholeBatchAlone = await computeLoop(dir, layers, batch, 4);
+  const halfBatchAlone = await computeLoop(dir, layers, batch / 2, 4);
+  const [a, b] = await Promise.all([computeLoop(dir, layers, batch / 2, 4), computeLoop(dir, layers, batch / 2, 4)]);
+  const halfBatchBesideAnother = Math.min(a, b);
+  return { wholeBatchAlone, halfBatchAlone, halfBatchBesideAnother, twoProcesses: (a + b) / halfBatchAlone, sameLoad: halfBatchBesideAnother / wholeBatchAlone };
 }
 
 /** Aggregate generated tokens/s of `count` concurrent requests, one sample per run after `warmups` untimed runs. */
@@ -89,7 +107,10 @@ export const batching: BenchPart = {
     }
     figures.pipelining_off_32_tok_s = median(off);
     figures.concurrent_32_tok_s = median(on);
-    figures.parallel_compute_ceiling = await parallelComputeCeiling(dir, BENCH_SHAPE.numLayers / 2, CONCURRENT / 2);
+    const halfLayers = BENCH_SHAPE.numLayers / 2;
+    const ceiling = await pipeliningCeiling(dir, halfLayers, CONCURRENT);
+    figures.pipelining_ceiling_same_load = ceiling.sameLoad;
+    figures.two_process_parallelism = ceiling.twoProcesses;
     await withCluster(ctx, { modelDir: dir, workers: 2 }, async (cluster) => {
       ctx.print(`partition (balanced by compute, the LM head counted on the last stage): ${describePartition(cluster.partition)}`);
       figures.single_request_tok_s = await throughput(cluster, 1, PROMPT_TOKENS, NEW_TOKENS, vocab);
@@ -122,7 +143,9 @@ export const batching: BenchPart = {
       [`${SYSTEM_PROMPT_TOKENS}-token system prompt + 15 user tokens, hit`, "TTFT ms", fmt(figures.prefix_ttft_hit_ms)],
       ["batch32_vs_1 (goal >= 6)", "ratio", `${fmt(figures.batch32_vs_1)}x`],
       ["pipelining_on_vs_off (goal >= 1.6)", "ratio", `${fmt(figures.pipelining_on_vs_off)}x`],
-      [`ceiling here: 2 processes computing ${BENCH_SHAPE.numLayers / 2} layers at batch ${CONCURRENT / 2} at once vs 1`, "ratio", `${fmt(figures.parallel_compute_ceiling)}x`],
+      [`${halfLayers}-layer half-steps/s: batch ${CONCURRENT} alone / batch ${CONCURRENT / 2} alone / batch ${CONCURRENT / 2} beside another`, "steps/s", `${fmt(ceiling.wholeBatchAlone)} / ${fmt(ceiling.halfBatchAlone)} / ${fmt(ceiling.halfBatchBesideAnother)}`],
+      [`2 processes at batch ${CONCURRENT / 2} at once vs 1 (two_process_parallelism)`, "ratio", `${fmt(ceiling.twoProcesses)}x`],
+      [`pipelining_ceiling_same_load: most pipelining can gain here at this load`, "ratio", `${fmt(ceiling.sameLoad)}x`],
       ["prefix_ttft_hit_vs_miss (goal >= 5)", "ratio", `${fmt(figures.prefix_ttft_hit_vs_miss)}x`],
     ])) ctx.print(line);
 

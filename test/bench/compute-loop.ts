@@ -1,6 +1,6 @@
-// One process running one stage's decode step over and over: `pnpm bench batching` runs one alone
-// and two at once to measure how much two stages on this machine can compute in parallel (the
-// ceiling on what pipelining can gain here). Prints {"steps_per_s": …} on its last line.
+// One process running one stage's decode step over and over: `pnpm bench batching` runs it at the
+// whole batch alone, at half the batch alone, and two at half the batch at once, to measure the
+// ceiling on what pipelining can gain on this machine. Prints {"steps_per_s": …} on its last line.
 import { openModel } from "@strata/model";
 import { StageEngine, type StageChunk } from "@strata/compute";
 
