@@ -10,3 +10,4 @@ export {
   type SchedulerStats,
 } from "./scheduler.ts";
 export { PagedKvAllocator, ContiguousKvAllocator, type SchedulerKvAllocator } from "./kv-allocators.ts";
+export { decodeRunCap, MovingMean } from "./run-length.ts";

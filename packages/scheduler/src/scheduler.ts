@@ -148,7 +148,8 @@ export class Scheduler {
     return this.pool.blockTable(seq.seqId);
   }
 
-  schedule(): ScheduleResult {
+  /** `limits.maxDecodeSteps` caps this batch's decode run below the configured longest (see decodeRunCap). */
+  schedule(limits: { maxDecodeSteps?: number } = {}): ScheduleResult {
     let budget = this.opts.maxNumBatchedTokens;
     const chunks: ScheduledChunk[] = [];
     const preempted: Preemption[] = [];
@@ -206,12 +207,12 @@ export class Scheduler {
       take(seq);
     }
     if (chunks.length === 0) return { batch: null, preempted };
-    return { batch: { chunks, numTokens: chunks.reduce((a, c) => a + c.tokenIds.length, 0), steps: this.decodeRunSteps(chunks) }, preempted };
+    return { batch: { chunks, numTokens: chunks.reduce((a, c) => a + c.tokenIds.length, 0), steps: this.decodeRunSteps(chunks, limits.maxDecodeSteps) }, preempted };
   }
 
   // How many steps this batch can run back to back; reserves the blocks for them.
-  private decodeRunSteps(chunks: ScheduledChunk[]): number {
-    const maxSteps = this.opts.maxDecodeSteps ?? 1;
+  private decodeRunSteps(chunks: ScheduledChunk[], cap = Infinity): number {
+    const maxSteps = Math.min(this.opts.maxDecodeSteps ?? 1, cap);
     // A run's block tables are fixed when it starts; a sliding window frees blocks step by step.
     if (this.opts.slidingWindowTokens !== undefined) return 1;
     // Requests waiting for a seat join at the next step, not after a whole run.

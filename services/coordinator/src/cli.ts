@@ -40,7 +40,8 @@ common options:
                          pre-PagedAttention baseline, for comparison
   --no-pipelining        one micro-batch in flight instead of one per stage
   --num-scheduler-steps N  longest decode run: decode batches loop through the stages up to N
-                         steps before the coordinator schedules again (default 8)
+                         steps before the coordinator schedules again (default 32; runs are
+                         kept near 25 ms from recent step times, and at least 8 steps)
 
 start:
   --host H --port P      HTTP address (default 127.0.0.1:8000)

@@ -17,7 +17,8 @@ const REPO_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 const WORKER_MAIN = fileURLToPath(new URL("../../worker/src/main.ts", import.meta.url));
 
 const DEFAULT_MAX_LORA_RANK = 16;
-const DEFAULT_SCHEDULER_STEPS = 8;
+// Longest decode run; the engine keeps runs near 25 ms (at least 8 steps), so fast steps run long.
+const DEFAULT_SCHEDULER_STEPS = 32;
 
 /** The name the base model is served under: the bundled model's name, else its folder. */
 export function servedModelName(modelDir: string): string {

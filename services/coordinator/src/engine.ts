@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import type { EventBus, EvictReason } from "@strata/events";
-import { Scheduler, type MicroBatch, type SchedulerOptions, type SchedulerSequence, type SchedulerStats } from "@strata/scheduler";
+import { decodeRunCap, MovingMean, Scheduler, type MicroBatch, type SchedulerOptions, type SchedulerSequence, type SchedulerStats } from "@strata/scheduler";
 import { SeededRandom, type SamplingParams } from "@strata/sampling";
 import { KvBlockEventSchema, SequenceChunkSchema, readF32Tensor, type KvBlockEvent, type ResultsResponse } from "@strata/proto";
 import { hostname } from "node:os";
@@ -107,6 +107,10 @@ function blockEventMessage(e: BlockEvent): KvBlockEvent {
 // How long an eviction event may take to reach every stage before reconcile frees by hand.
 const EVICTION_GRACE_MS = 2000;
 
+/** Decode runs aim to last about this long, and take at least MIN_RUN_STEPS (see decodeRunCap). */
+const RUN_TARGET_MS = 25;
+const MIN_RUN_STEPS = 8;
+
 let seqCounter = 0;
 let arrivalCounter = 0;
 
@@ -123,8 +127,11 @@ export type EngineSchedulerOptions = Omit<SchedulerOptions, "nextSeqId">;
  */
 export class Engine {
   private readonly scheduler: Scheduler;
+  private readonly schedulerOptions: EngineSchedulerOptions;
   private readonly active = new Map<SchedulerSequence, ActiveRequest>();
   private inFlight = 0;
+  // Wall time per step of recent decode runs, round trip included: what sizes the next runs.
+  private readonly runStepMs = new MovingMean();
   tokensGenerated = 0;
   private blockEventId = 0n;
   // Sequence ids evicted over NATS lately, with when: reconcile leaves them to their event.
@@ -140,6 +147,7 @@ export class Engine {
     private readonly maxInFlight: number,
     poolId = `${hostname()}-${process.pid}`,
   ) {
+    this.schedulerOptions = schedulerOptions;
     this.scheduler = new Scheduler({ ...schedulerOptions, recordBlockEvents: true, nextSeqId });
     this.poolId = poolId.replace(/[^A-Za-z0-9_-]/g, "_");
   }
@@ -299,7 +307,10 @@ export class Engine {
 
   private schedulePending(): void {
     while (this.inFlight < this.maxInFlight) {
-      const { batch, preempted } = this.scheduler.schedule();
+      const maxSteps = this.schedulerOptions.maxDecodeSteps ?? 1;
+      const { batch, preempted } = this.scheduler.schedule({
+        maxDecodeSteps: decodeRunCap(this.runStepMs.value, { minSteps: MIN_RUN_STEPS, maxSteps, targetMs: RUN_TARGET_MS }),
+      });
       // Every stage frees a preempted sequence; it comes back under a fresh id and recomputes.
       for (const p of preempted) this.evict(p.evictedSeqId, "preempted");
       if (!batch) return;
@@ -325,8 +336,12 @@ export class Engine {
         });
       });
       const run = { steps, onStep: (result: ResultsResponse) => this.onResult(batch, result) };
+      const sentMs = performance.now();
       this.pipeline.forward(chunks, {}, run).then(
-        (result) => this.onResult(batch, result),
+        (result) => {
+          if (steps > 1) this.runStepMs.add((performance.now() - sentMs) / steps);
+          this.onResult(batch, result);
+        },
         (error: Error) => this.onFailure(batch, error),
       ).finally(() => {
         this.inFlight--;
