@@ -60,9 +60,10 @@ describe("decode runs", () => {
     expect(await runs.waitForBlocksFreed()).toEqual([0, 0]);
   });
 
-  it("holds a run's step results and sends them together at its last step", async () => {
+  it("holds a run's early step results and sends them together, its last steps as they come", async () => {
     // Each step's result says when its last stage finished it; the coordinator's step records say
-    // when the result arrived. Held results all arrive after the run's last step was computed.
+    // when the result arrived. In a run of 6, steps 0-2 are held until step 3 (the first of the
+    // last three, which are not held) is computed, and arrive after it.
     const arrivals: { batchId: number; step: number; computedUnixMs: number; receivedUnixMs: number }[] = [];
     const telemetry = runs.telemetry as unknown as { stepFinished(record: { receivedUnixMs: number }, result: ResultsResponse, ...rest: unknown[]): void };
     const original = telemetry.stepFinished.bind(telemetry);
@@ -81,11 +82,14 @@ describe("decode runs", () => {
     for (const a of arrivals) byBatch.set(a.batchId, [...(byBatch.get(a.batchId) ?? []), a]);
     const runsSeen = [...byBatch.values()].filter((steps) => steps.length > 1);
     expect(runsSeen.length).toBeGreaterThanOrEqual(4); // 29 decode tokens in runs of 6
+    let fullRuns = 0;
     for (const steps of runsSeen) {
       expect(steps.map((s) => s.step)).toEqual(steps.map((_, i) => i)); // in order, none lost
-      const lastComputed = Math.max(...steps.map((s) => s.computedUnixMs));
-      for (const s of steps) expect(s.receivedUnixMs).toBeGreaterThanOrEqual(lastComputed);
+      if (steps.length < 6) continue; // the last, shorter run holds less
+      fullRuns++;
+      for (const s of steps.slice(0, 3)) expect(s.receivedUnixMs).toBeGreaterThanOrEqual(steps[3].computedUnixMs);
     }
+    expect(fullRuns).toBeGreaterThanOrEqual(4);
     expect(await runs.waitForBlocksFreed()).toEqual([0, 0]);
   });
 

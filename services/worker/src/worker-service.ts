@@ -64,6 +64,10 @@ export interface WorkerOptions {
 type ForwardCall = grpc.ServerDuplexStream<ForwardRequest, ForwardResponse>;
 
 export const DEFAULT_RESULT_HOLD_MS = 50;
+// Held results go out once this many wait (the coordinator then keeps pace with a long run), and
+// a run's last steps are never held (see processBatch).
+const MAX_HELD_RESULTS = 8;
+const UNHELD_LAST_STEPS = 2;
 
 /**
  * A pipeline stage as a gRPC service. Micro-batches are processed strictly in arrival order (the
@@ -272,7 +276,11 @@ export class WorkerNode {
       );
       const timing = this.stageTiming(stage, receivedUnixMs, startedUnixMs, 0);
       const runGoesOn = req.step + 1 < req.numSteps;
-      this.publishResult(create(ResultsResponseSchema, { batchId: req.batchId, outputs, stageTimings: [...req.stageTimings, timing], step: req.step }), runGoesOn);
+      // The run's last steps go out as they come: the coordinator works through what was held
+      // while the stages compute them, so little is left for it when the run ends and the next
+      // one waits on it.
+      const hold = req.numSteps - 1 - req.step > UNHELD_LAST_STEPS;
+      this.publishResult(create(ResultsResponseSchema, { batchId: req.batchId, outputs, stageTimings: [...req.stageTimings, timing], step: req.step }), hold);
       this.observer?.batchDone(req, timing);
       if (runGoesOn) this.loopBack(req, outputs.map((o) => o.tokenId), sender);
     } catch (error) {
@@ -345,15 +353,16 @@ export class WorkerNode {
   }
 
   /**
-   * Sends a result to the coordinator. A decode run's steps before its last may be held (`hold`)
-   * and go out together with later ones, at the run's last step or once the oldest has waited
-   * resultHoldMs: one wake-up of the coordinator (and one socket write per client stream) for
-   * several steps instead of one each, at a cost in token latency no larger than that bound.
+   * Sends a result to the coordinator. A decode run's earlier steps may be held (`hold`) and go
+   * out together with later ones, once MAX_HELD_RESULTS wait, the oldest has waited
+   * resultHoldMs, or a step that is not held comes: one wake-up of the coordinator (and one
+   * socket write per client stream) for several steps instead of one each, at a cost in token
+   * latency no larger than that bound.
    */
   private publishResult(result: ResultsResponse, hold = false): void {
     if (this.heldResults.length === 0) this.heldSinceMs = performance.now();
     this.heldResults.push(result);
-    if (hold && performance.now() - this.heldSinceMs < (this.opts.resultHoldMs ?? DEFAULT_RESULT_HOLD_MS)) return;
+    if (hold && this.heldResults.length < MAX_HELD_RESULTS && performance.now() - this.heldSinceMs < (this.opts.resultHoldMs ?? DEFAULT_RESULT_HOLD_MS)) return;
     const results = this.heldResults;
     this.heldResults = [];
     for (const subscriber of this.resultSubscribers) for (const r of results) subscriber.write(r);
