@@ -5,18 +5,19 @@ import { GraphBuilder, MS_DOMAIN } from "./graph-builder.ts";
 import { E4M3_DECODE } from "./kv-store.ts";
 
 // Names of the stage graph's inputs and outputs, shared by the builder and the runner. Every
-// tensor crossing session.run costs ~10 µs of marshalling, so per-layer K/V travel packed in one.
+// tensor crossing session.run costs a few µs of marshalling, so small per-layer tensors travel
+// packed in one.
 export const STAGE_IO = {
   inputIds: "input_ids", // int64 [B, T], first stage
   hiddenIn: "hidden_in", // f32 [B, T, D], later stages
   positions: "position_ids", // int64 [B, T]
   mask: "attn_mask", // f32 [B, 1, T, P + T], additive, shared by every head
-  // [2 * layers * B, kv_heads, P, head_dim] (head-major, as Attention reads it): layer-major, K
-  // then V, as stored: f32, f16, int8 codes as [2 * layers * B, kv_heads, P / block, block,
-  // head_dim], or e4m3 codes two to a uint16 as [..., P / block, block, head_dim / 2].
+  // fp16, int8 and fp8 caches: every layer's past K/V packed head-major (as Attention reads it),
+  // layer-major, K then V, as stored: f16 [2 * layers * B, kv_heads, P, head_dim], int8 codes as
+  // [2 * layers * B, kv_heads, P / block, block, head_dim], or e4m3 codes two to a uint16 as
+  // [..., P / block, block, head_dim / 2]. An fp32 cache comes one input per pool instead
+  // (pastKvPoolInput): splitting one packed tensor in the graph copied it all again.
   pastKv: "past_kv",
-  // fp32 past K/V come one input per pool instead, past_kv_<j> for pool j (layer j / 2, K or V):
-  // f32 [B, kv_heads, P, head_dim]. Splitting one packed tensor in the graph copied it all again.
   // f32 [2 * layers * B, kv_heads, P / block, 1, 1] (int8) or [..., 1, 1, 1] (fp8).
   pastKvScales: "past_kv_scales",
   lastIndex: "last_index", // int64 [B], rows of the flattened [B * T] batch whose logits are wanted
@@ -149,7 +150,7 @@ function loraInputs(g: GraphBuilder, config: ModelConfig, L: number, maxRank: nu
   return LORA_GROUPS.map((group) => [perLayer(group.a), perLayer(group.b)]);
 }
 
-/** The fp32 past K/V input of KV pool j (layer j / 2; K when j is even, V when odd). */
+/** The fp32 past K/V input of KV pool j (layer j / 2; K when j is even, V when odd): f32 [B, kv_heads, P, head_dim]. */
 export function pastKvPoolInput(j: number): string {
   return `${STAGE_IO.pastKv}_${j}`;
 }
