@@ -94,7 +94,7 @@ export const httpVsInprocess: BenchPart = {
   async run(ctx: BenchContext) {
     ctx.print(await modelLine());
     ctx.print(loadLine);
-    ctx.print("HTTP: POST /v1/completions stream=true from a fetch client in the coordinator's process, each SSE chunk parsed; tok/s = tokens / wall time");
+    ctx.print("HTTP: POST /v1/completions stream=true from a node:http client in the coordinator's process (loadtest/client.ts), each SSE chunk parsed; tok/s = tokens / wall time");
     const figures: Record<string, number> = {};
     await withCluster(ctx, { modelDir: BUNDLED_MODEL_DIR, workers: WORKERS }, (cluster) =>
       withApi(cluster, async (url) => {
