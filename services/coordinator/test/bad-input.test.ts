@@ -67,7 +67,10 @@ afterAll(async () => {
 });
 
 /** Sends one micro-batch on a fresh Forward stream; resolves with the rejection sent back to the sender. */
-function forwardExpectingRejection(stage: number, req: { seqs: MessageInitShape<typeof SequenceChunkSchema>[]; hidden?: Tensor }): Promise<{ batchId: number; error: StageError }> {
+function forwardExpectingRejection(
+  stage: number,
+  req: { seqs: MessageInitShape<typeof SequenceChunkSchema>[]; hidden?: Tensor; numSteps?: number; step?: number; runTokenIds?: number[] },
+): Promise<{ batchId: number; error: StageError }> {
   const batchId = nextBatchId++;
   const stream = stubs[stage].forward();
   return new Promise((resolve, reject) => {
@@ -153,8 +156,13 @@ describe("bad input gets a clear status and loses nothing else", () => {
     expect(unknown.error.code).toBe(grpc.status.NOT_FOUND);
     expect(unknown.error.message).toMatch(/unknown sequence id 900002/);
 
+    // A decode run's later step (which carries no chunks) for a run this stage never began.
+    const orphanStep = await forwardExpectingRejection(0, { seqs: [], numSteps: 8, step: 3, runTokenIds: [5] });
+    expect(orphanStep.error.code).toBe(grpc.status.FAILED_PRECONDITION);
+    expect(orphanStep.error.message).toMatch(/decode run \d+: step 3 came without its chunks/);
+
     // Each rejection also travelled on to the last stage's Results stream, code and detail intact.
-    for (const r of [wrongBytes, wrongShape, unknown]) {
+    for (const r of [wrongBytes, wrongShape, unknown, orphanStep]) {
       const viaResults = await resultsErrorFor(r.batchId);
       expect(viaResults.code).toBe(r.error.code);
       expect(viaResults.message).toBe(r.error.message);

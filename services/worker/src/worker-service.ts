@@ -37,6 +37,7 @@ import {
   type FreeSequencesRequest,
   type LoadRequest,
   type ResultsResponse,
+  type SequenceChunk,
   type StageError,
   type StageTiming,
 } from "@strata/proto";
@@ -68,6 +69,15 @@ export const DEFAULT_RESULT_HOLD_MS = 50;
 // a run's last steps are never held (see processBatch).
 const MAX_HELD_RESULTS = 8;
 const UNHELD_LAST_STEPS = 2;
+// Decode runs a stage remembers at once (one per micro-batch in flight, normally); a run that
+// never finishes (its coordinator went away) is forgotten after this many newer ones.
+const MAX_RUNS = 256;
+
+/** A decode run's chunks as its first step brought them, with their first positions. */
+interface RunState {
+  seqs: SequenceChunk[];
+  starts: number[];
+}
 
 /**
  * A pipeline stage as a gRPC service. Micro-batches are processed strictly in arrival order (the
@@ -83,6 +93,8 @@ export class WorkerNode {
   private readonly resultSubscribers = new Set<grpc.ServerWritableStream<unknown, ResultsResponse>>();
   private queue: Promise<void> = Promise.resolve();
   private heldResults: ResultsResponse[] = [];
+  // Decode runs in progress on this stage, by batch id: their later steps carry no chunks.
+  private readonly runs = new Map<number, RunState>();
   private heldSinceMs = 0;
   private readonly log: (line: string) => void;
   /** Metrics and stage spans; set by the server that hosts this node. */
@@ -209,6 +221,7 @@ export class WorkerNode {
         );
         const previous = this.stage;
         this.stage = stage;
+        this.runs.clear();
         // Batches already queued on the old stage finish first; its compute thread goes after.
         void this.queue.then(() => previous?.engine.close());
       } finally {
@@ -238,10 +251,14 @@ export class WorkerNode {
   private async processBatch(req: ForwardRequest, sender: ForwardCall, receivedUnixMs: number): Promise<void> {
     const startedUnixMs = wallClockMs();
     const stage = this.stage;
-    if (req.error) return this.passOnError(req, req.error);
+    if (req.error) {
+      this.runs.delete(req.batchId);
+      return this.passOnError(req, req.error);
+    }
     let failure: StageError | undefined;
     try {
       if (!stage) throw new StageRequestError(grpc.status.FAILED_PRECONDITION, "no layers loaded on this worker");
+      this.expandRunStep(req, stage.firstStage);
       const totalTokens = req.seqs.reduce((sum, c) => sum + c.numTokens, 0);
       const hidden = stage.firstStage ? undefined : readF32Tensor(req.hidden, [totalTokens, stage.config.hiddenSize], `batch ${req.batchId} hidden state`);
       const chunks = stage.admit(req.seqs);
@@ -262,6 +279,8 @@ export class WorkerNode {
         for (const c of req.seqs) c.tokenIds = [];
         req.hidden = hiddenOut;
         req.stageTimings.push(timing);
+        // The next stage kept the run's chunks from its first step.
+        if (req.step > 0) req.seqs = [];
         this.nextStage.stream().write(req);
         return;
       }
@@ -285,6 +304,7 @@ export class WorkerNode {
       if (runGoesOn) this.loopBack(req, outputs.map((o) => o.tokenId), sender);
     } catch (error) {
       failure = create(StageErrorSchema, { code: grpcCodeFor(error), message: errorMessage(error), stageIndex: stage?.spec.stageIndex ?? 0 });
+      this.runs.delete(req.batchId);
     }
     if (failure) {
       this.log(`rejected batch ${req.batchId}: ${failure.message}`);
@@ -295,9 +315,39 @@ export class WorkerNode {
   }
 
   /**
-   * The next step of a decode run: the tokens just sampled go back to the first stage, one
-   * position on. On a single stage that is this one, behind whatever is queued already. The
-   * step's request becomes the next step's, changed in place (see processBatch).
+   * A decode run's step after the first comes without chunks: every stage kept them from the
+   * run's first step, and each step is one position on (the first stage also gets the tokens
+   * sampled at the step before). Sets req.seqs to this step's chunks. A step 0 of a run is kept.
+   */
+  private expandRunStep(req: ForwardRequest, firstStage: boolean): void {
+    if (req.numSteps <= 1) return;
+    if (req.step === 0) {
+      this.runs.set(req.batchId, { seqs: req.seqs, starts: req.seqs.map((c) => c.startPosition) });
+      if (this.runs.size > MAX_RUNS) this.runs.delete(this.runs.keys().next().value!);
+      return;
+    }
+    if (req.seqs.length > 0) return; // a sender that spells the chunks out
+    const run = this.runs.get(req.batchId);
+    if (!run) {
+      throw new StageRequestError(grpc.status.FAILED_PRECONDITION, `decode run ${req.batchId}: step ${req.step} came without its chunks, and this stage did not see the run's first step`);
+    }
+    if (firstStage && req.runTokenIds.length !== run.seqs.length) {
+      throw new StageRequestError(grpc.status.INVALID_ARGUMENT, `decode run ${req.batchId}: ${req.runTokenIds.length} run token ids for ${run.seqs.length} chunks`);
+    }
+    run.seqs.forEach((c, i) => {
+      c.startPosition = run.starts[i] + req.step;
+      c.tokenIds = firstStage ? [req.runTokenIds[i]] : [];
+      c.newSequence = false;
+      c.random = c.randoms[req.step] ?? 0;
+    });
+    req.seqs = run.seqs;
+    if (req.step + 1 >= req.numSteps) this.runs.delete(req.batchId);
+  }
+
+  /**
+   * The next step of a decode run: the tokens just sampled go back to the first stage, which
+   * (like every stage) kept the run's chunks. On a single stage that is this one, behind whatever
+   * is queued already. The step's request becomes the next step's, changed in place.
    */
   private loopBack(req: ForwardRequest, sampled: number[], sender: ForwardCall): void {
     const step = req.step + 1;
@@ -308,12 +358,8 @@ export class WorkerNode {
     if (traceparent) next.traceContext = { traceparent };
     next.hidden = undefined;
     next.stageTimings = [];
-    next.seqs.forEach((c, i) => {
-      c.startPosition += 1;
-      c.tokenIds = [sampled[i]];
-      c.newSequence = false;
-      c.random = c.randoms[step] ?? 0;
-    });
+    next.seqs = [];
+    next.runTokenIds = sampled;
     if (this.stage?.firstStage) {
       const receivedUnixMs = wallClockMs();
       this.queue = this.queue.then(() => this.processBatch(next, sender, receivedUnixMs));
