@@ -517,6 +517,8 @@ export class KvStore {
   private readonly row: number;
   private readonly scratchArrays = new Map<string, KvCodes>();
   private readonly poolGathers: PoolsGather[] = []; // most recent first
+  // Every pool's, shared: scatter and copyBlock bump a block's count in whichever pool they write.
+  private readonly blockEpochs: Uint32Array;
 
   constructor(opts: KvStoreOptions) {
     for (const [name, value] of Object.entries({ numLayers: opts.numLayers, numBlocks: opts.numBlocks, blockSizeTokens: opts.blockSizeTokens, numKvHeads: opts.numKvHeads, headDim: opts.headDim })) {
@@ -525,8 +527,8 @@ export class KvStore {
     this.kvDtype = opts.kvDtype;
     this.numLayers = opts.numLayers;
     this.row = opts.numKvHeads * opts.headDim;
-    const blockEpochs = new Uint32Array(opts.numBlocks);
-    this.pools = Array.from({ length: 2 * opts.numLayers }, () => KvPool.create(opts.kvDtype, opts, blockEpochs));
+    this.blockEpochs = new Uint32Array(opts.numBlocks);
+    this.pools = Array.from({ length: 2 * opts.numLayers }, () => KvPool.create(opts.kvDtype, opts, this.blockEpochs));
   }
 
   /** Bytes held, scales included: numBlocks × kvBytesPerBlock. */
@@ -568,16 +570,17 @@ export class KvStore {
   /**
    * gatherEncoded's codes with one array per pool (the order of `pools`), each [chunks, kvHeads,
    * P, headDim]: the fp32 graph takes them as separate inputs. The arrays hold until a later call
-   * reuses them. fp32 codes never change once written, so when an earlier call's arrays are still
-   * here and every chunk is a sequence of that call in the same slot (the same physical blocks up
-   * to where it was, so the same contents) and no shorter, only the positions since are copied: a
+   * reuses them. fp32 codes never change once written (no rescaling), so when an earlier call's
+   * arrays are still here and every chunk is a sequence of that call in the same slot (the same
+   * physical blocks up to where it was, none begun afresh since: same block epochs, so the same
+   * contents) and no shorter, only the positions since are copied: a
    * decode step copies one token per sequence instead of its whole past. The few most recent
    * gathers are kept, one per micro-batch a pipelined stage alternates between.
    */
   gatherEncodedPools(chunks: readonly KvChunk[], P: number): KvCodes[] {
     if (this.kvDtype !== "fp32") throw new Error(`per-pool gathers are for fp32 KV, not ${this.kvDtype}`);
     const bs = this.pools[0].blockSizeTokens;
-    const found = this.poolGathers.findIndex((g) => canExtend(g, chunks, P, this.pools[0].blockEpochs));
+    const found = this.poolGathers.findIndex((g) => canExtend(g, chunks, P, this.blockEpochs));
     let entry: PoolsGather;
     let from: number[] | undefined;
     if (found >= 0) {
@@ -593,8 +596,7 @@ export class KvStore {
     entry.P = P;
     entry.starts = chunks.map((c) => c.startPosition);
     entry.tables = chunks.map((c) => c.blockTable.slice(0, Math.ceil(c.startPosition / bs)));
-    const epochs = this.pools[0].blockEpochs;
-    entry.epochs = entry.tables.map((table) => table.map((block) => (block === NO_BLOCK ? 0 : epochs[block])));
+    entry.epochs = entry.tables.map((table) => table.map((block) => (block === NO_BLOCK ? 0 : this.blockEpochs[block])));
     this.poolGathers.unshift(entry);
     return entry.arrays;
   }

@@ -127,7 +127,8 @@ export type EngineSchedulerOptions = Omit<SchedulerOptions, "nextSeqId">;
  */
 export class Engine {
   private readonly scheduler: Scheduler;
-  private readonly schedulerOptions: EngineSchedulerOptions;
+  // The longest decode run configured; runs are sized below it by time (decodeRunCap).
+  private readonly maxDecodeSteps: number;
   private readonly active = new Map<SchedulerSequence, ActiveRequest>();
   private inFlight = 0;
   // Wall time per step of recent decode runs, round trip included: what sizes the next runs.
@@ -147,7 +148,7 @@ export class Engine {
     private readonly maxInFlight: number,
     poolId = `${hostname()}-${process.pid}`,
   ) {
-    this.schedulerOptions = schedulerOptions;
+    this.maxDecodeSteps = schedulerOptions.maxDecodeSteps ?? 1;
     this.scheduler = new Scheduler({ ...schedulerOptions, recordBlockEvents: true, nextSeqId });
     this.poolId = poolId.replace(/[^A-Za-z0-9_-]/g, "_");
   }
@@ -307,9 +308,8 @@ export class Engine {
 
   private schedulePending(): void {
     while (this.inFlight < this.maxInFlight) {
-      const maxSteps = this.schedulerOptions.maxDecodeSteps ?? 1;
       const { batch, preempted } = this.scheduler.schedule({
-        maxDecodeSteps: decodeRunCap(this.runStepMs.value, { minSteps: MIN_RUN_STEPS, maxSteps, targetMs: RUN_TARGET_MS }),
+        maxDecodeSteps: decodeRunCap(this.runStepMs.value, { minSteps: MIN_RUN_STEPS, maxSteps: this.maxDecodeSteps, targetMs: RUN_TARGET_MS }),
       });
       // Every stage frees a preempted sequence; it comes back under a fresh id and recomputes.
       for (const p of preempted) this.evict(p.evictedSeqId, "preempted");
