@@ -1,3 +1,4 @@
+import { Agent, request } from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import OpenAI from "openai";
 import { BUNDLED_MODEL_DIR } from "@strata/model";
@@ -96,6 +97,34 @@ describe("errors in OpenAI's shape", () => {
     expect(res.status).toBe(413);
     expect(res.body.error.code).toBe("request_too_large");
     expect(res.body.error.message).toContain(String(MAX_BODY_BYTES));
+  });
+
+  it("an oversized body without a Content-Length (chunked) is a 413 too, and the connection stays usable", async () => {
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      const chunked = await new Promise<{ status: number; body: ErrorBody }>((resolve, reject) => {
+        const req = request(`${api.url}/v1/completions`, { method: "POST", agent, headers: { "content-type": "application/json", "transfer-encoding": "chunked" } }, (res) => {
+          let text = "";
+          res.setEncoding("utf8").on("data", (c: string) => (text += c));
+          res.on("end", () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) as ErrorBody }));
+        });
+        req.on("error", reject);
+        const piece = "a ".repeat(4096);
+        req.write(`{"max_tokens": 1, "prompt": "`);
+        for (let sent = 0; sent <= 2 * MAX_BODY_BYTES; sent += piece.length) req.write(piece);
+        req.end(`"}`);
+      });
+      expect(chunked.status).toBe(413);
+      expect(chunked.body.error.code).toBe("request_too_large");
+      // The same keep-alive socket serves the next request.
+      const next = await new Promise<number>((resolve, reject) => {
+        const req = request(`${api.url}/v1/models`, { agent }, (res) => res.resume().on("end", () => resolve(res.statusCode ?? 0)));
+        req.on("error", reject).end();
+      });
+      expect(next).toBe(200);
+    } finally {
+      agent.destroy();
+    }
   });
 
   it("an unknown route is a 404 in the same shape", async () => {

@@ -60,10 +60,12 @@ describe("decode runs", () => {
     expect(await runs.waitForBlocksFreed()).toEqual([0, 0]);
   });
 
-  it("holds a run's early step results and sends them together, its last steps as they come", async () => {
+  it("holds a run's early step results and sends them together, its last steps as they come, run by run", async () => {
     // Each step's result says when its last stage finished it; the coordinator's step records say
     // when the result arrived. In a run of 6, steps 0-2 are held until step 3 (the first of the
-    // last three, which are not held) is computed, and arrive after it.
+    // last three, which are not held) is computed, and arrive after it. A second request joins
+    // once the first is decoding, so two runs are in flight at once (one per micro-batch): one
+    // run's unheld steps must not release the other's held ones.
     const arrivals: { batchId: number; step: number; computedUnixMs: number; receivedUnixMs: number }[] = [];
     const telemetry = runs.telemetry as unknown as { stepFinished(record: { receivedUnixMs: number }, result: ResultsResponse, ...rest: unknown[]): void };
     const original = telemetry.stepFinished.bind(telemetry);
@@ -73,23 +75,39 @@ describe("decode runs", () => {
       arrivals.push({ batchId: result.batchId, step: result.step, computedUnixMs, receivedUnixMs: record.receivedUnixMs });
     };
     try {
-      const result = await runs.engine.generate({ promptIds: oracle.prompt_token_ids, maxTokens: 30, sampling: GREEDY, stopTokenIds: [] });
-      expect(result.tokenIds).toEqual(greedyIds.slice(0, 30));
+      let second: Promise<GenerateResult> | undefined;
+      const first = await runs.engine.generate({
+        promptIds: oracle.prompt_token_ids,
+        maxTokens: 30,
+        sampling: GREEDY,
+        stopTokenIds: [],
+        onToken: () => (second ??= runs.engine.generate({ promptIds: oracle.prompt_token_ids, maxTokens: 30, sampling: GREEDY, stopTokenIds: [] })),
+      });
+      expect(first.tokenIds).toEqual(greedyIds.slice(0, 30));
+      expect((await second!).tokenIds).toEqual(greedyIds.slice(0, 30));
     } finally {
       telemetry.stepFinished = original;
     }
     const byBatch = new Map<number, typeof arrivals>();
     for (const a of arrivals) byBatch.set(a.batchId, [...(byBatch.get(a.batchId) ?? []), a]);
     const runsSeen = [...byBatch.values()].filter((steps) => steps.length > 1);
-    expect(runsSeen.length).toBeGreaterThanOrEqual(4); // 29 decode tokens in runs of 6
-    let fullRuns = 0;
-    for (const steps of runsSeen) {
-      expect(steps.map((s) => s.step)).toEqual(steps.map((_, i) => i)); // in order, none lost
-      if (steps.length < 6) continue; // the last, shorter run holds less
-      fullRuns++;
+    expect(runsSeen.length).toBeGreaterThanOrEqual(8); // 2 x 29 decode tokens in runs of 6
+    const fullRuns = runsSeen.filter((steps) => steps.length === 6); // a request's last, shorter run holds less
+    for (const steps of runsSeen) expect(steps.map((s) => s.step)).toEqual(steps.map((_, i) => i)); // in order, none lost
+    for (const steps of fullRuns) {
       for (const s of steps.slice(0, 3)) expect(s.receivedUnixMs).toBeGreaterThanOrEqual(steps[3].computedUnixMs);
     }
-    expect(fullRuns).toBeGreaterThanOrEqual(4);
+    expect(fullRuns.length).toBeGreaterThanOrEqual(6);
+    // Runs really overlapped: some run computed a step while another was between its first and last.
+    const span = (steps: typeof arrivals) => [steps[0].computedUnixMs, steps[steps.length - 1].computedUnixMs];
+    const overlapping = fullRuns.some((a) => fullRuns.some((b) => a !== b && span(a)[0] < span(b)[0] && span(b)[0] < span(a)[1]));
+    expect(overlapping).toBe(true);
+    // Held steps go out with their own run's first unheld step: steps 0-3 of a run arrive back to
+    // back, with no other run's result between them.
+    for (const steps of fullRuns) {
+      const at = arrivals.indexOf(steps[0]);
+      expect(arrivals.slice(at, at + 4)).toEqual(steps.slice(0, 4));
+    }
     expect(await runs.waitForBlocksFreed()).toEqual([0, 0]);
   });
 

@@ -297,6 +297,8 @@ async function spawnWorker(
   const child: ChildProcess = spawn(
     process.execPath,
     [
+      // Extra node flags for the workers (--cpu-prof, say, which NODE_OPTIONS does not admit).
+      ...(process.env.STRATA_WORKER_NODE_ARGS?.split(" ").filter((a) => a !== "") ?? []),
       "--import",
       "tsx",
       WORKER_MAIN,

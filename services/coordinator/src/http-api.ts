@@ -1,11 +1,11 @@
 import { randomUUID } from "node:crypto";
 import type { ServerResponse } from "node:http";
 import { Hono, type Context } from "hono";
-import { bodyLimit } from "hono/body-limit";
 import type { z } from "zod";
 import type { Tokenizer } from "@strata/model";
 import { TRACING_OFF } from "@strata/telemetry";
 import { ApiError, errorBody, errorResponse, invalidRequest, toApiError } from "./api-errors.ts";
+import { ChoiceCoalescer } from "./choice-coalescer.ts";
 import { ChatTemplate, ChatTemplateError, DEFAULT_CHAT_TEMPLATE } from "./chat-template.ts";
 import { runCompletion, type CompletionJob } from "./completions.ts";
 import type { Engine } from "./engine.ts";
@@ -16,6 +16,7 @@ import { ChatCompletionRequestSchema, CompletionRequestSchema, LoadLoraAdapterRe
 import { chatFormat, completionFormat, type ResponseFormat, type ResponseMeta } from "./openai-responses.ts";
 import type { PipelineClient } from "./pipeline-client.ts";
 import { SseStream } from "./sse.ts";
+import { readJsonBody } from "./request-body.ts";
 import { renderWaterfall } from "./trace-view.ts";
 import { CoordinatorTelemetry, type RequestInfo } from "./tracing.ts";
 
@@ -43,14 +44,8 @@ export interface HttpApiOptions {
 const DEFAULT_MAX_BODY_BYTES = 1024 * 1024;
 const DEFAULT_MAX_QUEUED_REQUESTS = 1024;
 
-async function parseBody<S extends z.ZodType>(c: Context, schema: S): Promise<z.infer<S>> {
-  let body: unknown;
-  try {
-    body = await c.req.json();
-  } catch {
-    throw invalidRequest("request body is not valid JSON", null, "invalid_json");
-  }
-  return schema.parse(body);
+async function parseBody<S extends z.ZodType>(c: Context, schema: S, maxBytes: number): Promise<z.infer<S>> {
+  return schema.parse(await readJsonBody(c, maxBytes));
 }
 
 function messageText(content: string | Array<{ type: "text"; text: string }> | null | undefined): string {
@@ -121,11 +116,6 @@ export function createHttpApi(opts: HttpApiOptions): Hono {
     return c.text(renderWaterfall(request, telemetry.log.stepsOf(id)));
   });
 
-  const limit = bodyLimit({
-    maxSize: maxBodyBytes,
-    onError: (c) => errorResponse(c, new ApiError(413, "invalid_request_error", `request body exceeds ${maxBodyBytes} bytes`, null, "request_too_large")),
-  });
-
   const resolveModel = (name: string | null | undefined): ServedModel => models.resolve(name);
   const adapterOf = (model: ServedModel) => (model.kind === "adapter" ? { id: model.id, generation: model.generation ?? 0 } : undefined);
 
@@ -133,14 +123,14 @@ export function createHttpApi(opts: HttpApiOptions): Hono {
     if (!opts.adapters) throw new ApiError(400, "invalid_request_error", "this server does not load LoRA adapters at runtime", null, "lora_disabled");
     return opts.adapters;
   };
-  app.post("/v1/load_lora_adapter", limit, async (c) => {
-    const req = await parseBody(c, LoadLoraAdapterRequestSchema);
+  app.post("/v1/load_lora_adapter", async (c) => {
+    const req = await parseBody(c, LoadLoraAdapterRequestSchema, maxBodyBytes);
     const { generation, rank } = await adapters().load(req.lora_name, req.lora_path);
     opts.log?.(`loaded LoRA adapter ${req.lora_name} (rank ${rank}, generation ${generation}) from ${req.lora_path}`);
     return c.json({ object: "lora_adapter", id: req.lora_name, rank, generation });
   });
-  app.post("/v1/unload_lora_adapter", limit, async (c) => {
-    const req = await parseBody(c, UnloadLoraAdapterRequestSchema);
+  app.post("/v1/unload_lora_adapter", async (c) => {
+    const req = await parseBody(c, UnloadLoraAdapterRequestSchema, maxBodyBytes);
     await adapters().unload(req.lora_name);
     opts.log?.(`unloaded LoRA adapter ${req.lora_name}`);
     return c.json({ object: "lora_adapter", id: req.lora_name, deleted: true });
@@ -157,18 +147,23 @@ export function createHttpApi(opts: HttpApiOptions): Hono {
     const withLogprobs = job.topLogprobs !== undefined;
     // Aborted when the client disconnects: every sequence of the request is cancelled and its KV freed.
     const cancel = new AbortController();
-    c.req.raw.signal.addEventListener("abort", () => cancel.abort(), { once: true });
+    const outgoing = (c.env as { outgoing?: ServerResponse } | undefined)?.outgoing;
+    // Node's response closing before it finished is the client going away; c.req.raw.signal says
+    // the same but materializes a web Request per call to do it.
+    if (outgoing) outgoing.once("close", () => outgoing.writableFinished || cancel.abort());
+    else c.req.raw.signal.addEventListener("abort", () => cancel.abort(), { once: true });
     if (!stream.on) return c.json(format.response(meta, await runCompletion({ engine, tokenizer }, trace, job, cancel.signal), withLogprobs));
 
-    const sse = new SseStream(() => cancel.abort(), (c.env as { outgoing?: ServerResponse } | undefined)?.outgoing);
+    const sse = new SseStream(() => cancel.abort(), outgoing);
     for (const chunk of format.openingChunks(meta, job.n, stream.includeUsage)) sse.send(chunk);
     // Validation errors throw here, before any byte is sent: they become a JSON error response.
     let firstEvent!: () => void;
     const started = new Promise<void>((resolve) => (firstEvent = resolve));
-    const done = runCompletion({ engine, tokenizer }, trace, job, cancel.signal, (event) => {
+    const chunks = new ChoiceCoalescer((event) => {
       sse.send(format.chunk(meta, event, withLogprobs, stream.includeUsage));
       firstEvent();
     });
+    const done = runCompletion({ engine, tokenizer }, trace, job, cancel.signal, (event) => chunks.push(event));
     done.then(
       (outcome) => {
         if (stream.includeUsage) sse.send(format.usageChunk(meta, outcome));
@@ -177,6 +172,7 @@ export function createHttpApi(opts: HttpApiOptions): Hono {
       },
       (error: unknown) => {
         // Headers are gone: a failure mid-stream travels as an error event, as OpenAI sends it.
+        chunks.flush();
         if (!cancel.signal.aborted) sse.send(errorBody(toApiError(error)));
         sse.send("[DONE]");
         sse.close();
@@ -195,8 +191,8 @@ export function createHttpApi(opts: HttpApiOptions): Hono {
     topK: req.top_k === undefined || req.top_k === null || req.top_k < 0 ? 0 : req.top_k,
   });
 
-  app.post("/v1/completions", limit, async (c) => {
-    const req = await parseBody(c, CompletionRequestSchema);
+  app.post("/v1/completions", async (c) => {
+    const req = await parseBody(c, CompletionRequestSchema, maxBodyBytes);
     const model = resolveModel(req.model);
     const prompt = promptOf(req.prompt);
     const job: CompletionJob = {
@@ -214,8 +210,8 @@ export function createHttpApi(opts: HttpApiOptions): Hono {
     return serve(c, "completion", completionFormat(), model, job, { on: req.stream ?? false, includeUsage: req.stream_options?.include_usage ?? false });
   });
 
-  app.post("/v1/chat/completions", limit, async (c) => {
-    const req = await parseBody(c, ChatCompletionRequestSchema);
+  app.post("/v1/chat/completions", async (c) => {
+    const req = await parseBody(c, ChatCompletionRequestSchema, maxBodyBytes);
     const model = resolveModel(req.model);
     let promptIds: number[];
     try {

@@ -92,10 +92,10 @@ export class WorkerNode {
   private readonly firstStage = new StageLink("first stage", (line) => this.log(line));
   private readonly resultSubscribers = new Set<grpc.ServerWritableStream<unknown, ResultsResponse>>();
   private queue: Promise<void> = Promise.resolve();
-  private heldResults: ResultsResponse[] = [];
+  // Held results of decode runs, by batch id (see publishResult).
+  private readonly heldResults = new Map<number, { results: ResultsResponse[]; sinceMs: number }>();
   // Decode runs in progress on this stage, by batch id: their later steps carry no chunks.
   private readonly runs = new Map<number, RunState>();
-  private heldSinceMs = 0;
   private readonly log: (line: string) => void;
   /** Metrics and stage spans; set by the server that hosts this node. */
   observer: StageObserver | undefined;
@@ -400,17 +400,29 @@ export class WorkerNode {
 
   /**
    * Sends a result to the coordinator. A decode run's earlier steps may be held (`hold`) and go
-   * out together with later ones, once MAX_HELD_RESULTS wait, the oldest has waited
-   * resultHoldMs, or a step that is not held comes: one wake-up of the coordinator (and one
-   * socket write per client stream) for several steps instead of one each, at a cost in token
-   * latency no larger than that bound.
+   * out together with later ones of the same run, once MAX_HELD_RESULTS wait, the oldest has
+   * waited resultHoldMs, or a step of the run that is not held comes: one wake-up of the
+   * coordinator (and one chunk per client stream) for several steps instead of one each, at a
+   * cost in token latency no larger than that bound. Holding is per run: with micro-batches
+   * pipelined, one run's unheld last steps would otherwise release the other's every step.
    */
   private publishResult(result: ResultsResponse, hold = false): void {
-    if (this.heldResults.length === 0) this.heldSinceMs = performance.now();
-    this.heldResults.push(result);
-    if (hold && this.heldResults.length < MAX_HELD_RESULTS && performance.now() - this.heldSinceMs < (this.opts.resultHoldMs ?? DEFAULT_RESULT_HOLD_MS)) return;
-    const results = this.heldResults;
-    this.heldResults = [];
+    const held = this.heldResults.get(result.batchId);
+    if (hold) {
+      const now = performance.now();
+      if (!held) {
+        this.heldResults.set(result.batchId, { results: [result], sinceMs: now });
+        // Results of runs whose later steps never come (their coordinator went away) are dropped.
+        if (this.heldResults.size > MAX_RUNS) this.heldResults.delete(this.heldResults.keys().next().value!);
+        return;
+      }
+      held.results.push(result);
+      if (held.results.length < MAX_HELD_RESULTS && now - held.sinceMs < (this.opts.resultHoldMs ?? DEFAULT_RESULT_HOLD_MS)) return;
+    } else if (held) {
+      held.results.push(result);
+    }
+    this.heldResults.delete(result.batchId);
+    const results = held ? held.results : [result];
     for (const subscriber of this.resultSubscribers) for (const r of results) subscriber.write(r);
   }
 

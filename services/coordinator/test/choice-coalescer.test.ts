@@ -1,0 +1,57 @@
+import { describe, expect, it } from "vitest";
+import { ChoiceCoalescer } from "../src/choice-coalescer.ts";
+import type { ChoiceEvent, TokenLogprob } from "../src/completions.ts";
+
+const nextPass = () => new Promise((resolve) => setImmediate(resolve));
+const lp = (token: string): TokenLogprob => ({ token, bytes: [...Buffer.from(token)], logprob: -1, top: [] });
+
+describe("ChoiceCoalescer", () => {
+  it("merges a choice's text events of one event-loop pass into one, logprobs in order", async () => {
+    const sent: ChoiceEvent[] = [];
+    const c = new ChoiceCoalescer((e) => sent.push(e));
+    c.push({ kind: "text", index: 0, text: "Once", logprobs: [lp("Once")] });
+    c.push({ kind: "text", index: 0, text: " upon", logprobs: [lp(" upon")] });
+    expect(sent).toEqual([]);
+    await nextPass();
+    expect(sent).toEqual([{ kind: "text", index: 0, text: "Once upon", logprobs: [lp("Once"), lp(" upon")] }]);
+    c.push({ kind: "text", index: 0, text: " a", logprobs: [] });
+    await nextPass();
+    expect(sent.map((e) => (e.kind === "text" ? e.text : e.kind))).toEqual(["Once upon", " a"]);
+  });
+
+  it("keeps choices apart and sends them in choice order", async () => {
+    const sent: ChoiceEvent[] = [];
+    const c = new ChoiceCoalescer((e) => sent.push(e));
+    c.push({ kind: "text", index: 1, text: "b", logprobs: [] });
+    c.push({ kind: "text", index: 0, text: "a", logprobs: [] });
+    c.push({ kind: "text", index: 1, text: "c", logprobs: [] });
+    await nextPass();
+    expect(sent).toEqual([
+      { kind: "text", index: 0, text: "a", logprobs: [] },
+      { kind: "text", index: 1, text: "bc", logprobs: [] },
+    ]);
+  });
+
+  it("a finish sends its choice's held text first, at once, and leaves the others held", async () => {
+    const sent: ChoiceEvent[] = [];
+    const c = new ChoiceCoalescer((e) => sent.push(e));
+    c.push({ kind: "text", index: 0, text: "x", logprobs: [] });
+    c.push({ kind: "text", index: 1, text: "y", logprobs: [] });
+    c.push({ kind: "finish", index: 0, finishReason: "stop" });
+    expect(sent).toEqual([
+      { kind: "text", index: 0, text: "x", logprobs: [] },
+      { kind: "finish", index: 0, finishReason: "stop" },
+    ]);
+    await nextPass();
+    expect(sent.at(-1)).toEqual({ kind: "text", index: 1, text: "y", logprobs: [] });
+  });
+
+  it("does not grow the caller's logprobs array", async () => {
+    const first = [lp("a")];
+    const c = new ChoiceCoalescer(() => {});
+    c.push({ kind: "text", index: 0, text: "a", logprobs: first });
+    c.push({ kind: "text", index: 0, text: "b", logprobs: [lp("b")] });
+    await nextPass();
+    expect(first).toHaveLength(1);
+  });
+});
