@@ -129,3 +129,33 @@ describe.each([
       expect(cliOutput).toBe(waterfall);
     });
 });
+
+describe("head sampling (--trace-sample-ratio, OTEL_TRACES_SAMPLER_ARG)", () => {
+  it("a request not sampled leaves no span anywhere, its steps and stages included; its waterfall is still kept", async () => {
+    const receiver = await startOtlpReceiver();
+    try {
+      const cluster = await LocalCluster.start({ modelDir: BUNDLED_MODEL_DIR, workers: 2, natsUrl: nats.url(), inProcessWorkers: true, tracesUrl: receiver.tracesUrl, traceSampleRatio: 0 });
+      const api = await startApiServer(cluster, BUNDLED_MODEL_DIR);
+      const unsampled = await api.client.completions.create({ model: "stories260K", prompt: oracle.prompt, max_tokens: MAX_TOKENS, temperature: 0 });
+      cluster.telemetry.sampleRatio = 1;
+      const sampled = await api.client.completions.create({ model: "stories260K", prompt: oracle.prompt, max_tokens: MAX_TOKENS, temperature: 0 });
+      expect(unsampled.choices[0].text).toBe(sampled.choices[0].text);
+      const waterfall = await (await fetch(`${api.url}/debug/trace/${unsampled.id}`)).text();
+      expect(waterfall).toContain(`request ${unsampled.id}`);
+      await api.close();
+      await cluster.stop();
+      const requests = receiver.spans.filter((s) => s.name === "request");
+      expect(requests.map((r) => r.attributes["strata.request.id"])).toEqual([sampled.id]);
+      const steps = receiver.spans.filter((s) => s.name === "step");
+      expect(steps).toHaveLength(sampled.usage!.completion_tokens);
+      for (const step of steps) expect(step.links).toEqual([{ traceId: requests[0].traceId, spanId: requests[0].spanId, attributes: {} }]);
+      const stages = receiver.spans.filter((s) => s.name.startsWith("stage "));
+      expect(stages).toHaveLength(2 * steps.length);
+      const stepIds = new Set(steps.map((s) => s.spanId));
+      for (const stage of stages) expect(stepIds.has(stage.parentSpanId)).toBe(true);
+      expect(() => (cluster.telemetry.sampleRatio = 1.5)).toThrow(/between 0 and 1/);
+    } finally {
+      await receiver.close();
+    }
+  });
+});

@@ -4,7 +4,13 @@ import {
   INVALID_TRACEID,
   ProxyTracerProvider,
   ROOT_CONTEXT,
+  SpanStatusCode,
+  TraceFlags,
+  type Attributes,
+  type HrTime,
+  type Link,
   type Span,
+  type SpanKind,
   type SpanOptions,
   defaultTextMapGetter,
   defaultTextMapSetter,
@@ -17,7 +23,7 @@ import {
 import { W3CTraceContextPropagator } from "@opentelemetry/core";
 import { resourceFromAttributes } from "@opentelemetry/resources";
 import { NodeSDK } from "@opentelemetry/sdk-node";
-import { BatchSpanProcessor, RandomIdGenerator, TracerProvider, type IdGenerator, type SpanLimits } from "@opentelemetry/sdk-trace";
+import { BatchSpanProcessor, RandomIdGenerator, TracerProvider, type IdGenerator, type ReadableSpan, type SpanLimits } from "@opentelemetry/sdk-trace";
 import { OtlpProtoSpanExporter, otlpExporterOptionsFromEnv } from "./otlp-exporter.ts";
 
 export interface TracingOptions {
@@ -39,6 +45,22 @@ export interface SpanIds {
   spanId: string;
 }
 
+/** A span that has already happened, described by its record (see Tracing.recordSpan). */
+export interface FinishedSpan {
+  name: string;
+  kind: SpanKind;
+  /** The span's own ids (reserved earlier, say); a new span id under `parent`'s trace, or a new trace, when omitted. */
+  ids?: SpanIds;
+  /** Its parent, often another process's; none makes it a root span. Not sampled: nothing is recorded. */
+  parent?: SpanContext;
+  startUnixMs: number;
+  endUnixMs: number;
+  attributes: Attributes;
+  links?: Link[];
+  /** Ends the span with status ERROR and this message. */
+  error?: string;
+}
+
 /** One service's tracer. Callers check `enabled` before building attributes, so off is free. */
 export interface Tracing {
   readonly enabled: boolean;
@@ -51,6 +73,12 @@ export interface Tracing {
   reserveRootSpanIds(): SpanIds;
   /** Starts a root span under ids from reserveRootSpanIds. */
   startRootSpanAs(ids: SpanIds, name: string, options: SpanOptions): Span;
+  /**
+   * Hands a finished span straight to the span processor, as the SDK's Span does when it ends,
+   * without the tracer's per-span machinery (sampler, limits, self-metrics): for the spans
+   * Strata builds from its own records, a step's or a stage's, several per generated token.
+   */
+  recordSpan(span: FinishedSpan): void;
   /**
    * Registers a function run first by every forceFlush and shutdown, for callers that build
    * their spans in batches after the fact: what they hold goes out with the rest.
@@ -68,6 +96,7 @@ export const TRACING_OFF: Tracing = {
   tracer: NOOP_TRACER,
   reserveRootSpanIds: () => ({ traceId: INVALID_TRACEID, spanId: INVALID_SPANID }),
   startRootSpanAs: (_ids, name, options) => NOOP_TRACER.startSpan(name, options, ROOT_CONTEXT),
+  recordSpan: () => {},
   beforeFlush: () => {},
   forceFlush: async () => {},
   shutdown: async () => {},
@@ -94,6 +123,22 @@ export function otlpTracesUrlFromEnv(env: NodeJS.ProcessEnv): string | undefined
   if (traces) return traces;
   const base = env.OTEL_EXPORTER_OTLP_ENDPOINT?.trim();
   return base ? `${base.replace(/\/+$/, "")}/v1/traces` : undefined;
+}
+
+/**
+ * The head-sampling ratio OTEL_TRACES_SAMPLER (and OTEL_TRACES_SAMPLER_ARG) ask for: 1 when unset
+ * or always_on, 0 for always_off, the argument (default 1) for traceidratio; the parentbased_
+ * forms alike, since Strata's traces start at the coordinator.
+ */
+export function traceSampleRatioFromEnv(env: NodeJS.ProcessEnv): number {
+  const sampler = env.OTEL_TRACES_SAMPLER?.trim().toLowerCase().replace(/^parentbased_/, "") ?? "";
+  if (sampler === "" || sampler === "always_on") return 1;
+  if (sampler === "always_off") return 0;
+  if (sampler !== "traceidratio") throw new Error(`OTEL_TRACES_SAMPLER=${env.OTEL_TRACES_SAMPLER} is not supported (always_on, always_off, traceidratio and their parentbased_ forms are)`);
+  const arg = env.OTEL_TRACES_SAMPLER_ARG?.trim();
+  const ratio = arg ? Number(arg) : 1;
+  if (!(ratio >= 0 && ratio <= 1)) throw new Error(`OTEL_TRACES_SAMPLER_ARG must be a ratio between 0 and 1, got ${arg}`);
+  return ratio;
 }
 
 /**
@@ -154,7 +199,7 @@ export function startTracing(opts: TracingOptions): Tracing {
       instrumentations: [],
     });
     sdk.start();
-    return enabledTracing(opts.serviceName, trace.getTracer("strata"), ids, () => processor.forceFlush(), () => sdk.shutdown());
+    return enabledTracing(opts.serviceName, trace.getTracer("strata"), ids, processor, () => processor.forceFlush(), () => sdk.shutdown());
   }
   const provider = new TracerProvider({
     resource: resourceFromAttributes({ "service.name": opts.serviceName }),
@@ -162,10 +207,21 @@ export function startTracing(opts: TracingOptions): Tracing {
     spanProcessors: [processor],
     idGenerator: ids,
   });
-  return enabledTracing(opts.serviceName, provider.getTracer("strata"), ids, () => provider.forceFlush(), () => provider.shutdown());
+  return enabledTracing(opts.serviceName, provider.getTracer("strata"), ids, processor, () => provider.forceFlush(), () => provider.shutdown());
 }
 
-function enabledTracing(serviceName: string, tracer: Tracer, ids: PresetIdGenerator, forceFlush: () => Promise<void>, shutdown: () => Promise<void>): Tracing {
+function enabledTracing(
+  serviceName: string,
+  tracer: Tracer,
+  ids: PresetIdGenerator,
+  processor: BatchSpanProcessor,
+  forceFlush: () => Promise<void>,
+  shutdown: () => Promise<void>,
+): Tracing {
+  // The resource and scope the tracer stamps on its spans (the NodeSDK's detected resource
+  // included), read off a span that is never ended, so never exported.
+  const probe = tracer.startSpan("resource probe", {}, ROOT_CONTEXT) as unknown as Partial<ReadableSpan>;
+  const stamp = { resource: probe.resource!, instrumentationScope: probe.instrumentationScope! };
   const flushHooks: Array<() => void> = [];
   const runHooks = () => {
     for (const hook of flushHooks) hook();
@@ -176,6 +232,15 @@ function enabledTracing(serviceName: string, tracer: Tracer, ids: PresetIdGenera
     tracer,
     reserveRootSpanIds: () => ids.reserve(),
     startRootSpanAs: (spanIds, name, options) => ids.startRootSpanAs(tracer, spanIds, name, options),
+    recordSpan: (span) => {
+      if (span.parent && (span.parent.traceFlags & TraceFlags.SAMPLED) === 0) return;
+      let own = span.ids;
+      if (!own) {
+        const fresh = ids.reserve();
+        own = { traceId: span.parent?.traceId ?? fresh.traceId, spanId: fresh.spanId };
+      }
+      processor.onEnd(finishedSpan(span, own, stamp));
+    },
     beforeFlush: (hook) => void flushHooks.push(hook),
     forceFlush: () => {
       runHooks();
@@ -185,6 +250,36 @@ function enabledTracing(serviceName: string, tracer: Tracer, ids: PresetIdGenera
       runHooks();
       return shutdown();
     },
+  };
+}
+
+function hrTime(unixMs: number): HrTime {
+  const seconds = Math.floor(unixMs / 1000);
+  return [seconds, Math.round((unixMs - seconds * 1000) * 1e6)];
+}
+
+/** `span` as the SDK's exporters read a span that has ended. */
+function finishedSpan(span: FinishedSpan, own: SpanIds, stamp: Pick<ReadableSpan, "resource" | "instrumentationScope">): ReadableSpan {
+  const context: SpanContext = { traceId: own.traceId, spanId: own.spanId, traceFlags: TraceFlags.SAMPLED };
+  const durationMs = Math.max(0, span.endUnixMs - span.startUnixMs);
+  return {
+    name: span.name,
+    kind: span.kind,
+    spanContext: () => context,
+    parentSpanContext: span.parent,
+    startTime: hrTime(span.startUnixMs),
+    endTime: hrTime(span.startUnixMs + durationMs),
+    duration: [Math.floor(durationMs / 1000), Math.round((durationMs % 1000) * 1e6)],
+    status: span.error === undefined ? { code: SpanStatusCode.UNSET } : { code: SpanStatusCode.ERROR, message: span.error },
+    attributes: span.attributes,
+    links: span.links ?? [],
+    events: [],
+    ended: true,
+    resource: stamp.resource,
+    instrumentationScope: stamp.instrumentationScope,
+    droppedAttributesCount: 0,
+    droppedEventsCount: 0,
+    droppedLinksCount: 0,
   };
 }
 
@@ -202,6 +297,11 @@ export function injectTraceContext(spanContext: SpanContext): Record<string, str
 /** The parent context carried in a `trace_context` map (ROOT when it carries none). */
 export function extractTraceContext(carrier: Readonly<Record<string, string>>): Context {
   return propagator.extract(ROOT_CONTEXT, carrier, defaultTextMapGetter);
+}
+
+/** The (remote) parent span a `trace_context` map carries, if it carries one. */
+export function parentSpanContext(carrier: Readonly<Record<string, string>>): SpanContext | undefined {
+  return trace.getSpanContext(extractTraceContext(carrier));
 }
 
 /** Wall-clock milliseconds since the Unix epoch with sub-millisecond resolution. */

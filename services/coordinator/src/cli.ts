@@ -3,7 +3,7 @@ import { serve } from "@hono/node-server";
 import { BUNDLED_MODEL_DIR, loadTokenizer, openModel, type Tokenizer } from "@strata/model";
 import { parseKvDtype, type KvDtype } from "@strata/kv";
 import { PartitionError, parsePartition, type Partition } from "@strata/planner";
-import { otlpTracesUrlFromEnv, startTracing } from "@strata/telemetry";
+import { otlpTracesUrlFromEnv, startTracing, traceSampleRatioFromEnv } from "@strata/telemetry";
 import { ChatTemplate } from "./chat-template.ts";
 import { LocalCluster, servedModelName, type ClusterOptions } from "./cluster.ts";
 import { checkContextLength } from "./engine.ts";
@@ -47,6 +47,8 @@ start:
   --host H --port P      HTTP address (default 127.0.0.1:8000)
   --max-body-bytes N     largest request body; larger ones get 413 (default 1 MiB)
   --max-queued-requests N  requests waiting for admission beyond which new ones get 429 (default 1024)
+  --trace-sample-ratio R  fraction of requests traced, 0 to 1 (default $OTEL_TRACES_SAMPLER_ARG with
+                         OTEL_TRACES_SAMPLER=traceidratio, else 1); their steps and stage spans follow
   Traces export over OTLP/HTTP to $OTEL_EXPORTER_OTLP_ENDPOINT when it is set.
 
 trace:
@@ -96,6 +98,7 @@ const { positionals, values } = parseArgs({
     json: { type: "boolean", default: false },
     "max-body-bytes": { type: "string" },
     "max-queued-requests": { type: "string" },
+    "trace-sample-ratio": { type: "string" },
     request: { type: "string" },
     url: { type: "string", default: "http://127.0.0.1:8000" },
     help: { type: "boolean", short: "h", default: false },
@@ -233,8 +236,14 @@ async function start(): Promise<void> {
   const maxQueuedRequests = numberOption("max-queued-requests", values["max-queued-requests"], (n) => Number.isInteger(n) && n >= 0);
   const chatTemplate = await ChatTemplate.load(opts.modelDir);
   // This process is the coordinator: its spans go through the NodeSDK; worker processes inherit the environment.
+  let traceSampleRatio: number;
+  try {
+    traceSampleRatio = numberOption("trace-sample-ratio", values["trace-sample-ratio"], (n) => n >= 0 && n <= 1) ?? traceSampleRatioFromEnv(process.env);
+  } catch (error) {
+    throw error instanceof UsageError ? error : new UsageError((error as Error).message);
+  }
   const tracing = startTracing({ serviceName: "strata-coordinator", tracesUrl: otlpTracesUrlFromEnv(process.env), global: true });
-  const cluster = await startCluster({ ...opts, tracing });
+  const cluster = await startCluster({ ...opts, tracing, traceSampleRatio });
   const modelName = servedModelName(opts.modelDir);
   const app = createHttpApi({
     engine: cluster.engine,
@@ -256,7 +265,7 @@ async function start(): Promise<void> {
         `  curl ${base}/v1/completions -H 'Content-Type: application/json' \\\n` +
         `    -d '{"prompt": "Once upon a time", "max_tokens": 64, "temperature": 0}'\n\n` +
         `Metrics: ${base}/metrics (workers: ${cluster.workerMetricsUrls.filter((u) => u).join(", ") || "none"})\n` +
-        `Tracing: ${tracing.enabled ? `OTLP to ${otlpTracesUrlFromEnv(process.env)}` : "off (set OTEL_EXPORTER_OTLP_ENDPOINT)"}; ` +
+        `Tracing: ${tracing.enabled ? `OTLP to ${otlpTracesUrlFromEnv(process.env)}, ${traceSampleRatio * 100}% of requests` : "off (set OTEL_EXPORTER_OTLP_ENDPOINT)"}; ` +
         `waterfall of a request: pnpm strata trace --url ${base} --request <id>\n\n` +
         `Press Ctrl-C to stop.\n`,
     );

@@ -72,6 +72,8 @@ export interface ClusterOptions {
   tracesUrl?: string;
   /** The coordinator's tracing (the CLI passes its NodeSDK one); the caller shuts it down. */
   tracing?: Tracing;
+  /** Fraction of requests traced when tracing is on (default 1; see CoordinatorTelemetry.sampleRatio). */
+  traceSampleRatio?: number;
   /** Serve each worker's Prometheus metrics on a free port (default on). */
   workerMetrics?: boolean;
   onLoadProgress?: (stage: number, bytesLoaded: number, bytesTotal: number) => void;
@@ -177,6 +179,7 @@ export class LocalCluster {
       cluster.ownTracings = ownTracings;
       cluster.telemetry = new CoordinatorTelemetry(coordinatorTracing, new CoordinatorMetrics(engine, events, adapters));
       cluster.telemetry.engine = engine;
+      if (opts.traceSampleRatio !== undefined) cluster.telemetry.sampleRatio = opts.traceSampleRatio;
       if (opts.warmUp ?? true) await cluster.warmUp(opts.maxNumSeqs ?? 256);
       // Attached after warm-up, so the metrics and the trace ring hold only real traffic.
       pipeline.observer = cluster.telemetry;

@@ -216,7 +216,8 @@ export class PipelineClient {
     if (!this.toFirstStage) this.openStreams();
     let step = this.observer?.stepStarted(batchId, seqs);
     const lastStage = this.stubs.length - 1;
-    const runTraceparents = run.steps > 1 ? (this.observer?.reserveStepTraceparents?.(run.steps - 1) ?? []) : [];
+    // A run's later steps are traced when its first is.
+    const runTraceparents = run.steps > 1 && step?.traceContext ? (this.observer?.reserveStepTraceparents?.(run.steps - 1) ?? []) : [];
     return new Promise<ResultsResponse>((resolve, reject) => {
       this.pending.set(batchId, {
         steps: run.steps,

@@ -1,4 +1,4 @@
-import { ROOT_CONTEXT, SpanKind, SpanStatusCode, TraceFlags, type Link, type Span, type SpanContext } from "@opentelemetry/api";
+import { ROOT_CONTEXT, SpanKind, SpanStatusCode, TraceFlags, type Attributes, type Link, type Span, type SpanContext } from "@opentelemetry/api";
 import type { ResultsResponse, SequenceChunk } from "@strata/proto";
 import { wallClockMs, type Tracing } from "@strata/telemetry";
 import type { GenerateRequest } from "./engine.ts";
@@ -56,7 +56,7 @@ export class RequestTrace {
     readonly startUnixMs: number,
   ) {
     const tracing = telemetry.tracing;
-    if (tracing.enabled) {
+    if (tracing.enabled && telemetry.drawSample()) {
       this.span = tracing.tracer.startSpan(
         "request",
         {
@@ -153,6 +153,7 @@ export class CoordinatorTelemetry implements PipelineObserver {
   readonly log: TraceLog;
   private readonly traces = new WeakMap<GenerateRequest, RequestTrace>();
   private stepCounter = 0;
+  private ratio = 1;
   // Steps whose spans are still to be built (see recordStepSpans).
   private readonly unspannedSteps: UnspannedStep[] = [];
   private stepSpanFlush: NodeJS.Timeout | undefined;
@@ -165,6 +166,24 @@ export class CoordinatorTelemetry implements PipelineObserver {
   ) {
     this.log = new TraceLog(opts.stepCapacity, opts.requestCapacity);
     tracing.beforeFlush(() => this.recordStepSpans());
+  }
+
+  /**
+   * Head sampling: the fraction of requests traced (default 1, all). A step is traced when a
+   * request in it is (or, carrying none, by its own draw), and its stages follow it.
+   */
+  get sampleRatio(): number {
+    return this.ratio;
+  }
+
+  set sampleRatio(ratio: number) {
+    if (!(ratio >= 0 && ratio <= 1)) throw new RangeError(`trace sample ratio must be between 0 and 1, got ${ratio}`);
+    this.ratio = ratio;
+  }
+
+  /** Whether the next request (or step of no request) is traced. */
+  drawSample(): boolean {
+    return this.ratio >= 1 || (this.ratio > 0 && Math.random() < this.ratio);
   }
 
   startRequest(info: RequestInfo): RequestTrace {
@@ -212,7 +231,9 @@ export class CoordinatorTelemetry implements PipelineObserver {
     };
     let traced: UnspannedStep | undefined;
     let traceContext: Record<string, string> | undefined;
-    if (this.tracing.enabled) {
+    // A decode run's later step is traced when its run's first was (it then carries ids reserved for it).
+    const sampled = this.tracing.enabled && (loopedBack ? loopedBack.traceparent !== undefined : unique.length > 0 ? unique.some((r) => r.span) : this.drawSample());
+    if (sampled) {
       // The span itself is built later, in a batch (see recordStepSpans); its ids are fixed now,
       // reserved by a decode run for its later steps (whose stages already parented on them).
       const reserved = loopedBack?.traceparent?.split("-");
@@ -248,37 +269,40 @@ export class CoordinatorTelemetry implements PipelineObserver {
   }
 
   /**
-   * Builds the spans of the steps finished since the last call, from their records. One at a
-   * time as each step came back, they cost the coordinator's event loop ~30 us per generated
-   * token at 16 streams (the SDK's code running cold every time); built together, far less.
+   * Records the spans of the steps finished since the last call, from their records. Made one at
+   * a time through the tracer as each step came back, they cost the coordinator's event loop
+   * ~30 us per generated token at 16 streams; made together and handed to the span processor
+   * directly, ~3.
    */
   private recordStepSpans(): void {
     clearTimeout(this.stepSpanFlush);
     this.stepSpanFlush = undefined;
     for (const { record, links, adapterIds } of this.unspannedSteps.splice(0)) {
-      const span = this.tracing.startRootSpanAs({ traceId: record.traceId!, spanId: record.spanId! }, "step", {
-        kind: SpanKind.CLIENT,
-        startTime: record.sentUnixMs,
-        links,
-        attributes: {
-          "strata.step": record.step,
-          "strata.batch.id": record.batchId,
-          "strata.batch.size": record.seqIds.length,
-          "strata.batch.request_ids": record.requestIds,
-          "strata.step.tokens": record.tokens,
-          "strata.step.prefill_tokens": record.prefillTokens,
-          "strata.step.decode_tokens": record.decodeTokens,
-          "strata.batch.adapter_ids": adapterIds,
-        },
-      });
-      if (record.error !== undefined) {
-        span.setStatus({ code: SpanStatusCode.ERROR, message: record.error });
-      } else {
-        span.setAttribute("strata.stage.kv_blocks_used", record.stages.map((t) => t.kvBlocksUsed));
-        span.setAttribute("strata.stage.hidden_bytes_sent", record.stages.map((t) => t.hiddenBytesSent));
-        span.setAttribute("strata.stage.worker_ids", record.stages.map((t) => t.workerId));
+      const attributes: Attributes = {
+        "strata.step": record.step,
+        "strata.batch.id": record.batchId,
+        "strata.batch.size": record.seqIds.length,
+        "strata.batch.request_ids": record.requestIds,
+        "strata.step.tokens": record.tokens,
+        "strata.step.prefill_tokens": record.prefillTokens,
+        "strata.step.decode_tokens": record.decodeTokens,
+        "strata.batch.adapter_ids": adapterIds,
+      };
+      if (record.error === undefined) {
+        attributes["strata.stage.kv_blocks_used"] = record.stages.map((t) => t.kvBlocksUsed);
+        attributes["strata.stage.hidden_bytes_sent"] = record.stages.map((t) => t.hiddenBytesSent);
+        attributes["strata.stage.worker_ids"] = record.stages.map((t) => t.workerId);
       }
-      span.end(record.receivedUnixMs);
+      this.tracing.recordSpan({
+        name: "step",
+        kind: SpanKind.CLIENT,
+        ids: { traceId: record.traceId!, spanId: record.spanId! },
+        startUnixMs: record.sentUnixMs,
+        endUnixMs: record.receivedUnixMs!,
+        attributes,
+        links,
+        error: record.error,
+      });
     }
   }
 

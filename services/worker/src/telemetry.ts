@@ -2,7 +2,7 @@ import { SpanKind, SpanStatusCode } from "@opentelemetry/api";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { EventBus } from "@strata/events";
 import type { DescribeResponse, ForwardRequest, StageError, StageTiming } from "@strata/proto";
-import { extractTraceContext, setCounterTotal, type Tracing } from "@strata/telemetry";
+import { extractTraceContext, parentSpanContext, setCounterTotal, type Tracing } from "@strata/telemetry";
 
 /** What a WorkerNode reports about each micro-batch it handled. */
 export interface StageObserver {
@@ -169,23 +169,21 @@ export class StageTelemetry implements StageObserver {
 
   // Only what the step span (batch composition, request ids) and the resource (worker id) do not already say.
   private recordSpan({ batchId, traceContext, timing, tokens }: DoneBatch): void {
-    const span = this.tracing.tracer.startSpan(
-      `stage ${timing.stageIndex}`,
-      {
-        kind: SpanKind.SERVER,
-        startTime: timing.receivedUnixMs,
-        attributes: {
-          "strata.stage.index": timing.stageIndex,
-          "strata.batch.id": batchId,
-          "strata.step.tokens": tokens,
-          "strata.stage.queue_ms": timing.startedUnixMs - timing.receivedUnixMs,
-          "strata.kv.blocks_used": timing.kvBlocksUsed,
-          "strata.hidden_state.bytes_sent": Number(timing.hiddenBytesSent),
-        },
+    this.tracing.recordSpan({
+      name: `stage ${timing.stageIndex}`,
+      kind: SpanKind.SERVER,
+      parent: parentSpanContext(traceContext),
+      startUnixMs: timing.receivedUnixMs,
+      endUnixMs: timing.sentUnixMs,
+      attributes: {
+        "strata.stage.index": timing.stageIndex,
+        "strata.batch.id": batchId,
+        "strata.step.tokens": tokens,
+        "strata.stage.queue_ms": timing.startedUnixMs - timing.receivedUnixMs,
+        "strata.kv.blocks_used": timing.kvBlocksUsed,
+        "strata.hidden_state.bytes_sent": Number(timing.hiddenBytesSent),
       },
-      extractTraceContext(traceContext),
-    );
-    span.end(timing.sentUnixMs);
+    });
   }
 
   batchFailed(req: ForwardRequest, error: StageError, receivedUnixMs: number): void {

@@ -77,6 +77,8 @@ const MAX_RUNS = 256;
 interface RunState {
   seqs: SequenceChunk[];
   starts: number[];
+  // Trace parents of the run's later steps (when traced), kept by the stage that loops it back.
+  traceparents: string[];
 }
 
 /**
@@ -322,7 +324,7 @@ export class WorkerNode {
   private expandRunStep(req: ForwardRequest, firstStage: boolean): void {
     if (req.numSteps <= 1) return;
     if (req.step === 0) {
-      this.runs.set(req.batchId, { seqs: req.seqs, starts: req.seqs.map((c) => c.startPosition) });
+      this.runs.set(req.batchId, { seqs: req.seqs, starts: req.seqs.map((c) => c.startPosition), traceparents: req.runTraceparents });
       if (this.runs.size > MAX_RUNS) this.runs.delete(this.runs.keys().next().value!);
       return;
     }
@@ -351,11 +353,13 @@ export class WorkerNode {
    */
   private loopBack(req: ForwardRequest, sampled: number[], sender: ForwardCall): void {
     const step = req.step + 1;
-    const traceparent = req.runTraceparents[step - 1];
+    const traceparent = this.runs.get(req.batchId)?.traceparents[step - 1];
     const next = req;
     next.step = step;
-    // Each step's stage spans belong to that step's span on the coordinator.
+    // Each step's stage spans belong to that step's span on the coordinator. The run's later
+    // traceparents stay here: no later step carries them all again.
     if (traceparent) next.traceContext = { traceparent };
+    next.runTraceparents = [];
     next.hidden = undefined;
     next.stageTimings = [];
     next.seqs = [];
