@@ -12,9 +12,11 @@ const WORKERS = 2;
 const CONCURRENT = 16;
 const NEW_TOKENS = 64;
 const RUNS = 5;
+// HTTP against in-process on one cluster: rounds are cheap, so more of them steady the medians.
+const HTTP_RUNS = 9;
 const PAIRS = 3;
 // Tracing on vs off in one cluster: blocks of rounds per mode, the first rounds of a block untimed.
-const BLOCKS = 4;
+const BLOCKS = 8;
 const SETTLE_ROUNDS = 2;
 const BLOCK_ROUNDS = 3;
 
@@ -75,7 +77,7 @@ async function inProcessRound(cluster: LocalCluster, spreadMs = 0): Promise<numb
   return (CONCURRENT * NEW_TOKENS) / seconds;
 }
 
-/** Alternates the two measurements RUNS times after WARMUP_ROUNDS warm-ups each, so drift hits both alike. */
+/** Alternates the two measurements HTTP_RUNS times after WARMUP_ROUNDS warm-ups each, so drift hits both alike. */
 async function sideBySide(a: () => Promise<number>, b: () => Promise<number>): Promise<{ a: number; b: number; aSamples: number[]; bSamples: number[] }> {
   for (let i = 0; i < WARMUP_ROUNDS; i++) {
     await a();
@@ -83,14 +85,14 @@ async function sideBySide(a: () => Promise<number>, b: () => Promise<number>): P
   }
   const aSamples: number[] = [];
   const bSamples: number[] = [];
-  for (let i = 0; i < RUNS; i++) {
+  for (let i = 0; i < HTTP_RUNS; i++) {
     aSamples.push(await a());
     bSamples.push(await b());
   }
   return { a: median(aSamples), b: median(bSamples), aSamples, bSamples };
 }
 
-const loadLine = `${CONCURRENT} concurrent requests, BOS prompt, ${NEW_TOKENS} new tokens each (ignore_eos), greedy; ${WORKERS} worker processes, 1 onnxruntime thread each; median of ${RUNS} alternating runs after ${WARMUP_ROUNDS} warm-up rounds each`;
+const loadLine = `${CONCURRENT} concurrent requests, BOS prompt, ${NEW_TOKENS} new tokens each (ignore_eos), greedy; ${WORKERS} worker processes, 1 onnxruntime thread each`;
 
 export const httpVsInprocess: BenchPart = {
   name: "http-api",
@@ -98,6 +100,7 @@ export const httpVsInprocess: BenchPart = {
   async run(ctx: BenchContext) {
     ctx.print(await modelLine());
     ctx.print(loadLine);
+    ctx.print(`median of ${HTTP_RUNS} alternating runs after ${WARMUP_ROUNDS} warm-up rounds each`);
     ctx.print("HTTP: POST /v1/completions stream=true from a node:http client in the coordinator's process (loadtest/client.ts), each SSE chunk parsed; tok/s = tokens / wall time");
     const figures: Record<string, number> = {};
     await withCluster(ctx, { modelDir: BUNDLED_MODEL_DIR, workers: WORKERS }, (cluster) =>
