@@ -10,16 +10,28 @@ export interface RunOutput {
 export interface SessionRunner {
   /**
    * Takes ownership of the feeds' buffers (callers must not touch them afterwards), except those
-   * named in `kept`, which are fed again on later runs.
+   * named in `kept`, which are fed again on later runs. `into` names outputs to write into the
+   * given tensors instead of new buffers, where the runner can (on the calling thread); either
+   * way the outputs come back in the result.
    */
-  run(feeds: Record<string, ort.Tensor>, kept?: ReadonlySet<string>): Promise<Record<string, RunOutput>>;
+  run(feeds: Record<string, ort.Tensor>, kept?: ReadonlySet<string>, into?: Record<string, ort.Tensor>): Promise<Record<string, RunOutput>>;
   close(): Promise<void>;
 }
 
 export async function createSessionRunner(graph: Uint8Array, options: ort.InferenceSession.SessionOptions, onThread: boolean): Promise<SessionRunner> {
   if (!onThread) {
     const session = await ort.InferenceSession.create(graph, options);
-    return { run: (feeds) => session.run(feeds), close: () => session.release() };
+    const outputs = session.outputNames;
+    return {
+      run: (feeds, _kept, into) => {
+        if (!into) return session.run(feeds);
+        // Every output named: those not preallocated (null) are allocated by onnxruntime as usual.
+        const fetches: Record<string, ort.Tensor | null> = {};
+        for (const name of outputs) fetches[name] = into[name] ?? null;
+        return session.run(feeds, fetches);
+      },
+      close: () => session.release(),
+    };
   }
   return ThreadSessionRunner.create(graph, options);
 }

@@ -24,7 +24,9 @@ export interface StageChunk {
 
 export interface StageOutput {
   hidden?: Float32Array; // [totalTokens, hidden] packed in chunk order (all but the last stage)
-  logits?: Float32Array; // [chunks, vocab]: each chunk's last position (last stage)
+  // [chunks, vocab]: each chunk's last position (last stage). A decode step's buffer is reused by
+  // the next decode step of the same batch size: read or copy it before calling forward again.
+  logits?: Float32Array;
 }
 
 export interface StageEngineOptions {
@@ -60,6 +62,7 @@ export class StageEngine {
   private readonly kvRow: number; // floats per token per layer
   // Each resident adapter's LoRA inputs (and the base model's zeros), built once and fed as they are.
   private readonly adapters = new Map<string | undefined, Record<string, ort.Tensor>>();
+  private readonly outputSets = new Map<number, Record<string, ort.Tensor>>();
 
   private constructor(
     private readonly session: SessionRunner,
@@ -190,6 +193,25 @@ export class StageEngine {
     return out;
   }
 
+  /**
+   * Decode steps write their logits and new K/V rows into buffers kept from step to step, by
+   * batch size: read before the next step, never handed on. A fresh 2 MB of logits per step (batch
+   * 16 of a 32,000-word vocabulary) kept the last stage's V8 heap in major collections of 10-20 ms,
+   * a pipeline stall each. Prefill chunks (T > 1, any length) get new buffers as before.
+   */
+  private reusedOutputs(B: number, T: number): Record<string, ort.Tensor> | undefined {
+    if (T !== 1) return undefined;
+    let set = this.outputSets.get(B);
+    if (!set) {
+      const c = this.weights.config;
+      set = { [STAGE_IO.newKv]: new ort.Tensor("float32", new Float32Array(2 * this.layerCount * B * this.kvRow), [2 * this.layerCount * B, 1, this.kvRow]) };
+      if (this.opts.lastStage) set[STAGE_IO.logits] = new ort.Tensor("float32", new Float32Array(B * c.vocabSize), [B, c.vocabSize]);
+      this.outputSets.set(B, set);
+      if (this.outputSets.size > MAX_REUSED_OUTPUT_SETS) this.outputSets.delete(this.outputSets.keys().next().value!);
+    }
+    return set;
+  }
+
   private async forwardGroup(chunks: readonly StageChunk[], hidden?: Float32Array): Promise<StageOutput> {
     const { blockSizeTokens: bs, firstStage, lastStage } = this.opts;
     const D = this.hiddenSize;
@@ -267,13 +289,16 @@ export class StageEngine {
     }
 
     if (this.maxLoraRank > 0) Object.assign(feeds, this.adapters.get(chunks[0].adapter));
-    const out = await this.session.run(feeds, LORA_FEED_NAMES);
+    const out = await this.session.run(feeds, LORA_FEED_NAMES, this.reusedOutputs(B, T));
     this.kv.scatter(chunks, T, out[STAGE_IO.newKv].data as Float32Array);
     if (lastStage) return { logits: out[STAGE_IO.logits].data as Float32Array };
     const padded = out[STAGE_IO.hiddenOut].data as Float32Array;
     return { hidden: uniform ? padded : packRows(padded, chunks, T, D) };
   }
 }
+
+// Output buffers kept for reuse, one set per decode batch size (see StageEngine.reusedOutputs).
+const MAX_REUSED_OUTPUT_SETS = 8;
 
 function concatRows(parts: Float32Array[]): Float32Array {
   const out = new Float32Array(parts.reduce((s, p) => s + p.length, 0));

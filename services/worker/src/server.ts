@@ -1,6 +1,6 @@
 import * as grpc from "@grpc/grpc-js";
 import { EventBus } from "@strata/events";
-import { grpcChannelOptions } from "@strata/proto";
+import { grpcChannelOptions, widenServerReceiveWindows } from "@strata/proto";
 import { serveMetrics, TRACING_OFF, type MetricsServer, type Tracing } from "@strata/telemetry";
 import { StageTelemetry } from "./telemetry.ts";
 import { WorkerNode, workerServiceDefinition } from "./worker-service.ts";
@@ -43,6 +43,7 @@ export async function startWorkerServer(opts: WorkerServerOptions): Promise<Runn
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(`${host}:${opts.port ?? 0}`, grpc.ServerCredentials.createInsecure(), (err, bound) => (err ? reject(err) : resolve(bound))),
   );
+  widenServerReceiveWindows(server);
   let metrics: MetricsServer | undefined;
   if (opts.metricsPort !== undefined) {
     try {
