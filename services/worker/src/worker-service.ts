@@ -77,7 +77,8 @@ const MAX_RUNS = 256;
 interface RunState {
   seqs: SequenceChunk[];
   starts: number[];
-  // Trace parents of the run's later steps (when traced), kept by the stage that loops it back.
+  // Trace parents of the run's later steps (when traced): step k's stage spans belong to the
+  // coordinator's span traceparents[k - 1].
   traceparents: string[];
 }
 
@@ -281,8 +282,11 @@ export class WorkerNode {
         for (const c of req.seqs) c.tokenIds = [];
         req.hidden = hiddenOut;
         req.stageTimings.push(timing);
-        // The next stage kept the run's chunks from its first step.
-        if (req.step > 0) req.seqs = [];
+        // The next stage kept the run's chunks (and trace parents) from its first step.
+        if (req.step > 0) {
+          req.seqs = [];
+          req.traceContext = {};
+        }
         this.nextStage.stream().write(req);
         return;
       }
@@ -336,6 +340,9 @@ export class WorkerNode {
     if (firstStage && req.runTokenIds.length !== run.seqs.length) {
       throw new StageRequestError(grpc.status.INVALID_ARGUMENT, `decode run ${req.batchId}: ${req.runTokenIds.length} run token ids for ${run.seqs.length} chunks`);
     }
+    // The step's span on the coordinator, reserved when the run was sent: its stage spans' parent.
+    const traceparent = run.traceparents[req.step - 1];
+    if (traceparent && !req.traceContext.traceparent) req.traceContext = { traceparent };
     run.seqs.forEach((c, i) => {
       c.startPosition = run.starts[i] + req.step;
       c.tokenIds = firstStage ? [req.runTokenIds[i]] : [];
@@ -352,13 +359,10 @@ export class WorkerNode {
    * is queued already. The step's request becomes the next step's, changed in place.
    */
   private loopBack(req: ForwardRequest, sampled: number[], sender: ForwardCall): void {
-    const step = req.step + 1;
-    const traceparent = this.runs.get(req.batchId)?.traceparents[step - 1];
     const next = req;
-    next.step = step;
-    // Each step's stage spans belong to that step's span on the coordinator. The run's later
-    // traceparents stay here: no later step carries them all again.
-    if (traceparent) next.traceContext = { traceparent };
+    next.step = req.step + 1;
+    // Every stage kept the run's trace parents from its first step and finds each step's own.
+    next.traceContext = {};
     next.runTraceparents = [];
     next.hidden = undefined;
     next.stageTimings = [];
