@@ -9,9 +9,7 @@ import {
   type Attributes,
   type HrTime,
   type Link,
-  type Span,
   type SpanKind,
-  type SpanOptions,
   defaultTextMapGetter,
   defaultTextMapSetter,
   trace,
@@ -23,7 +21,7 @@ import {
 import { W3CTraceContextPropagator } from "@opentelemetry/core";
 import { resourceFromAttributes } from "@opentelemetry/resources";
 import { NodeSDK } from "@opentelemetry/sdk-node";
-import { BatchSpanProcessor, RandomIdGenerator, TracerProvider, type IdGenerator, type ReadableSpan, type SpanLimits } from "@opentelemetry/sdk-trace";
+import { BatchSpanProcessor, RandomIdGenerator, TracerProvider, type ReadableSpan, type SpanLimits } from "@opentelemetry/sdk-trace";
 import { OtlpProtoSpanExporter, otlpExporterOptionsFromEnv } from "./otlp-exporter.ts";
 
 export interface TracingOptions {
@@ -67,12 +65,10 @@ export interface Tracing {
   readonly serviceName: string;
   readonly tracer: Tracer;
   /**
-   * Ids for root spans that will start later: a context to hand out now (another process
-   * parents its spans on it) for a span that begins when its work does (see startRootSpanAs).
+   * Ids for root spans recorded later (recordSpan with `ids`): a context to hand out now (another
+   * process parents its spans on it) for a span that is built when its work is done.
    */
   reserveRootSpanIds(): SpanIds;
-  /** Starts a root span under ids from reserveRootSpanIds. */
-  startRootSpanAs(ids: SpanIds, name: string, options: SpanOptions): Span;
   /**
    * Hands a finished span straight to the span processor, as the SDK's Span does when it ends,
    * without the tracer's per-span machinery (sampler, limits, self-metrics): for the spans
@@ -95,7 +91,6 @@ export const TRACING_OFF: Tracing = {
   serviceName: "",
   tracer: NOOP_TRACER,
   reserveRootSpanIds: () => ({ traceId: INVALID_TRACEID, spanId: INVALID_SPANID }),
-  startRootSpanAs: (_ids, name, options) => NOOP_TRACER.startSpan(name, options, ROOT_CONTEXT),
   recordSpan: () => {},
   beforeFlush: () => {},
   forceFlush: async () => {},
@@ -141,51 +136,13 @@ export function traceSampleRatioFromEnv(env: NodeJS.ProcessEnv): number {
   return ratio;
 }
 
-/**
- * Random ids, except for the one span being started under ids chosen earlier: the SDK's tracer
- * asks its generator for a root span's ids, so this is where they can be given.
- */
-class PresetIdGenerator implements IdGenerator {
-  private readonly random = new RandomIdGenerator();
-  private preset: SpanIds | undefined;
-
-  // Each preset id is handed out once; anything else asked meanwhile is random.
-  generateTraceId(): string {
-    const id = this.preset?.traceId;
-    if (!id) return this.random.generateTraceId();
-    this.preset = { ...this.preset!, traceId: "" };
-    return id;
-  }
-
-  generateSpanId(): string {
-    const id = this.preset?.spanId;
-    if (!id) return this.random.generateSpanId();
-    this.preset = { ...this.preset!, spanId: "" };
-    return id;
-  }
-
-  reserve(): SpanIds {
-    return { traceId: this.random.generateTraceId(), spanId: this.random.generateSpanId() };
-  }
-
-  startRootSpanAs(tracer: Tracer, ids: SpanIds, name: string, options: SpanOptions): Span {
-    this.preset = ids;
-    try {
-      return tracer.startSpan(name, options, ROOT_CONTEXT);
-    } finally {
-      this.preset = undefined;
-    }
-  }
-}
-
 export function startTracing(opts: TracingOptions): Tracing {
   if (!opts.tracesUrl) return TRACING_OFF;
   const processor = spanProcessor(opts.tracesUrl);
-  const ids = new PresetIdGenerator();
+  const ids = new RandomIdGenerator();
   if (opts.global) {
     const sdk = new NodeSDK({
       serviceName: opts.serviceName,
-      idGenerator: ids,
       spanProcessors: [processor],
       spanLimits: SPAN_LIMITS,
       textMapPropagator: new W3CTraceContextPropagator(),
@@ -205,7 +162,6 @@ export function startTracing(opts: TracingOptions): Tracing {
     resource: resourceFromAttributes({ "service.name": opts.serviceName }),
     spanLimits: SPAN_LIMITS,
     spanProcessors: [processor],
-    idGenerator: ids,
   });
   return enabledTracing(opts.serviceName, provider.getTracer("strata"), ids, processor, () => provider.forceFlush(), () => provider.shutdown());
 }
@@ -213,7 +169,7 @@ export function startTracing(opts: TracingOptions): Tracing {
 function enabledTracing(
   serviceName: string,
   tracer: Tracer,
-  ids: PresetIdGenerator,
+  ids: RandomIdGenerator,
   processor: BatchSpanProcessor,
   forceFlush: () => Promise<void>,
   shutdown: () => Promise<void>,
@@ -230,15 +186,10 @@ function enabledTracing(
     enabled: true,
     serviceName,
     tracer,
-    reserveRootSpanIds: () => ids.reserve(),
-    startRootSpanAs: (spanIds, name, options) => ids.startRootSpanAs(tracer, spanIds, name, options),
+    reserveRootSpanIds: () => ({ traceId: ids.generateTraceId(), spanId: ids.generateSpanId() }),
     recordSpan: (span) => {
       if (span.parent && (span.parent.traceFlags & TraceFlags.SAMPLED) === 0) return;
-      let own = span.ids;
-      if (!own) {
-        const fresh = ids.reserve();
-        own = { traceId: span.parent?.traceId ?? fresh.traceId, spanId: fresh.spanId };
-      }
+      const own = span.ids ?? { traceId: span.parent?.traceId ?? ids.generateTraceId(), spanId: ids.generateSpanId() };
       processor.onEnd(finishedSpan(span, own, stamp));
     },
     beforeFlush: (hook) => void flushHooks.push(hook),
