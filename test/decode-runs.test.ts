@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BUNDLED_MODEL_DIR } from "@strata/model";
 import { LocalCluster, RequestAbortedError, type GenerateRequest, type GenerateResult } from "@strata/coordinator";
-import type { ResultsResponse } from "@strata/proto";
+import type { ResultsBatch, ResultsResponse } from "@strata/proto";
 import { GREEDY, loadGreedyOracle, useNats } from "./support/cluster.ts";
 
 // Decode runs (multi-step scheduling): a batch of decodes loops through the stages several steps
@@ -69,6 +69,11 @@ describe("decode runs", () => {
     const arrivals: { batchId: number; step: number; computedUnixMs: number; receivedUnixMs: number }[] = [];
     const telemetry = runs.telemetry as unknown as { stepFinished(record: { receivedUnixMs: number }, result: ResultsResponse, ...rest: unknown[]): void };
     const original = telemetry.stepFinished.bind(telemetry);
+    // Every Results message as it arrives: which runs' steps it carried.
+    const messages: { batchId: number; step: number }[][] = [];
+    const resultsStream = (runs.pipeline as unknown as { fromLastStage: NodeJS.EventEmitter }).fromLastStage;
+    const onMessage = (batch: ResultsBatch) => messages.push(batch.results.map((r) => ({ batchId: r.batchId, step: r.step })));
+    resultsStream.on("data", onMessage);
     telemetry.stepFinished = (record, result, ...rest) => {
       original(record, result, ...rest);
       const computedUnixMs = result.stageTimings[result.stageTimings.length - 1].sentUnixMs;
@@ -87,6 +92,7 @@ describe("decode runs", () => {
       expect((await second!).tokenIds).toEqual(greedyIds.slice(0, 30));
     } finally {
       telemetry.stepFinished = original;
+      resultsStream.off("data", onMessage);
     }
     const byBatch = new Map<number, typeof arrivals>();
     for (const a of arrivals) byBatch.set(a.batchId, [...(byBatch.get(a.batchId) ?? []), a]);
@@ -107,6 +113,10 @@ describe("decode runs", () => {
     for (const steps of fullRuns) {
       const at = arrivals.indexOf(steps[0]);
       expect(arrivals.slice(at, at + 4)).toEqual(steps.slice(0, 4));
+      // ... in one Results message; the run's last two steps come in one message each.
+      const batchId = steps[0].batchId;
+      const ofRun = messages.filter((m) => m.some((r) => r.batchId === batchId));
+      expect(ofRun).toEqual([[0, 1, 2, 3], [4], [5]].map((group) => group.map((step) => ({ batchId, step }))));
     }
     expect(await runs.waitForBlocksFreed()).toEqual([0, 0]);
   });

@@ -21,6 +21,7 @@ import {
   type ForwardResponse,
   type HealthResponse,
   type LoadResponse,
+  type ResultsBatch,
   type ResultsResponse,
   type SequenceChunk,
 } from "@strata/proto";
@@ -34,7 +35,7 @@ export interface WorkerStub extends grpc.Client {
   freeSequences(req: unknown, cb: (err: grpc.ServiceError | null, res: FreeSequencesResponse) => void): void;
   health(req: unknown, options: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: HealthResponse) => void): void;
   forward(): grpc.ClientDuplexStream<ForwardRequest, ForwardResponse>;
-  results(req: unknown): grpc.ClientReadableStream<ResultsResponse>;
+  results(req: unknown): grpc.ClientReadableStream<ResultsBatch>;
   loadAdapter(req: unknown, cb: (err: grpc.ServiceError | null, res: LoadAdapterResponse) => void): void;
   unloadAdapter(req: unknown, cb: (err: grpc.ServiceError | null, res: UnloadAdapterResponse) => void): void;
 }
@@ -104,7 +105,7 @@ export interface DecodeRun {
 export class PipelineClient {
   private readonly stubs: WorkerStub[];
   private toFirstStage: grpc.ClientDuplexStream<ForwardRequest, ForwardResponse> | undefined;
-  private fromLastStage: grpc.ClientReadableStream<ResultsResponse> | undefined;
+  private fromLastStage: grpc.ClientReadableStream<ResultsBatch> | undefined;
   private readonly pending = new Map<number, Pending>();
   private nextBatchId = 1;
   stages: DescribeResponse[] = [];
@@ -182,13 +183,8 @@ export class PipelineClient {
     this.toFirstStage?.end();
     this.fromLastStage?.cancel();
     const results = this.stubs[this.stubs.length - 1].results(create(ResultsRequestSchema, {}));
-    results.on("data", (msg: ResultsResponse) => {
-      const waiter = this.pending.get(msg.batchId);
-      if (!waiter) return;
-      if (!msg.error && msg.step + 1 < waiter.steps) return waiter.onStep?.(msg);
-      this.pending.delete(msg.batchId);
-      if (msg.error) waiter.reject(new StageFailure(msg.error.code, `stage ${msg.error.stageIndex}: ${msg.error.message}`, msg.error.stageIndex));
-      else waiter.resolve(msg);
+    results.on("data", (batch: ResultsBatch) => {
+      for (const msg of batch.results) this.deliver(msg);
     });
     results.on("error", (err: grpc.ServiceError) => {
       // Both streams are reopened on the next batch: results must flow before batches go out.
@@ -238,6 +234,15 @@ export class PipelineClient {
       });
       this.toFirstStage!.write(create(ForwardRequestSchema, { batchId, seqs, traceContext: step?.traceContext ?? traceContext, numSteps: run.steps, runTraceparents }));
     });
+  }
+
+  private deliver(msg: ResultsResponse): void {
+    const waiter = this.pending.get(msg.batchId);
+    if (!waiter) return;
+    if (!msg.error && msg.step + 1 < waiter.steps) return waiter.onStep?.(msg);
+    this.pending.delete(msg.batchId);
+    if (msg.error) waiter.reject(new StageFailure(msg.error.code, `stage ${msg.error.stageIndex}: ${msg.error.message}`, msg.error.stageIndex));
+    else waiter.resolve(msg);
   }
 
   private failAll(error: Error): void {

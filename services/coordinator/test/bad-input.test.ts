@@ -16,7 +16,7 @@ import {
   grpcClientConstructor,
   type DescribeResponse,
   type ForwardResponse,
-  type ResultsResponse,
+  type ResultsBatch,
   type StageError,
   type Tensor,
 } from "@strata/proto";
@@ -38,7 +38,7 @@ type Stub = WorkerStub;
 const nats = useNats();
 let cluster: LocalCluster;
 let stubs: Stub[];
-let results: grpc.ClientReadableStream<ResultsResponse>;
+let results: grpc.ClientReadableStream<ResultsBatch>;
 const resultErrors = new Map<number, StageError>();
 const resultWaiters = new Map<number, (e: StageError) => void>();
 // Batch ids far above the coordinator's own (which count up from 1), so its pending batches never match ours.
@@ -51,10 +51,12 @@ beforeAll(async () => {
   stubs = cluster.pipeline.addresses.map((a) => new WorkerClient(a, grpc.credentials.createInsecure(), grpcChannelOptions) as unknown as Stub);
   // Our own subscription to the last stage: a rejected batch must reach Results too.
   results = stubs[2].results(create(ResultsRequestSchema, {}));
-  results.on("data", (msg: ResultsResponse) => {
-    if (!msg.error) return;
-    resultErrors.set(msg.batchId, msg.error);
-    resultWaiters.get(msg.batchId)?.(msg.error);
+  results.on("data", (batch: ResultsBatch) => {
+    for (const msg of batch.results) {
+      if (!msg.error) continue;
+      resultErrors.set(msg.batchId, msg.error);
+      resultWaiters.get(msg.batchId)?.(msg.error);
+    }
   });
   results.on("error", () => {});
   await untilResultsSubscribed();

@@ -20,6 +20,7 @@ import {
   KvStatsSchema,
   SequenceBlocksSchema,
   LoadResponseSchema,
+  ResultsBatchSchema,
   ResultsResponseSchema,
   SequenceOutputSchema,
   StageTimingSchema,
@@ -36,6 +37,7 @@ import {
   type ForwardResponse,
   type FreeSequencesRequest,
   type LoadRequest,
+  type ResultsBatch,
   type ResultsResponse,
   type SequenceChunk,
   type StageError,
@@ -93,7 +95,7 @@ export class WorkerNode {
   // Hidden states go on to the next stage; a decode run's sampled tokens loop back to the first.
   private readonly nextStage = new StageLink("next stage", (line) => this.log(line));
   private readonly firstStage = new StageLink("first stage", (line) => this.log(line));
-  private readonly resultSubscribers = new Set<grpc.ServerWritableStream<unknown, ResultsResponse>>();
+  private readonly resultSubscribers = new Set<grpc.ServerWritableStream<unknown, ResultsBatch>>();
   private queue: Promise<void> = Promise.resolve();
   // Held results of decode runs, by batch id (see publishResult).
   private readonly heldResults = new Map<number, { results: ResultsResponse[]; sinceMs: number }>();
@@ -118,7 +120,7 @@ export class WorkerNode {
       describe: (call: grpc.ServerUnaryCall<DescribeRequest, unknown>, callback: grpc.sendUnaryData<DescribeResponse>) =>
         callback(null, this.describe(call.request.seqIds)),
       forward: (call: ForwardCall) => this.handleForward(call),
-      results: (call: grpc.ServerWritableStream<unknown, ResultsResponse>) => {
+      results: (call: grpc.ServerWritableStream<unknown, ResultsBatch>) => {
         this.resultSubscribers.add(call);
         call.on("cancelled", () => this.resultSubscribers.delete(call));
         call.on("close", () => this.resultSubscribers.delete(call));
@@ -430,8 +432,10 @@ export class WorkerNode {
       held.results.push(result);
     }
     this.heldResults.delete(result.batchId);
-    const results = held ? held.results : [result];
-    for (const subscriber of this.resultSubscribers) for (const r of results) subscriber.write(r);
+    // One message for all of them: each gRPC message costs both ends about as much to send and
+    // take apart as a step's bookkeeping, and went out in a syscall of its own.
+    const batch = create(ResultsBatchSchema, { results: held ? held.results : [result] });
+    for (const subscriber of this.resultSubscribers) subscriber.write(batch);
   }
 
   close(): void {
