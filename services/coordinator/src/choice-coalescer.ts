@@ -1,18 +1,23 @@
 import type { ChoiceEvent } from "./completions.ts";
 
 /**
- * Merges a choice's text events that arrive in the same pass of the event loop into one, so a
- * stream sends one chunk per burst instead of one per token. A decode run's steps reach the
- * coordinator several at a time; their tokens were leaving in one socket write already, so
- * merging them moves no token later, and saves the server and the client a JSON chunk each
- * (what vLLM's --stream-interval trades explicitly). Text and logprobs concatenate; a finish
- * event sends its choice's pending text first.
+ * Merges a choice's text events into one chunk per flush, so a stream sends one chunk per burst
+ * instead of one per token. Text and logprobs concatenate; a finish event sends its choice's
+ * pending text first, at once. Flushes come at most every `intervalMs` (the first at the next
+ * pass of the event loop, so the first token is never held): a decode run's steps reach the
+ * coordinator a few at a time (a run's held steps together, its last two one by one), and each
+ * flush is a JSON chunk and a socket write on the server and a read and a parse on the client
+ * (what vLLM's --stream-interval trades explicitly). 0 flushes every pass.
  */
 export class ChoiceCoalescer {
   private readonly pending = new Map<number, Extract<ChoiceEvent, { kind: "text" }>>();
   private flushScheduled = false;
+  private lastFlushMs = -Infinity;
 
-  constructor(private readonly send: (event: ChoiceEvent) => void) {}
+  constructor(
+    private readonly send: (event: ChoiceEvent) => void,
+    private readonly intervalMs = 0,
+  ) {}
 
   push(event: ChoiceEvent): void {
     if (event.kind === "finish") {
@@ -30,13 +35,17 @@ export class ChoiceCoalescer {
     }
     if (!this.flushScheduled) {
       this.flushScheduled = true;
-      setImmediate(() => this.flush());
+      const wait = this.lastFlushMs + this.intervalMs - performance.now();
+      if (wait > 0) setTimeout(() => this.flush(), wait);
+      else setImmediate(() => this.flush());
     }
   }
 
   /** Sends everything held now, in choice order. */
   flush(): void {
     this.flushScheduled = false;
+    if (this.pending.size === 0) return;
+    this.lastFlushMs = performance.now();
     for (const index of [...this.pending.keys()].sort((a, b) => a - b)) this.flushChoice(index);
   }
 

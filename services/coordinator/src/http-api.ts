@@ -39,8 +39,14 @@ export interface HttpApiOptions {
   /** Metrics, request spans and the step ring (default: metrics only, tracing off). */
   telemetry?: CoordinatorTelemetry;
   log?: (line: string) => void;
+  /**
+   * A stream's text chunks go out at most this often (default 10 ms); the first token and the
+   * finish go at once. 0 sends whatever arrived in each pass of the event loop.
+   */
+  streamIntervalMs?: number;
 }
 
+export const DEFAULT_STREAM_INTERVAL_MS = 10;
 const DEFAULT_MAX_BODY_BYTES = 1024 * 1024;
 const DEFAULT_MAX_QUEUED_REQUESTS = 1024;
 
@@ -66,6 +72,7 @@ export function createHttpApi(opts: HttpApiOptions): Hono {
   const metrics = telemetry.metrics;
   const maxBodyBytes = opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
   const maxQueued = opts.maxQueuedRequests ?? DEFAULT_MAX_QUEUED_REQUESTS;
+  const streamIntervalMs = opts.streamIntervalMs ?? DEFAULT_STREAM_INTERVAL_MS;
   const app = new Hono();
 
   app.use(async (c, next) => {
@@ -162,7 +169,7 @@ export function createHttpApi(opts: HttpApiOptions): Hono {
     const chunks = new ChoiceCoalescer((event) => {
       sse.send(format.chunk(meta, event, withLogprobs, stream.includeUsage));
       firstEvent();
-    });
+    }, streamIntervalMs);
     const done = runCompletion({ engine, tokenizer }, trace, job, cancel.signal, (event) => chunks.push(event));
     done.then(
       (outcome) => {

@@ -54,4 +54,25 @@ describe("ChoiceCoalescer", () => {
     await nextPass();
     expect(first).toHaveLength(1);
   });
+
+  it("with an interval: the first text goes at the next pass, later text waits out the interval merged, a finish goes at once", async () => {
+    const sent: { at: number; event: ChoiceEvent }[] = [];
+    const c = new ChoiceCoalescer((event) => sent.push({ at: performance.now(), event }), 40);
+    const text = (t: string): ChoiceEvent => ({ kind: "text", index: 0, text: t, logprobs: [] });
+    c.push(text("Once"));
+    await nextPass();
+    expect(sent.map((s) => s.event)).toEqual([text("Once")]); // the first token is never held
+    c.push(text(" upon"));
+    await nextPass();
+    c.push(text(" a"));
+    await new Promise((r) => setTimeout(r, 10));
+    expect(sent).toHaveLength(1); // within the interval: held
+    await new Promise((r) => setTimeout(r, 60));
+    expect(sent.map((s) => s.event)).toEqual([text("Once"), text(" upon a")]);
+    expect(sent[1].at - sent[0].at).toBeGreaterThanOrEqual(39);
+    c.push(text(" time"));
+    c.push({ kind: "finish", index: 0, finishReason: "length" });
+    // The finish flushes its choice's text with it, without waiting for the interval.
+    expect(sent.slice(2).map((s) => s.event)).toEqual([text(" time"), { kind: "finish", index: 0, finishReason: "length" }]);
+  });
 });
