@@ -469,6 +469,11 @@ function copyCodes(out: KvCodes, src: KvCodes, from: number, n: number, to: numb
 const MAX_SCRATCH_ARRAYS = 32;
 const MAX_POOL_GATHERS = 4;
 
+/** A past length with room to grow: half again, in whole blocks, at least one block more. */
+function withRoom(P: number, blockSizeTokens: number): number {
+  return P + Math.max(blockSizeTokens, Math.ceil(P / 2 / blockSizeTokens) * blockSizeTokens);
+}
+
 // An array moved to a compute thread comes back detached.
 const isDetached = (a: KvCodes): boolean => a.buffer.byteLength === 0;
 
@@ -478,7 +483,8 @@ const isDetached = (a: KvCodes): boolean => a.buffer.byteLength === 0;
  */
 interface PoolsGather {
   P: number;
-  arrays: KvCodes[];
+  arrays: KvCodes[]; // views of `buffers`, exactly [chunks, kvHeads, P, headDim] each
+  buffers: KvCodes[]; // with room for a longer past (see gatherEncodedPools)
   starts: number[];
   tables: number[][];
   epochs: number[][];
@@ -583,14 +589,25 @@ export class KvStore {
     const found = this.poolGathers.findIndex((g) => canExtend(g, chunks, P, this.blockEpochs));
     let entry: PoolsGather;
     let from: number[] | undefined;
+    const perPool = chunks.length * P * this.row;
     if (found >= 0) {
       [entry] = this.poolGathers.splice(found, 1);
       from = entry.starts;
     } else {
-      const perPool = chunks.length * P * this.row;
-      const victim = this.poolGathers.length >= MAX_POOL_GATHERS ? this.poolGathers.pop() : undefined;
-      const reusable = victim !== undefined && victim.arrays[0].length === perPool && !victim.arrays.some(isDetached);
-      entry = { P, arrays: reusable ? victim.arrays : this.pools.map((pool) => pool.newCodes(perPool)), starts: [], tables: [], epochs: [] };
+      // A past that grew into a new block changes every array's shape: the least recently used
+      // gather of another length whose arrays have room takes it (a full gather), else one is
+      // made with room for half as long a past again. Fresh arrays at every block boundary were
+      // ~7 MB a micro-batch (batch 16, 7 layers, hidden 512) left to the collector; now a
+      // sequence's growth allocates a logarithmic number of times.
+      let victim = -1;
+      for (let i = this.poolGathers.length - 1; i >= 0 && victim < 0; i--) {
+        const g = this.poolGathers[i];
+        if (g.P !== P && g.buffers[0].length >= perPool && !g.buffers.some(isDetached)) victim = i;
+      }
+      if (victim < 0 && this.poolGathers.length >= MAX_POOL_GATHERS) victim = this.poolGathers.length - 1;
+      const [old] = victim >= 0 ? this.poolGathers.splice(victim, 1) : [];
+      const buffers = old && old.buffers[0].length >= perPool && !old.buffers.some(isDetached) ? old.buffers : this.pools.map((pool) => pool.newCodes(chunks.length * withRoom(P, bs) * this.row));
+      entry = { P, arrays: buffers.map((b) => b.subarray(0, perPool)), buffers, starts: [], tables: [], epochs: [] };
     }
     this.pools.forEach((pool, i) => pool.gatherEncoded(chunks, P, entry.arrays[i], 0, from));
     entry.P = P;

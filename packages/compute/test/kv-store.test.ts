@@ -416,4 +416,23 @@ describe("KV store: per-pool gathers for the fp32 graph", () => {
     // Back to the earlier past length: same arrays size as before, different contents.
     step(b, 2 * BS);
   });
+
+  it("a sequence growing block by block reuses its gather's memory, every past still exact", () => {
+    const store = new KvStore({ ...SHAPE, numLayers: 1, kvDtype: "fp32" });
+    const table = Array.from({ length: SHAPE.numBlocks }, (_, i) => i);
+    let seed = 40;
+    const buffers = new Set<ArrayBufferLike>();
+    for (let length = 1; length <= 6 * BS; length++) {
+      const chunks = [{ startPosition: length - 1, numTokens: 1, blockTable: table }];
+      const P = Math.ceil((length - 1) / BS) * BS;
+      if (P > 0) {
+        check(store, chunks, P);
+        for (const array of store.gatherEncodedPools(chunks, P)) buffers.add(array.buffer);
+      }
+      store.scatter(chunks, 1, randomValues(2 * ROW, seed++));
+    }
+    // Pasts of 1 to 6 blocks: with room for half as long again, arrays of 2, 5 and 9 blocks serve
+    // them all, three per pool instead of one per past length.
+    expect(buffers.size).toBeLessThanOrEqual(3 * store.pools.length);
+  });
 });

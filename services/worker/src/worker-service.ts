@@ -97,6 +97,8 @@ export class WorkerNode {
   private readonly firstStage = new StageLink("first stage", (line) => this.log(line));
   private readonly resultSubscribers = new Set<grpc.ServerWritableStream<unknown, ResultsBatch>>();
   private queue: Promise<void> = Promise.resolve();
+  // Something went to another process since the last batch started (see enqueue).
+  private wrotePeer = false;
   // Held results of decode runs, by batch id (see publishResult).
   private readonly heldResults = new Map<number, { results: ResultsResponse[]; sinceMs: number }>();
   // Decode runs in progress on this stage, by batch id: their later steps carry no chunks.
@@ -247,10 +249,27 @@ export class WorkerNode {
   private handleForward(call: ForwardCall): void {
     call.on("data", (req: ForwardRequest) => {
       const receivedUnixMs = wallClockMs();
-      this.queue = this.queue.then(() => this.processBatch(req, call, receivedUnixMs));
+      this.enqueue(() => this.processBatch(req, call, receivedUnixMs));
     });
     call.on("end", () => call.end());
     call.on("error", () => {});
+  }
+
+  /**
+   * Runs a batch after those queued before it. A batch that follows one that wrote to another
+   * process (hidden states on, tokens looped back, results out) starts after the event loop's
+   * next check phase: gRPC's HTTP/2 session sends what was written then, and a step's compute is
+   * synchronous, so the next micro-batch's compute would otherwise hold the previous one's bytes
+   * in this process for its whole length, and the stage that waits for them idle.
+   */
+  private enqueue(batch: () => Promise<void>): void {
+    this.queue = this.queue.then(async () => {
+      if (this.wrotePeer) {
+        this.wrotePeer = false;
+        await new Promise<void>((resolve) => setImmediate(resolve));
+      }
+      return batch();
+    });
   }
 
   private async processBatch(req: ForwardRequest, sender: ForwardCall, receivedUnixMs: number): Promise<void> {
@@ -290,6 +309,7 @@ export class WorkerNode {
           req.traceContext = {};
         }
         this.nextStage.stream().write(req);
+        this.wrotePeer = true;
         return;
       }
       const logits = output.logits!;
@@ -372,11 +392,12 @@ export class WorkerNode {
     next.runTokenIds = sampled;
     if (this.stage?.firstStage) {
       const receivedUnixMs = wallClockMs();
-      this.queue = this.queue.then(() => this.processBatch(next, sender, receivedUnixMs));
+      this.enqueue(() => this.processBatch(next, sender, receivedUnixMs));
       return;
     }
     try {
       this.firstStage.stream().write(next);
+      this.wrotePeer = true;
     } catch (error) {
       this.passOnError(next, create(StageErrorSchema, { code: grpcCodeFor(error), message: errorMessage(error), stageIndex: this.stage?.spec.stageIndex ?? 0 }));
     }
@@ -436,6 +457,7 @@ export class WorkerNode {
     // take apart as a step's bookkeeping, and went out in a syscall of its own.
     const batch = create(ResultsBatchSchema, { results: held ? held.results : [result] });
     for (const subscriber of this.resultSubscribers) subscriber.write(batch);
+    this.wrotePeer = true;
   }
 
   close(): void {
