@@ -11,7 +11,7 @@ import {
   type Link,
   type SpanKind,
   defaultTextMapGetter,
-  defaultTextMapSetter,
+  isSpanContextValid,
   trace,
   type Context,
   type ContextManager,
@@ -238,10 +238,17 @@ function finishedSpan(span: FinishedSpan, own: SpanIds, stamp: Pick<ReadableSpan
 // works the same with a private provider (nothing registered globally) and with the NodeSDK one.
 const propagator = new W3CTraceContextPropagator();
 
-/** The `traceparent` (and `tracestate`) that make `span` the parent on the other side. */
+/**
+ * The `traceparent` (and `tracestate`) that make `span` the parent on the other side: what the
+ * W3C propagator writes (nothing for an invalid context), formatted here directly. The coordinator
+ * makes one per traced step, and the propagator's way there (a context, a span wrapper, a carrier
+ * setter) was ~1/8 of its step bookkeeping under tracing.
+ */
 export function injectTraceContext(spanContext: SpanContext): Record<string, string> {
-  const carrier: Record<string, string> = {};
-  propagator.inject(trace.setSpanContext(ROOT_CONTEXT, spanContext), carrier, defaultTextMapSetter);
+  if (!isSpanContextValid(spanContext)) return {};
+  const carrier: Record<string, string> = { traceparent: `00-${spanContext.traceId}-${spanContext.spanId}-0${(spanContext.traceFlags || TraceFlags.NONE).toString(16)}` };
+  const traceState = spanContext.traceState?.serialize();
+  if (traceState) carrier.tracestate = traceState;
   return carrier;
 }
 
