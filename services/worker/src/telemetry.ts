@@ -130,8 +130,8 @@ export class StageTelemetry implements StageObserver {
   }
 
   batchDone(req: ForwardRequest, timing: StageTiming): void {
-    // Recorded after the next batch has started computing (onnxruntime runs off the event loop),
-    // so metrics fill the stage's wait instead of lengthening every step.
+    // Recorded in the event loop's next check phase, all batches done by then together, not
+    // inside the step that sends this batch's output on.
     const tokens = req.seqs.reduce((sum, c) => sum + c.numTokens, 0);
     this.pending.push({ batchId: req.batchId, traceContext: req.traceContext, tokens, timing });
     if (this.pending.length === 1) setImmediate(() => this.recordPending());
