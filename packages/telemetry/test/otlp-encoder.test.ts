@@ -59,6 +59,17 @@ describe("encodeTraceExport", () => {
     expect(all.find((s) => s.name === "request 0")!.links).toHaveLength(64);
   });
 
+  it("the same spans again encode to the same bytes, export after export (the writer keeps no state between exports)", () => {
+    const spans = recordedSpans();
+    const first = encodeTraceExport(spans);
+    const theirs = ProtobufTraceSerializer.serializeRequest(spans)!;
+    for (let i = 0; i < 3; i++) {
+      const again = encodeTraceExport(spans);
+      expect(again).toEqual(first);
+      expect(toJson(ExportTraceServiceRequestSchema, fromBinary(ExportTraceServiceRequestSchema, again))).toEqual(toJson(ExportTraceServiceRequestSchema, fromBinary(ExportTraceServiceRequestSchema, theirs)));
+    }
+  });
+
   it("an empty export is an empty request", () => {
     expect(encodeTraceExport([])).toEqual(new Uint8Array(0));
   });
