@@ -589,7 +589,6 @@ export class KvStore {
     const found = this.poolGathers.findIndex((g) => canExtend(g, chunks, P, this.blockEpochs));
     let entry: PoolsGather;
     let from: number[] | undefined;
-    const perPool = chunks.length * P * this.row;
     if (found >= 0) {
       [entry] = this.poolGathers.splice(found, 1);
       from = entry.starts;
@@ -599,14 +598,15 @@ export class KvStore {
       // made with room for half as long a past again. Fresh arrays at every block boundary were
       // ~7 MB a micro-batch (batch 16, 7 layers, hidden 512) left to the collector; now a
       // sequence's growth allocates a logarithmic number of times.
+      const perPool = chunks.length * P * this.row;
+      const roomy = (g: PoolsGather) => g.buffers[0].length >= perPool && !g.buffers.some(isDetached);
       let victim = -1;
       for (let i = this.poolGathers.length - 1; i >= 0 && victim < 0; i--) {
-        const g = this.poolGathers[i];
-        if (g.P !== P && g.buffers[0].length >= perPool && !g.buffers.some(isDetached)) victim = i;
+        if (this.poolGathers[i].P !== P && roomy(this.poolGathers[i])) victim = i;
       }
       if (victim < 0 && this.poolGathers.length >= MAX_POOL_GATHERS) victim = this.poolGathers.length - 1;
       const [old] = victim >= 0 ? this.poolGathers.splice(victim, 1) : [];
-      const buffers = old && old.buffers[0].length >= perPool && !old.buffers.some(isDetached) ? old.buffers : this.pools.map((pool) => pool.newCodes(chunks.length * withRoom(P, bs) * this.row));
+      const buffers = old && roomy(old) ? old.buffers : this.pools.map((pool) => pool.newCodes(chunks.length * withRoom(P, bs) * this.row));
       entry = { P, arrays: buffers.map((b) => b.subarray(0, perPool)), buffers, starts: [], tables: [], epochs: [] };
     }
     this.pools.forEach((pool, i) => pool.gatherEncoded(chunks, P, entry.arrays[i], 0, from));

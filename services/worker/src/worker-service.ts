@@ -308,8 +308,7 @@ export class WorkerNode {
           req.seqs = [];
           req.traceContext = {};
         }
-        this.nextStage.stream().write(req);
-        this.wrotePeer = true;
+        this.sendOn(this.nextStage.stream(), req);
         return;
       }
       const logits = output.logits!;
@@ -336,7 +335,7 @@ export class WorkerNode {
     }
     if (failure) {
       this.log(`rejected batch ${req.batchId}: ${failure.message}`);
-      sender.write(create(ForwardResponseSchema, { batchId: req.batchId, error: failure }));
+      this.sendOn(sender, create(ForwardResponseSchema, { batchId: req.batchId, error: failure }));
       this.passOnError(req, failure);
       this.observer?.batchFailed(req, failure, receivedUnixMs);
     }
@@ -396,8 +395,7 @@ export class WorkerNode {
       return;
     }
     try {
-      this.firstStage.stream().write(next);
-      this.wrotePeer = true;
+      this.sendOn(this.firstStage.stream(), next);
     } catch (error) {
       this.passOnError(next, create(StageErrorSchema, { code: grpcCodeFor(error), message: errorMessage(error), stageIndex: this.stage?.spec.stageIndex ?? 0 }));
     }
@@ -423,7 +421,7 @@ export class WorkerNode {
       return;
     }
     try {
-      this.nextStage.stream().write(create(ForwardRequestSchema, { batchId: req.batchId, seqs: req.seqs, error, traceContext: req.traceContext, numSteps: req.numSteps, step: req.step }));
+      this.sendOn(this.nextStage.stream(), create(ForwardRequestSchema, { batchId: req.batchId, seqs: req.seqs, error, traceContext: req.traceContext, numSteps: req.numSteps, step: req.step }));
     } catch (e) {
       this.log(`could not pass on the failure of batch ${req.batchId}: ${errorMessage(e)}`);
     }
@@ -456,7 +454,12 @@ export class WorkerNode {
     // One message for all of them: each gRPC message costs both ends about as much to send and
     // take apart as a step's bookkeeping, and went out in a syscall of its own.
     const batch = create(ResultsBatchSchema, { results: held ? held.results : [result] });
-    for (const subscriber of this.resultSubscribers) subscriber.write(batch);
+    for (const subscriber of this.resultSubscribers) this.sendOn(subscriber, batch);
+  }
+
+  /** Writes to another process's stream; the next batch lets it go out before computing (see enqueue). */
+  private sendOn<T>(stream: { write(message: T): unknown }, message: T): void {
+    stream.write(message);
     this.wrotePeer = true;
   }
 
