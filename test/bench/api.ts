@@ -13,14 +13,12 @@ import { describeModel, fmt, median, round, table, withCluster, WARMUP_ROUNDS, t
 const WORKERS = 2;
 const CONCURRENT = 16;
 const NEW_TOKENS = 64;
-const RUNS = 5;
 // HTTP against in-process on one cluster: rounds are cheap, so more of them steady the medians.
-const HTTP_RUNS = 9;
-const PAIRS = 3;
+const HTTP_RUNS = 10;
 // Tracing on vs off in one cluster: blocks of rounds per mode, the first rounds of a block untimed.
 const BLOCKS = 8;
 const SETTLE_ROUNDS = 2;
-const BLOCK_ROUNDS = 3;
+const BLOCK_ROUNDS = 8;
 
 async function modelLine(): Promise<string> {
   const source = await openModel(BUNDLED_MODEL_DIR);
@@ -79,7 +77,10 @@ async function inProcessRound(cluster: LocalCluster, spreadMs = 0): Promise<numb
   return (CONCURRENT * NEW_TOKENS) / seconds;
 }
 
-/** Alternates the two measurements HTTP_RUNS times after WARMUP_ROUNDS warm-ups each, so drift hits both alike. */
+/**
+ * The two measurements HTTP_RUNS times each after WARMUP_ROUNDS warm-ups each, in ABBA order (a b,
+ * b a, a b, …): drift and whatever favours the first or second of a pair hit both alike.
+ */
 async function sideBySide(a: () => Promise<number>, b: () => Promise<number>): Promise<{ a: number; b: number; aSamples: number[]; bSamples: number[] }> {
   for (let i = 0; i < WARMUP_ROUNDS; i++) {
     await a();
@@ -88,8 +89,13 @@ async function sideBySide(a: () => Promise<number>, b: () => Promise<number>): P
   const aSamples: number[] = [];
   const bSamples: number[] = [];
   for (let i = 0; i < HTTP_RUNS; i++) {
-    aSamples.push(await a());
-    bSamples.push(await b());
+    if (i % 2 === 0) {
+      aSamples.push(await a());
+      bSamples.push(await b());
+    } else {
+      bSamples.push(await b());
+      aSamples.push(await a());
+    }
   }
   return { a: median(aSamples), b: median(bSamples), aSamples, bSamples };
 }
@@ -188,11 +194,13 @@ export const tracingOnVsOff: BenchPart = {
       // clusters side by side measured 9% apart), so this is the figure; the one-cluster-each
       // comparison follows for reference.
       ctx.print(
-        `same cluster, blocks of ${SETTLE_ROUNDS} untimed + ${BLOCK_ROUNDS} timed rounds alternating ${BLOCKS} times: sample ratio 1 ` +
-          `(every span exported, OTLP/HTTP protobuf) vs 0 (no span made), after ${WARMUP_ROUNDS} warm-up rounds each`,
+        `same cluster, blocks of ${SETTLE_ROUNDS} untimed + ${BLOCK_ROUNDS} timed rounds, ${BLOCKS} of each mode in ABBA order: sample ratio 1 ` +
+          `(every span exported, OTLP/HTTP protobuf) vs 0 (no span made), after ${WARMUP_ROUNDS} warm-up rounds each; then the same with both modes at ratio 0 (an A/A control)`,
       );
       const on: number[] = [];
       const off: number[] = [];
+      const controlA: number[] = [];
+      const controlB: number[] = [];
       await withCluster(ctx, { modelDir: BUNDLED_MODEL_DIR, workers: WORKERS, tracesUrl: sink.url }, (cluster) =>
         withApi(cluster, async (url) => {
           const block = async (ratio: number, rounds: number, into?: number[]) => {
@@ -205,46 +213,42 @@ export const tracingOnVsOff: BenchPart = {
           };
           await block(1, WARMUP_ROUNDS);
           await block(0, WARMUP_ROUNDS);
-          for (let i = 0; i < BLOCKS; i++) {
-            await block(1, BLOCK_ROUNDS, on);
-            await block(0, BLOCK_ROUNDS, off);
-          }
+          // ABBA: whichever mode goes first in a pair of blocks runs slower here (an A/A run of
+          // plain alternation measured 0.95-0.96), and drift favours one side; counterbalanced
+          // order cancels both, and the control below shows what is left.
+          const abba = async (a: () => Promise<void>, b: () => Promise<void>) => {
+            for (let i = 0; i < BLOCKS; i++) {
+              if (i % 2 === 0) {
+                await a();
+                await b();
+              } else {
+                await b();
+                await a();
+              }
+            }
+          };
+          await abba(
+            () => block(1, BLOCK_ROUNDS, on),
+            () => block(0, BLOCK_ROUNDS, off),
+          );
+          await abba(
+            () => block(0, BLOCK_ROUNDS, controlA),
+            () => block(0, BLOCK_ROUNDS, controlB),
+          );
         }),
       );
       figures.tracing_on_16_tok_s = median(on);
       figures.tracing_off_16_tok_s = median(off);
       figures.tracing_on_vs_off = figures.tracing_on_16_tok_s / figures.tracing_off_16_tok_s;
+      figures.tracing_aa_control = median(controlA) / median(controlB);
       for (const line of table([
         ["tracing (same cluster)", "tok/s (median)", "runs"],
         ["on (every span exported)", fmt(figures.tracing_on_16_tok_s), on.map(fmt).join(" ")],
         ["off (no span made)", fmt(figures.tracing_off_16_tok_s), off.map(fmt).join(" ")],
         ["tracing_on_vs_off (goal >= 0.95)", `${fmt(figures.tracing_on_vs_off)}x`, ""],
+        ["A/A control: off vs off, same order", `${fmt(figures.tracing_aa_control)}x`, `${controlA.map(fmt).join(" ")} / ${controlB.map(fmt).join(" ")}`],
       ])) ctx.print(line);
 
-      ctx.print(
-        `for reference, one cluster each (an idle cluster alongside costs the other measurably on 2 cores), identical but for tracing: ` +
-          `exporting vs not configured; off and on alternate ${PAIRS} times, ${RUNS} runs each after ${WARMUP_ROUNDS} warm-up rounds`,
-      );
-      const onClusters: number[] = [];
-      const offClusters: number[] = [];
-      const measure = (tracesUrl: string | undefined, into: number[]) =>
-        withCluster(ctx, { modelDir: BUNDLED_MODEL_DIR, workers: WORKERS, tracesUrl }, (cluster) =>
-          withApi(cluster, async (url) => {
-            for (let i = 0; i < WARMUP_ROUNDS; i++) await httpRound(url, cluster);
-            for (let i = 0; i < RUNS; i++) into.push(await httpRound(url, cluster));
-          }),
-        );
-      for (let pair = 0; pair < PAIRS; pair++) {
-        await measure(undefined, offClusters);
-        await measure(sink.url, onClusters);
-      }
-      figures.tracing_on_vs_off_separate_clusters = median(onClusters) / median(offClusters);
-      for (const line of table([
-        ["tracing (cluster each)", "tok/s (median)", "runs"],
-        ["on (OTLP export)", fmt(median(onClusters)), onClusters.map(fmt).join(" ")],
-        ["off (not configured)", fmt(median(offClusters)), offClusters.map(fmt).join(" ")],
-        ["tracing_on_vs_off_separate_clusters", `${fmt(figures.tracing_on_vs_off_separate_clusters)}x`, ""],
-      ])) ctx.print(line);
       const { exports, bytes } = await sink.stats();
       ctx.print(`  the receiver (a process of its own) took ${exports} OTLP exports, ${fmt(bytes / 1024)} KiB`);
     } finally {

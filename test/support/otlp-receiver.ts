@@ -25,6 +25,11 @@ export interface OtlpReceiver {
   tracesUrl: string;
   spans: ReceivedSpan[];
   requests: number;
+  /** Status of each request from now on, by its 1-based number (default 200 for all). */
+  statusFor: (request: number) => number;
+  /** Answers nothing until resume() (requests still arrive and are decoded). */
+  pause(): void;
+  resume(): void;
   close(): Promise<void>;
 }
 
@@ -57,7 +62,14 @@ async function body(req: IncomingMessage): Promise<Buffer> {
 /** A real OTLP/HTTP protobuf trace endpoint on loopback that decodes and keeps every span it receives. */
 export async function startOtlpReceiver(): Promise<OtlpReceiver> {
   const spans: ReceivedSpan[] = [];
-  const receiver = { spans, requests: 0 } as OtlpReceiver;
+  const receiver = { spans, requests: 0, statusFor: () => 200 } as unknown as OtlpReceiver;
+  let held: Array<() => void> | undefined;
+  receiver.pause = () => void (held ??= []);
+  receiver.resume = () => {
+    const answers = held ?? [];
+    held = undefined;
+    for (const answer of answers) answer();
+  };
   const server = createServer((req, res) => {
     if (req.method !== "POST" || req.url !== "/v1/traces") {
       res.writeHead(404).end();
@@ -65,7 +77,9 @@ export async function startOtlpReceiver(): Promise<OtlpReceiver> {
     }
     body(req).then(
       (data) => {
-        receiver.requests++;
+        const status = receiver.statusFor(++receiver.requests);
+        const answer = () => res.writeHead(status, { "content-type": "application/x-protobuf" }).end(status === 200 ? undefined : "refused");
+        if (status !== 200) return answer();
         const request = fromBinary(ExportTraceServiceRequestSchema, data);
         for (const rs of request.resourceSpans) {
           const resource = attributes(rs.resource?.attributes ?? []);
@@ -87,7 +101,8 @@ export async function startOtlpReceiver(): Promise<OtlpReceiver> {
           }
         }
         // An empty ExportTraceServiceResponse: full success.
-        res.writeHead(200, { "content-type": "application/x-protobuf" }).end();
+        if (held) held.push(answer);
+        else answer();
       },
       (error: Error) => res.writeHead(400).end(error.message),
     );

@@ -1,8 +1,5 @@
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
-import { ExportResultCode, type ExportResult } from "@opentelemetry/core";
-import type { ReadableSpan, SpanExporter } from "@opentelemetry/sdk-trace";
-import { encodeTraceExport } from "./otlp-encoder.ts";
 
 export interface OtlpExporterOptions {
   /** Extra request headers (an auth token, say). */
@@ -14,13 +11,11 @@ export interface OtlpExporterOptions {
 const DEFAULT_TIMEOUT_MS = 10_000;
 
 /**
- * An OTLP/HTTP protobuf span exporter for the SDK's BatchSpanProcessor: the same request as
- * @opentelemetry/exporter-trace-otlp-proto, encoded by encodeTraceExport (several times cheaper
- * than the SDK serializer's object-per-field path, which ran on the event loop of every stage and
- * of the coordinator) and sent over one keep-alive connection. One attempt per batch: a failed
- * export is reported to the processor, which logs it and goes on.
+ * Sends OTLP/HTTP protobuf trace requests (ExportTraceServiceRequest bodies, built by
+ * TraceExportBuilder) to a collector over one keep-alive connection: the request
+ * @opentelemetry/exporter-trace-otlp-proto sends. One attempt per body; a failure rejects.
  */
-export class OtlpProtoSpanExporter implements SpanExporter {
+export class OtlpHttpExporter {
   private readonly target: URL;
   private readonly agent: HttpAgent;
   private readonly inFlight = new Set<Promise<void>>();
@@ -35,20 +30,14 @@ export class OtlpProtoSpanExporter implements SpanExporter {
     this.agent = this.target.protocol === "https:" ? new HttpsAgent({ keepAlive: true, maxSockets: 2 }) : new HttpAgent({ keepAlive: true, maxSockets: 2 });
   }
 
-  export(spans: ReadableSpan[], done: (result: ExportResult) => void): void {
-    if (this.stopped) return done({ code: ExportResultCode.FAILED, error: new Error("the OTLP exporter is shut down") });
-    let body: Uint8Array;
-    try {
-      body = encodeTraceExport(spans);
-    } catch (error) {
-      return done({ code: ExportResultCode.FAILED, error: error as Error });
-    }
-    const sent = this.post(body).then(
-      () => done({ code: ExportResultCode.SUCCESS }),
-      (error: Error) => done({ code: ExportResultCode.FAILED, error }),
-    );
+  /** POSTs one encoded request; resolves when the collector accepted it (2xx). */
+  send(body: Uint8Array): Promise<void> {
+    if (this.stopped) return Promise.reject(new Error("the OTLP exporter is shut down"));
+    const sent = this.post(body);
     this.inFlight.add(sent);
-    void sent.finally(() => this.inFlight.delete(sent));
+    const forget = () => void this.inFlight.delete(sent);
+    sent.then(forget, forget);
+    return sent;
   }
 
   private post(body: Uint8Array): Promise<void> {
@@ -80,6 +69,7 @@ export class OtlpProtoSpanExporter implements SpanExporter {
     });
   }
 
+  /** Waits for the requests already sent. */
   async forceFlush(): Promise<void> {
     await Promise.allSettled([...this.inFlight]);
   }

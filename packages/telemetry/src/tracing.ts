@@ -21,8 +21,9 @@ import {
 import { W3CTraceContextPropagator } from "@opentelemetry/core";
 import { resourceFromAttributes } from "@opentelemetry/resources";
 import { NodeSDK } from "@opentelemetry/sdk-node";
-import { BatchSpanProcessor, RandomIdGenerator, TracerProvider, type ReadableSpan, type SpanLimits } from "@opentelemetry/sdk-trace";
-import { OtlpProtoSpanExporter, otlpExporterOptionsFromEnv } from "./otlp-exporter.ts";
+import { RandomIdGenerator, TracerProvider, type ReadableSpan, type SpanLimits, type SpanProcessor } from "@opentelemetry/sdk-trace";
+import { OtlpHttpExporter, otlpExporterOptionsFromEnv } from "./otlp-exporter.ts";
+import { OtlpSpanProcessor } from "./otlp-span-processor.ts";
 
 export interface TracingOptions {
   /** `service.name` of every span this provider exports (strata-coordinator, strata-worker-0, ...). */
@@ -101,12 +102,11 @@ export const TRACING_OFF: Tracing = {
 // SDK's default of 128 links would cut long generations short.
 const SPAN_LIMITS: SpanLimits = { linkCountLimit: 8192, attributeCountLimit: 256, eventCountLimit: 1024 };
 
-// Steps come fast (thousands a second at high batch rates): a deep queue and large export batches
-// keep the exporter off the hot path; spans beyond the queue are dropped, never waited for.
-// Smaller, more frequent exports measured slower here: each costs a request of its own.
-function spanProcessor(url: string): BatchSpanProcessor {
-  const exporter = new OtlpProtoSpanExporter(url, otlpExporterOptionsFromEnv(process.env));
-  return new BatchSpanProcessor({ exporter, maxQueueSize: 65_536, maxExportBatchSize: 4096, scheduledDelayMillis: 250 });
+// Steps come fast (thousands a second at high batch rates): spans are encoded as they end and go
+// out in large requests (smaller, more frequent exports measured slower here: each costs a
+// request of its own); spans beyond the queue are dropped, never waited for.
+function spanProcessor(url: string): SpanProcessor {
+  return new OtlpSpanProcessor(new OtlpHttpExporter(url, otlpExporterOptionsFromEnv(process.env)), { scheduledDelayMs: 250 });
 }
 
 /**
@@ -170,7 +170,7 @@ function enabledTracing(
   serviceName: string,
   tracer: Tracer,
   ids: RandomIdGenerator,
-  processor: BatchSpanProcessor,
+  processor: SpanProcessor,
   forceFlush: () => Promise<void>,
   shutdown: () => Promise<void>,
 ): Tracing {

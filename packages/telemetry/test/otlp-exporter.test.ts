@@ -3,10 +3,10 @@ import type { AddressInfo } from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
 import { fromBinary } from "@bufbuild/protobuf";
 import { ROOT_CONTEXT } from "@opentelemetry/api";
-import { ExportResultCode, type ExportResult } from "@opentelemetry/core";
 import { TracerProvider, type ReadableSpan, type SpanProcessor } from "@opentelemetry/sdk-trace";
 import { ExportTraceServiceRequestSchema } from "../../../test/support/otlp/gen/otlp_trace_pb.ts";
-import { OtlpProtoSpanExporter, otlpExporterOptionsFromEnv } from "../src/otlp-exporter.ts";
+import { encodeTraceExport } from "../src/otlp-encoder.ts";
+import { OtlpHttpExporter, otlpExporterOptionsFromEnv } from "../src/otlp-exporter.ts";
 
 function spans(n: number): ReadableSpan[] {
   const finished: ReadableSpan[] = [];
@@ -36,19 +36,19 @@ async function receiver(answer: (req: IncomingMessage, body: Buffer, res: Server
   return `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/traces`;
 }
 
-const exportOnce = (exporter: OtlpProtoSpanExporter, batch: ReadableSpan[]) => new Promise<ExportResult>((resolve) => exporter.export(batch, resolve));
+const exportOnce = (exporter: OtlpHttpExporter, batch: ReadableSpan[]) => exporter.send(encodeTraceExport(batch)).then(() => undefined, (error: Error) => error);
 
-describe("OtlpProtoSpanExporter", () => {
-  it("POSTs the spans as OTLP protobuf with the configured headers, over one kept-alive connection", async () => {
+describe("OtlpHttpExporter", () => {
+  it("POSTs the encoded spans as OTLP protobuf with the configured headers, over one kept-alive connection", async () => {
     const seen: { names: string[]; type?: string; auth?: string; socket: unknown }[] = [];
     const url = await receiver((req, body, res) => {
       const decoded = fromBinary(ExportTraceServiceRequestSchema, body);
       seen.push({ names: decoded.resourceSpans.flatMap((r) => r.scopeSpans.flatMap((s) => s.spans.map((x) => x.name))), type: req.headers["content-type"], auth: req.headers.authorization, socket: req.socket });
       res.writeHead(200).end();
     });
-    const exporter = new OtlpProtoSpanExporter(url, otlpExporterOptionsFromEnv({ OTEL_EXPORTER_OTLP_HEADERS: "authorization=Bearer%20abc, x-other = 1" }));
-    expect((await exportOnce(exporter, spans(3))).code).toBe(ExportResultCode.SUCCESS);
-    expect((await exportOnce(exporter, spans(2))).code).toBe(ExportResultCode.SUCCESS);
+    const exporter = new OtlpHttpExporter(url, otlpExporterOptionsFromEnv({ OTEL_EXPORTER_OTLP_HEADERS: "authorization=Bearer%20abc, x-other = 1" }));
+    expect(await exportOnce(exporter, spans(3))).toBeUndefined();
+    expect(await exportOnce(exporter, spans(2))).toBeUndefined();
     await exporter.shutdown();
     expect(seen.map((s) => s.names)).toEqual([["s0", "s1", "s2"], ["s0", "s1"]]);
     expect(seen[0]).toMatchObject({ type: "application/x-protobuf", auth: "Bearer abc" });
@@ -60,14 +60,12 @@ describe("OtlpProtoSpanExporter", () => {
       if (req.url?.includes("slow")) return; // never answers
       res.writeHead(503).end("overloaded");
     });
-    const failing = new OtlpProtoSpanExporter(url);
-    const failed = await exportOnce(failing, spans(1));
-    expect(failed.code).toBe(ExportResultCode.FAILED);
-    expect(failed.error?.message).toMatch(/HTTP 503: overloaded/);
-    const slow = new OtlpProtoSpanExporter(url.replace("/v1/traces", "/slow"), { timeoutMs: 100 });
-    expect((await exportOnce(slow, spans(1))).error?.message).toMatch(/timed out/);
+    const failing = new OtlpHttpExporter(url);
+    expect((await exportOnce(failing, spans(1)))?.message).toMatch(/HTTP 503: overloaded/);
+    const slow = new OtlpHttpExporter(url.replace("/v1/traces", "/slow"), { timeoutMs: 100 });
+    expect((await exportOnce(slow, spans(1)))?.message).toMatch(/timed out/);
     await failing.shutdown();
-    expect((await exportOnce(failing, spans(1))).error?.message).toMatch(/shut down/);
+    expect((await exportOnce(failing, spans(1)))?.message).toMatch(/shut down/);
     await slow.shutdown();
   });
 
