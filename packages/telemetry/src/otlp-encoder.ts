@@ -1,4 +1,4 @@
-import type { AttributeValue, Attributes, HrTime, SpanContext } from "@opentelemetry/api";
+import type { AttributeValue, Attributes, HrTime, Link, SpanContext } from "@opentelemetry/api";
 import type { ReadableSpan } from "@opentelemetry/sdk-trace";
 
 // Field numbers of opentelemetry-proto v1 (collector/trace/v1, trace/v1, common/v1, resource/v1).
@@ -224,6 +224,28 @@ function spanFlags(ctx: SpanContext, isRemote: boolean | undefined): number {
   return (ctx.traceFlags & 0xff) | FLAGS_HAS_IS_REMOTE | (isRemote ? FLAGS_IS_REMOTE : 0);
 }
 
+function link(w: ProtoWriter, l: Link): void {
+  const start = w.begin(13);
+  w.hexBytes(1, l.context.traceId);
+  w.hexBytes(2, l.context.spanId);
+  const linkState = l.context.traceState?.serialize();
+  if (linkState) w.string(3, linkState);
+  attributes(w, 4, l.attributes);
+  w.uint(5, l.droppedAttributesCount ?? 0);
+  w.fixed32(6, spanFlags(l.context, l.context.isRemote));
+  w.end(start);
+}
+
+// Encoded Span.links entries of links with nothing but their context (see span).
+const PLAIN_LINK_BYTES = new WeakMap<SpanContext, Uint8Array>();
+const linkScratch = new ProtoWriter(256);
+
+function isPlainLink(l: Link): boolean {
+  if (l.droppedAttributesCount || l.context.traceState) return false;
+  for (const _ in l.attributes) return false;
+  return true;
+}
+
 function span(w: ProtoWriter, field: number, s: ReadableSpan): void {
   const start = w.begin(field);
   const ctx = s.spanContext();
@@ -249,15 +271,20 @@ function span(w: ProtoWriter, field: number, s: ReadableSpan): void {
   }
   w.uint(12, s.droppedEventsCount);
   for (const l of s.links) {
-    const link = w.begin(13);
-    w.hexBytes(1, l.context.traceId);
-    w.hexBytes(2, l.context.spanId);
-    const linkState = l.context.traceState?.serialize();
-    if (linkState) w.string(3, linkState);
-    attributes(w, 4, l.attributes);
-    w.uint(5, l.droppedAttributesCount ?? 0);
-    w.fixed32(6, spanFlags(l.context, l.context.isRemote));
-    w.end(link);
+    if (!isPlainLink(l)) {
+      link(w, l);
+      continue;
+    }
+    // A step links each request of its batch and each request links its steps: the same
+    // contexts over and over, so a plain link's bytes are made once per context.
+    let bytes = PLAIN_LINK_BYTES.get(l.context);
+    if (!bytes) {
+      linkScratch.reset();
+      link(linkScratch, l);
+      bytes = new Uint8Array(linkScratch.written()); // a copy (Buffer#slice would share the scratch)
+      PLAIN_LINK_BYTES.set(l.context, bytes);
+    }
+    w.raw(bytes);
   }
   w.uint(14, s.droppedLinksCount);
   const status = w.begin(15);

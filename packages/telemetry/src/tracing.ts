@@ -252,6 +252,20 @@ export function injectTraceContext(spanContext: SpanContext): Record<string, str
   return carrier;
 }
 
+/**
+ * The traceparent of step `step` (1 or more) of a decode run whose step 1 has `first`: its trace
+ * id and span id each with their first 8 hex digits advanced by step - 1 (mod 2^32), the rest of
+ * both ids as random as `first`'s. The coordinator and every stage derive each step's context from
+ * the one the run carries: a run of 32 steps reserved, sent and parsed 31 traceparents before.
+ * Each step stays a trace of its own. Malformed input gives a malformed (so unparented) result.
+ */
+export function runStepTraceparent(first: string, step: number): string {
+  if (step === 1) return first;
+  const advance = (hex8: string) => ((parseInt(hex8, 16) + step - 1) >>> 0).toString(16).padStart(8, "0");
+  // "00-" trace id (32 hex) "-" span id (16 hex) "-" flags
+  return `${first.slice(0, 3)}${advance(first.slice(3, 11))}${first.slice(11, 36)}${advance(first.slice(36, 44))}${first.slice(44)}`;
+}
+
 /** The parent context carried in a `trace_context` map (ROOT when it carries none). */
 export function extractTraceContext(carrier: Readonly<Record<string, string>>): Context {
   return propagator.extract(ROOT_CONTEXT, carrier, defaultTextMapGetter);

@@ -1,7 +1,7 @@
 import { ROOT_CONTEXT, TraceFlags, defaultTextMapSetter, trace, type SpanContext } from "@opentelemetry/api";
 import { W3CTraceContextPropagator, TraceState } from "@opentelemetry/core";
 import { describe, expect, it } from "vitest";
-import { injectTraceContext, parentSpanContext } from "../src/index.ts";
+import { injectTraceContext, parentSpanContext, runStepTraceparent } from "../src/index.ts";
 
 // injectTraceContext formats the W3C headers itself (the coordinator makes one per traced step):
 // it must write exactly what OpenTelemetry's W3C propagator writes, and read back as the same parent.
@@ -27,5 +27,29 @@ describe("injectTraceContext", () => {
   it("reads back as the same remote parent", () => {
     const parent = parentSpanContext(injectTraceContext({ ...ids, traceFlags: TraceFlags.SAMPLED }));
     expect(parent).toMatchObject({ ...ids, traceFlags: TraceFlags.SAMPLED, isRemote: true });
+  });
+});
+
+describe("runStepTraceparent", () => {
+  const first = `00-${ids.traceId}-${ids.spanId}-01`;
+
+  it("gives step 1 the run's own context and every later step a distinct, valid, sampled one", () => {
+    expect(runStepTraceparent(first, 1)).toBe(first);
+    const steps = Array.from({ length: 64 }, (_, i) => parentSpanContext({ traceparent: runStepTraceparent(first, i + 1) })!);
+    expect(new Set(steps.map((s) => s.traceId)).size).toBe(64);
+    expect(new Set(steps.map((s) => s.spanId)).size).toBe(64);
+    for (const s of steps) {
+      expect(s.traceFlags).toBe(TraceFlags.SAMPLED);
+      // Only the first 8 hex digits move; the rest of each id is the run's.
+      expect(s.traceId.slice(8)).toBe(ids.traceId.slice(8));
+      expect(s.spanId.slice(8)).toBe(ids.spanId.slice(8));
+    }
+    expect(steps[2]).toMatchObject({ traceId: "4bf92f3777b34da6a3ce929d0e0e4736", spanId: "00f067ac0ba902b7" });
+  });
+
+  it("wraps around at 2^32 and leaves malformed input unparseable rather than throwing", () => {
+    const high = `00-ffffffff${ids.traceId.slice(8)}-fffffffe${ids.spanId.slice(8)}-01`;
+    expect(runStepTraceparent(high, 3)).toBe(`00-00000001${ids.traceId.slice(8)}-00000000${ids.spanId.slice(8)}-01`);
+    expect(parentSpanContext({ traceparent: runStepTraceparent("garbage", 5) })).toBeUndefined();
   });
 });

@@ -1,6 +1,7 @@
 import * as grpc from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
 import type { Partition } from "@strata/planner";
+import { runStepTraceparent } from "@strata/telemetry";
 import {
   DescribeRequestSchema,
   FreeSequencesRequestSchema,
@@ -88,8 +89,8 @@ export interface LoopedBack {
 export interface PipelineObserver {
   /** A step's observation; a decode run's later steps come with `loopedBack` and a reserved context. */
   stepStarted(batchId: number, seqs: readonly SequenceChunk[], loopedBack?: LoopedBack & { traceparent?: string }): StepObservation | undefined;
-  /** W3C traceparents for steps that start later (a decode run's), when tracing. */
-  reserveStepTraceparents?(count: number): string[];
+  /** A W3C traceparent for a decode run's step 1, from which its later steps' derive (runStepTraceparent), when tracing. */
+  reserveRunTraceparent?(): string;
 }
 
 /** A decode run (MicroBatch.steps): how many steps, and who hears about each one before the last. */
@@ -213,7 +214,7 @@ export class PipelineClient {
     let step = this.observer?.stepStarted(batchId, seqs);
     const lastStage = this.stubs.length - 1;
     // A run's later steps are traced when its first is.
-    const runTraceparents = run.steps > 1 && step?.traceContext ? (this.observer?.reserveStepTraceparents?.(run.steps - 1) ?? []) : [];
+    const runTraceparent = run.steps > 1 && step?.traceContext ? (this.observer?.reserveRunTraceparent?.() ?? "") : "";
     return new Promise<ResultsResponse>((resolve, reject) => {
       this.pending.set(batchId, {
         steps: run.steps,
@@ -221,7 +222,7 @@ export class PipelineClient {
           step?.finished(result);
           run.onStep?.(result);
           const sentUnixMs = result.stageTimings[result.stageTimings.length - 1]?.sentUnixMs ?? Date.now();
-          step = this.observer?.stepStarted(batchId, seqs, { sentUnixMs, fromStage: lastStage, traceparent: runTraceparents[result.step] });
+          step = this.observer?.stepStarted(batchId, seqs, { sentUnixMs, fromStage: lastStage, traceparent: runTraceparent ? runStepTraceparent(runTraceparent, result.step + 1) : undefined });
         },
         resolve: (result) => {
           step?.finished(result);
@@ -232,7 +233,7 @@ export class PipelineClient {
           reject(error);
         },
       });
-      this.toFirstStage!.write(create(ForwardRequestSchema, { batchId, seqs, traceContext: step?.traceContext ?? traceContext, numSteps: run.steps, runTraceparents }));
+      this.toFirstStage!.write(create(ForwardRequestSchema, { batchId, seqs, traceContext: step?.traceContext ?? traceContext, numSteps: run.steps, runTraceparent }));
     });
   }
 

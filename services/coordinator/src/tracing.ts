@@ -194,9 +194,9 @@ export class CoordinatorTelemetry implements PipelineObserver {
     this.traces.set(req, trace);
   }
 
-  reserveStepTraceparents(count: number): string[] {
-    if (!this.tracing.enabled) return [];
-    return Array.from({ length: count }, () => injectTraceContext({ ...this.tracing.reserveRootSpanIds(), traceFlags: TraceFlags.SAMPLED }).traceparent);
+  reserveRunTraceparent(): string {
+    if (!this.tracing.enabled) return "";
+    return injectTraceContext({ ...this.tracing.reserveRootSpanIds(), traceFlags: TraceFlags.SAMPLED }).traceparent ?? "";
   }
 
   stepStarted(batchId: number, seqs: readonly SequenceChunk[], loopedBack?: LoopedBack & { traceparent?: string }): StepObservation {

@@ -43,7 +43,7 @@ import {
   type StageError,
   type StageTiming,
 } from "@strata/proto";
-import { wallClockMs } from "@strata/telemetry";
+import { runStepTraceparent, wallClockMs } from "@strata/telemetry";
 import { errorMessage, grpcCodeFor, StageRequestError } from "./errors.ts";
 import type { StageObserver } from "./telemetry.ts";
 import { DEFAULT_BLOCK_SIZE_TOKENS, DEFAULT_KV_CACHE_BYTES, LoadedStage } from "./stage.ts";
@@ -79,9 +79,9 @@ const MAX_RUNS = 256;
 interface RunState {
   seqs: SequenceChunk[];
   starts: number[];
-  // Trace parents of the run's later steps (when traced): step k's stage spans belong to the
-  // coordinator's span traceparents[k - 1].
-  traceparents: string[];
+  // Trace parent of the run's step 1 (when traced): step k's stage spans belong to the
+  // coordinator's span runStepTraceparent(traceparent, k).
+  traceparent: string;
 }
 
 /**
@@ -349,7 +349,7 @@ export class WorkerNode {
   private expandRunStep(req: ForwardRequest, firstStage: boolean): void {
     if (req.numSteps <= 1) return;
     if (req.step === 0) {
-      this.runs.set(req.batchId, { seqs: req.seqs, starts: req.seqs.map((c) => c.startPosition), traceparents: req.runTraceparents });
+      this.runs.set(req.batchId, { seqs: req.seqs, starts: req.seqs.map((c) => c.startPosition), traceparent: req.runTraceparent });
       if (this.runs.size > MAX_RUNS) this.runs.delete(this.runs.keys().next().value!);
       return;
     }
@@ -362,8 +362,7 @@ export class WorkerNode {
       throw new StageRequestError(grpc.status.INVALID_ARGUMENT, `decode run ${req.batchId}: ${req.runTokenIds.length} run token ids for ${run.seqs.length} chunks`);
     }
     // The step's span on the coordinator, reserved when the run was sent: its stage spans' parent.
-    const traceparent = run.traceparents[req.step - 1];
-    if (traceparent && !req.traceContext.traceparent) req.traceContext = { traceparent };
+    if (run.traceparent && !req.traceContext.traceparent) req.traceContext = { traceparent: runStepTraceparent(run.traceparent, req.step) };
     run.seqs.forEach((c, i) => {
       c.startPosition = run.starts[i] + req.step;
       c.tokenIds = firstStage ? [req.runTokenIds[i]] : [];
@@ -384,7 +383,7 @@ export class WorkerNode {
     next.step = req.step + 1;
     // Every stage kept the run's trace parents from its first step and finds each step's own.
     next.traceContext = {};
-    next.runTraceparents = [];
+    next.runTraceparent = "";
     next.hidden = undefined;
     next.stageTimings = [];
     next.seqs = [];
