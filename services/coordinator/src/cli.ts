@@ -47,8 +47,9 @@ start:
   --host H --port P      HTTP address (default 127.0.0.1:8000)
   --max-body-bytes N     largest request body; larger ones get 413 (default 1 MiB)
   --max-queued-requests N  requests waiting for admission beyond which new ones get 429 (default 1024)
-  --stream-interval-ms N   a stream's text chunks go out at most this often; the first token and
-                         the finish go at once (default 10; 0: every pass of the event loop)
+  --stream-interval-ms N|auto  a stream's text chunks go out at most this often; the first token
+                         and the finish go at once (0: every pass of the event loop; default auto:
+                         1.5 ms per open stream, at most 25 ms)
   --trace-sample-ratio R  fraction of requests traced, 0 to 1 (default $OTEL_TRACES_SAMPLER_ARG with
                          OTEL_TRACES_SAMPLER=traceidratio, else 1); their steps and stage spans follow
   Traces export over OTLP/HTTP to $OTEL_EXPORTER_OTLP_ENDPOINT when it is set.
@@ -237,7 +238,7 @@ async function start(): Promise<void> {
   const port = numberOption("port", values.port, (n) => Number.isInteger(n) && n >= 0 && n < 65536)!;
   const maxBodyBytes = numberOption("max-body-bytes", values["max-body-bytes"], (n) => Number.isInteger(n) && n > 0);
   const maxQueuedRequests = numberOption("max-queued-requests", values["max-queued-requests"], (n) => Number.isInteger(n) && n >= 0);
-  const streamIntervalMs = numberOption("stream-interval-ms", values["stream-interval-ms"], (n) => Number.isFinite(n) && n >= 0);
+  const streamIntervalMs = values["stream-interval-ms"] === "auto" ? "auto" : numberOption("stream-interval-ms", values["stream-interval-ms"], (n) => Number.isFinite(n) && n >= 0);
   const chatTemplate = await ChatTemplate.load(opts.modelDir);
   // This process is the coordinator: its spans go through the NodeSDK; worker processes inherit the environment.
   let traceSampleRatio: number;

@@ -5,7 +5,7 @@ import type { z } from "zod";
 import type { Tokenizer } from "@strata/model";
 import { TRACING_OFF } from "@strata/telemetry";
 import { ApiError, errorBody, errorResponse, invalidRequest, toApiError } from "./api-errors.ts";
-import { ChoiceCoalescer } from "./choice-coalescer.ts";
+import { autoStreamIntervalMs, ChoiceCoalescer } from "./choice-coalescer.ts";
 import { ChatTemplate, ChatTemplateError, DEFAULT_CHAT_TEMPLATE } from "./chat-template.ts";
 import { runCompletion, type CompletionJob } from "./completions.ts";
 import type { Engine } from "./engine.ts";
@@ -40,13 +40,12 @@ export interface HttpApiOptions {
   telemetry?: CoordinatorTelemetry;
   log?: (line: string) => void;
   /**
-   * A stream's text chunks go out at most this often (default 10 ms); the first token and the
-   * finish go at once. 0 sends whatever arrived in each pass of the event loop.
+   * A stream's text chunks go out at most this often; the first token and the finish go at once.
+   * 0 sends whatever arrived in each pass of the event loop. "auto" (the default) scales it with
+   * the streams open (autoStreamIntervalMs).
    */
-  streamIntervalMs?: number;
+  streamIntervalMs?: number | "auto";
 }
-
-export const DEFAULT_STREAM_INTERVAL_MS = 10;
 const DEFAULT_MAX_BODY_BYTES = 1024 * 1024;
 const DEFAULT_MAX_QUEUED_REQUESTS = 1024;
 
@@ -72,7 +71,8 @@ export function createHttpApi(opts: HttpApiOptions): Hono {
   const metrics = telemetry.metrics;
   const maxBodyBytes = opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
   const maxQueued = opts.maxQueuedRequests ?? DEFAULT_MAX_QUEUED_REQUESTS;
-  const streamIntervalMs = opts.streamIntervalMs ?? DEFAULT_STREAM_INTERVAL_MS;
+  let openStreams = 0;
+  const streamInterval = opts.streamIntervalMs === undefined || opts.streamIntervalMs === "auto" ? () => autoStreamIntervalMs(openStreams) : opts.streamIntervalMs;
   const app = new Hono();
 
   app.use(async (c, next) => {
@@ -169,8 +169,10 @@ export function createHttpApi(opts: HttpApiOptions): Hono {
     const chunks = new ChoiceCoalescer((event) => {
       sse.send(format.chunk(meta, event, withLogprobs, stream.includeUsage));
       firstEvent();
-    }, streamIntervalMs);
+    }, streamInterval);
+    openStreams++;
     const done = runCompletion({ engine, tokenizer }, trace, job, cancel.signal, (event) => chunks.push(event));
+    done.finally(() => openStreams--).catch(() => {});
     done.then(
       (outcome) => {
         if (stream.includeUsage) sse.send(format.usageChunk(meta, outcome));

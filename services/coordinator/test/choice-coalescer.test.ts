@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { ChoiceCoalescer } from "../src/choice-coalescer.ts";
+import { AUTO_STREAM_MAX_INTERVAL_MS, autoStreamIntervalMs, ChoiceCoalescer } from "../src/choice-coalescer.ts";
 import type { ChoiceEvent, TokenLogprob } from "../src/completions.ts";
 
 const nextPass = () => new Promise((resolve) => setImmediate(resolve));
@@ -74,5 +74,36 @@ describe("ChoiceCoalescer", () => {
     c.push({ kind: "finish", index: 0, finishReason: "length" });
     // The finish flushes its choice's text with it, without waiting for the interval.
     expect(sent.slice(2).map((s) => s.event)).toEqual([text(" time"), { kind: "finish", index: 0, finishReason: "length" }]);
+  });
+
+  it("an interval given as a function is asked at each flush, so it can follow the load", async () => {
+    let interval = 0;
+    const sent: number[] = [];
+    const c = new ChoiceCoalescer(() => sent.push(performance.now()), () => interval);
+    const text: ChoiceEvent = { kind: "text", index: 0, text: "t", logprobs: [] };
+    c.push(text);
+    await nextPass();
+    c.push(text);
+    await nextPass();
+    expect(sent).toHaveLength(2); // interval 0: every pass
+    interval = 40;
+    c.push(text);
+    await new Promise((r) => setTimeout(r, 10));
+    expect(sent).toHaveLength(2); // now held
+    await new Promise((r) => setTimeout(r, 50));
+    expect(sent).toHaveLength(3);
+    expect(sent[2] - sent[1]).toBeGreaterThanOrEqual(39);
+  });
+});
+
+describe("autoStreamIntervalMs", () => {
+  it("grows with the streams open, so the chunks written per second stay bounded, up to a cap", () => {
+    expect(autoStreamIntervalMs(0)).toBe(0);
+    expect(autoStreamIntervalMs(1)).toBe(1.5);
+    expect(autoStreamIntervalMs(8)).toBe(12);
+    expect(autoStreamIntervalMs(16)).toBe(24);
+    expect(autoStreamIntervalMs(1000)).toBe(AUTO_STREAM_MAX_INTERVAL_MS);
+    // Chunks per second over all streams, each flushing as often as allowed: at most 1000 / 1.5.
+    for (const open of [1, 4, 16]) expect(open * (1000 / autoStreamIntervalMs(open))).toBeLessThanOrEqual(1000 / 1.5 + 1e-9);
   });
 });
