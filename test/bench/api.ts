@@ -109,7 +109,7 @@ export const httpVsInprocess: BenchPart = {
     ctx.print(await modelLine());
     ctx.print(loadLine);
     ctx.print(`median of ${HTTP_RUNS} alternating runs after ${WARMUP_ROUNDS} warm-up rounds each`);
-    ctx.print("HTTP: POST /v1/completions stream=true from a node:http client in the coordinator's process (loadtest/client.ts), each SSE chunk parsed; tok/s = tokens / wall time");
+    ctx.print("HTTP: POST /v1/completions stream=true from a raw-socket HTTP/1.1 client in the coordinator's process (loadtest/client.ts), each SSE chunk parsed; tok/s = tokens / wall time");
     const figures: Record<string, number> = {};
     await withCluster(ctx, { modelDir: BUNDLED_MODEL_DIR, workers: WORKERS }, (cluster) =>
       withApi(cluster, async (url) => {
