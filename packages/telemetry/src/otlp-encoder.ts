@@ -169,13 +169,8 @@ class ProtoWriter {
     this.pos += b.length;
   }
 
-  /** What was written so far, without a copy (valid until the next write). */
+  /** What was written so far, without a copy (valid until the next write or reset). */
   written(): Uint8Array {
-    return this.buf.subarray(0, this.pos);
-  }
-
-  /** What was written, without a copy: for a writer that is done. */
-  view(): Uint8Array {
     return new Uint8Array(this.buf.buffer, this.buf.byteOffset, this.pos);
   }
 
@@ -281,7 +276,7 @@ function span(w: ProtoWriter, field: number, s: ReadableSpan): void {
     if (!bytes) {
       linkScratch.reset();
       link(linkScratch, l);
-      bytes = new Uint8Array(linkScratch.written()); // a copy (Buffer#slice would share the scratch)
+      bytes = linkScratch.written().slice(); // a copy: the scratch is reused
       PLAIN_LINK_BYTES.set(l.context, bytes);
     }
     w.raw(bytes);
@@ -378,7 +373,7 @@ export class TraceExportBuilder {
     for (const scopes of this.groups.values()) for (const g of scopes.values()) g.spans.reset();
     this.count = 0;
     this.bytes = 0;
-    return out.view();
+    return out.written();
   }
 }
 
