@@ -23,10 +23,10 @@ export function describeShape(shape: SyntheticShape): string {
   );
 }
 
-/** Written once per machine (seeded, so every run measures the same weights). */
+/** Written once per machine (seeded, so every run measures the same weights), with a tokenizer so the HTTP API serves it. */
 export async function syntheticModelDir(shape: SyntheticShape = BENCH_SHAPE, seed = 1): Promise<string> {
   const dir = join(tmpdir(), `strata-bench-${shape.hiddenSize}x${shape.numLayers}-v${shape.vocabSize}-s${seed}`);
-  if (!existsSync(join(dir, "config.json"))) {
+  if (!["config.json", "tokenizer.json", "model.safetensors"].every((f) => existsSync(join(dir, f)))) {
     mkdirSync(dir, { recursive: true });
     await writeSyntheticModel(dir, shape, seed);
   }

@@ -7,7 +7,7 @@ export { LayerRangeError, ModelFormatError } from "./errors.ts";
 export { readHfConfig } from "./hf.ts";
 export { argmax, referenceForward, referenceGenerateGreedy } from "./reference.ts";
 export { openModel } from "./source.ts";
-export { writeSyntheticModel, type SyntheticOptions, type SyntheticShape } from "./synthetic.ts";
+export { syntheticTokenizerJson, writeSyntheticModel, type SyntheticOptions, type SyntheticShape } from "./synthetic.ts";
 export { loadTokenizer, type StreamDecoder, type Tokenizer } from "./tokenizer.ts";
 export { layerTensorShape, toRotateHalfLayout, type LayerWeights, type LoadProgress, type LoadStageOptions, type ModelSource, type StageWeights } from "./weights.ts";
 export { LORA_MODULES, loadLoraAdapter, mergeLora, writeSyntheticLora, type LoraAdapter, type LoraModule, type LoraPair } from "./lora.ts";

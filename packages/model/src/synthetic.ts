@@ -97,6 +97,9 @@ export async function writeSyntheticModel(dir: string, shape: SyntheticShape, se
   await mkdir(dir, { recursive: true });
   await writeFile(join(dir, "config.json"), JSON.stringify(configJson, null, 2) + "\n");
   await writeFile(join(dir, "generation_config.json"), JSON.stringify({ bos_token_id: 1, eos_token_id: 2 }, null, 2) + "\n");
+  if (shape.vocabSize >= SYNTHETIC_TOKENIZER_MIN_VOCAB) {
+    await writeFile(join(dir, "tokenizer.json"), JSON.stringify(syntheticTokenizerJson(shape.vocabSize)) + "\n");
+  }
   if (shards === 1) {
     await writeSafetensors(join(dir, "model.safetensors"), tensors, { format: "pt" });
     return;
@@ -125,4 +128,50 @@ export async function writeSyntheticModel(dir: string, shape: SyntheticShape, se
     await writeSafetensors(join(dir, file), groups[i], { format: "pt" });
   }
   await writeFile(join(dir, "model.safetensors.index.json"), JSON.stringify({ metadata: { total_size: totalBytes }, weight_map: weightMap }, null, 2) + "\n");
+}
+
+// <unk> <s> </s>, one token per byte, then the word boundary "▁": the least this vocabulary holds.
+const SYNTHETIC_TOKENIZER_MIN_VOCAB = 3 + 256 + 1;
+
+/**
+ * A Llama-style tokenizer.json (BPE with byte fallback, no merges) for a synthetic vocabulary, so
+ * a synthetic folder serves text like a real one: text encodes to byte tokens and "▁" (259, the
+ * space), and every id decodes (ids past those are the words "w<id>"). Ids 0-2 are <unk>, <s>,
+ * </s> as in the config written beside it.
+ */
+export function syntheticTokenizerJson(vocabSize: number): Record<string, unknown> {
+  if (vocabSize < SYNTHETIC_TOKENIZER_MIN_VOCAB) throw new RangeError(`a byte-fallback tokenizer needs a vocabulary of at least ${SYNTHETIC_TOKENIZER_MIN_VOCAB}, got ${vocabSize}`);
+  const specials = ["<unk>", "<s>", "</s>"];
+  const vocab: Record<string, number> = {};
+  specials.forEach((t, id) => (vocab[t] = id));
+  for (let b = 0; b < 256; b++) vocab[`<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`] = 3 + b;
+  // Its own token, not three bytes: the decoder turns "▁" tokens back into spaces.
+  vocab["\u2581"] = 259;
+  for (let id = SYNTHETIC_TOKENIZER_MIN_VOCAB; id < vocabSize; id++) vocab[`\u2581w${id}`] = id;
+  const special = (content: string, id: number) => ({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true });
+  return {
+    version: "1.0",
+    truncation: null,
+    padding: null,
+    added_tokens: specials.map((t, id) => special(t, id)),
+    normalizer: {
+      type: "Sequence",
+      normalizers: [
+        { type: "Prepend", prepend: "\u2581" },
+        { type: "Replace", pattern: { String: " " }, content: "\u2581" },
+      ],
+    },
+    pre_tokenizer: null,
+    post_processor: {
+      type: "TemplateProcessing",
+      single: [{ SpecialToken: { id: "<s>", type_id: 0 } }, { Sequence: { id: "A", type_id: 0 } }],
+      pair: [{ SpecialToken: { id: "<s>", type_id: 0 } }, { Sequence: { id: "A", type_id: 0 } }, { SpecialToken: { id: "<s>", type_id: 1 } }, { Sequence: { id: "B", type_id: 1 } }],
+      special_tokens: { "<s>": { id: "<s>", ids: [1], tokens: ["<s>"] } },
+    },
+    decoder: {
+      type: "Sequence",
+      decoders: [{ type: "Replace", pattern: { String: "\u2581" }, content: " " }, { type: "ByteFallback" }, { type: "Fuse" }, { type: "Strip", content: " ", start: 1, stop: 0 }],
+    },
+    model: { type: "BPE", dropout: null, unk_token: "<unk>", continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: true, byte_fallback: true, ignore_merges: false, vocab, merges: [] },
+  };
 }

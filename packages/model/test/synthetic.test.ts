@@ -147,8 +147,25 @@ describe("writeSyntheticModel", () => {
     expect(rawTensor(join(tmp, "tied", "model.safetensors"), "model.embed_tokens.weight").shape).toEqual([300, 48]);
   });
 
-  it("has no tokenizer, and says so", async () => {
-    await expect(loadTokenizer(join(tmp, "f32"))).rejects.toThrow(ModelFormatError);
+  it("writes a byte-fallback tokenizer for its vocabulary: any text round-trips, every id decodes", async () => {
+    const tok = await loadTokenizer(join(tmp, "f32"));
+    expect(tok.vocabSize).toBe(300);
+    expect(tok.bosTokenId).toBe(1);
+    const text = "Once upon a time, naïve 🐉";
+    const ids = tok.encode(text);
+    expect(ids[0]).toBe(1);
+    // No merges: a "▁" (259) before each word, then one byte token per UTF-8 byte.
+    const words = text.split(" ");
+    expect(ids.length).toBe(1 + words.length + Buffer.byteLength(words.join("")));
+    expect(ids.slice(1).every((id) => id >= 3 && id <= 259)).toBe(true);
+    expect(tok.decode(ids)).toBe(text);
+    expect(tok.decode([1, 260, 299])).toBe("w260 w299");
+  });
+
+  it("writes no tokenizer when the vocabulary cannot hold every byte, and loading one says so", async () => {
+    await writeSyntheticModel(join(tmp, "tiny-vocab"), { ...SHAPE, vocabSize: 200 }, 1);
+    expect(existsSync(join(tmp, "tiny-vocab", "tokenizer.json"))).toBe(false);
+    await expect(loadTokenizer(join(tmp, "tiny-vocab"))).rejects.toThrow(ModelFormatError);
   });
 });
 
