@@ -74,6 +74,13 @@ export interface ModelLimits {
   eosTokenIds: number[];
 }
 
+/** A new token for a caller's onToken callback. */
+interface TokenDelivery {
+  onToken: NonNullable<GenerateRequest["onToken"]>;
+  token: number;
+  logits?: Float32Array;
+}
+
 interface ActiveRequest {
   seq: SchedulerSequence;
   req: GenerateRequest;
@@ -335,22 +342,34 @@ export class Engine {
           adapter: active.req.adapter?.id ?? "",
         });
       });
-      const run = { steps, onStep: (result: ResultsResponse) => this.onResult(batch, result) };
+      const run = { steps, onStep: (result: ResultsResponse) => this.deliver(this.onResult(batch, result)) };
       const sentMs = performance.now();
       this.pipeline.forward(chunks, {}, run).then(
         (result) => {
           if (steps > 1) this.runStepMs.add((performance.now() - sentMs) / steps);
-          this.onResult(batch, result);
+          const tokens = this.onResult(batch, result);
+          // The stages wait on the next micro-batch, the callers' token callbacks (detokenizing,
+          // stop strings, a stream's chunks) on nothing: the batch goes out first.
+          this.inFlight--;
+          this.pump();
+          this.deliver(tokens);
         },
-        (error: Error) => this.onFailure(batch, error),
-      ).finally(() => {
-        this.inFlight--;
-        this.pump();
-      });
+        (error: Error) => {
+          this.onFailure(batch, error);
+          this.inFlight--;
+          this.pump();
+        },
+      );
     }
   }
 
-  private onResult(batch: MicroBatch, result: ResultsResponse): void {
+  /**
+   * Takes in one step's results: every sequence's new token, its end (stop token, max_tokens) and
+   * what the scheduler makes of it. Returns the tokens for the callers' onToken callbacks (see
+   * deliver), which change nothing here.
+   */
+  private onResult(batch: MicroBatch, result: ResultsResponse): TokenDelivery[] {
+    const tokens: TokenDelivery[] = [];
     const step = result.step;
     const lastStep = step === (batch.steps ?? 1) - 1;
     const sampled = batch.chunks.map((c, i) => (c.sample ? result.outputs[i]?.tokenId : undefined));
@@ -370,10 +389,19 @@ export class Engine {
       const outputEnd = active.seq.tokenIds.length;
       if (stopIds.includes(token)) return this.end(active, lastStep, "stop", true, outputEnd);
       this.tokensGenerated++;
-      active.req.onToken?.(token, logits);
+      if (active.req.onToken) tokens.push({ onToken: active.req.onToken, token, logits });
       const generated = active.seq.tokenIds.length - active.seq.promptLength;
       if (generated >= active.req.maxTokens) this.end(active, lastStep, "length", false, outputEnd);
     });
+    return tokens;
+  }
+
+  /**
+   * Runs the onToken callbacks of a step's tokens. Synchronously, before any caller's promise
+   * settles (answer only resolves): a caller sees every token of its request before its result.
+   */
+  private deliver(tokens: TokenDelivery[]): void {
+    for (const t of tokens) t.onToken(t.token, t.logits);
   }
 
   private end(active: ActiveRequest, lastStep: boolean, finishReason: FinishReason, droppedStopToken: boolean, outputEnd: number): void {
