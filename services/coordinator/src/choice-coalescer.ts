@@ -37,10 +37,18 @@ export class ChoiceCoalescer {
     if (!this.flushScheduled) {
       this.flushScheduled = true;
       const interval = typeof this.intervalMs === "number" ? this.intervalMs : this.intervalMs();
-      const wait = this.lastFlushMs + interval - performance.now();
-      if (wait > 0) setTimeout(() => this.flush(), wait);
-      else setImmediate(() => this.flush());
+      this.flushAfter(this.lastFlushMs + interval);
     }
+  }
+
+  /**
+   * Flushes once `dueMs` (performance.now() time) has come. Timers count from the event loop's
+   * cached clock, in whole milliseconds, so one can fire a little early: it is then set again.
+   */
+  private flushAfter(dueMs: number): void {
+    const wait = dueMs - performance.now();
+    if (wait > 0) setTimeout(() => this.flushAfter(dueMs), Math.ceil(wait));
+    else setImmediate(() => this.flush());
   }
 
   /** Sends everything held now, in choice order. */

@@ -137,6 +137,8 @@ export class Engine {
   // The longest decode run configured; runs are sized below it by time (decodeRunCap).
   private readonly maxDecodeSteps: number;
   private readonly active = new Map<SchedulerSequence, ActiveRequest>();
+  // See requestOf: null marks an id that is gone.
+  private requestsBySeqId = new Map<number, ActiveRequest | null>();
   private inFlight = 0;
   // Wall time per step of recent decode runs, round trip included: what sizes the next runs.
   private readonly runStepMs = new MovingMean();
@@ -226,10 +228,22 @@ export class Engine {
   }
 
   /** The request behind each live stage-side sequence id (ids change on preemption); read by step tracing. */
-  requestsBySeqId(): Map<number, GenerateRequest> {
-    const map = new Map<number, GenerateRequest>();
-    for (const [seq, active] of this.active) map.set(seq.seqId, active.req);
-    return map;
+  /**
+   * The live request whose sequence has id `seqId` on the stages, if any. Asked for every sequence
+   * of every step (telemetry), so the map is kept and rebuilt only when an id is not in it: a new
+   * request, a preempted one back under a fresh id, or one gone (remembered as gone: ids are never
+   * reused).
+   */
+  requestOf(seqId: number): GenerateRequest | undefined {
+    const known = this.requestsBySeqId.get(seqId);
+    if (known === null) return undefined;
+    if (known && known.seq.seqId === seqId && this.active.get(known.seq) === known) return known.req;
+    const rebuilt = new Map<number, ActiveRequest | null>();
+    for (const active of this.active.values()) rebuilt.set(active.seq.seqId, active);
+    const found = rebuilt.get(seqId);
+    if (!found) rebuilt.set(seqId, null);
+    this.requestsBySeqId = rebuilt;
+    return found?.req;
   }
 
   /** Live requests running with adapter `id` (any generation). */

@@ -8,7 +8,7 @@ import { TraceLog, type StageTimingRecord, type StepRecord } from "./trace-view.
 
 /** Where the telemetry finds the request behind a stage-side sequence id (ids change on preemption). */
 export interface EngineRequestSource {
-  requestsBySeqId(): Map<number, GenerateRequest>;
+  requestOf(seqId: number): GenerateRequest | undefined;
 }
 
 export interface RequestInfo {
@@ -157,6 +157,7 @@ export class CoordinatorTelemetry implements PipelineObserver {
   // Steps whose spans are still to be built (see recordStepSpans).
   private readonly unspannedSteps: UnspannedStep[] = [];
   private stepSpanFlush: NodeJS.Timeout | undefined;
+  private readonly hopHistograms = new Map<string, { observe(seconds: number): void }>();
   engine: EngineRequestSource | undefined;
 
   constructor(
@@ -202,9 +203,8 @@ export class CoordinatorTelemetry implements PipelineObserver {
   stepStarted(batchId: number, seqs: readonly SequenceChunk[], loopedBack?: LoopedBack & { traceparent?: string }): StepObservation {
     const sentUnixMs = loopedBack?.sentUnixMs ?? wallClockMs();
     const step = ++this.stepCounter;
-    const bySeq = this.engine?.requestsBySeqId();
     const requests: Array<RequestTrace | undefined> = seqs.map((c) => {
-      const req = bySeq?.get(c.seqId);
+      const req = this.engine?.requestOf(c.seqId);
       return req ? this.traces.get(req) : undefined;
     });
     let prefillTokens = 0;
@@ -249,18 +249,11 @@ export class CoordinatorTelemetry implements PipelineObserver {
       };
     }
     this.log.addStep(record);
-    return {
-      traceContext,
-      finished: (result) => this.stepFinished(record, result, traced, loopedBack ? String(loopedBack.fromStage) : "coordinator"),
-      failed: (error) => {
-        record.receivedUnixMs = wallClockMs();
-        record.error = error.message;
-        if (traced) this.queueStepSpan(traced);
-      },
-    };
+    return new ObservedStep(this, record, traced, traceContext, loopedBack ? String(loopedBack.fromStage) : "coordinator");
   }
 
-  private queueStepSpan(step: UnspannedStep): void {
+  /** @internal (ObservedStep) */
+  queueStepSpan(step: UnspannedStep): void {
     this.unspannedSteps.push(step);
     this.stepSpanFlush ??= setTimeout(() => this.recordStepSpans(), STEP_SPAN_BATCH_MS).unref();
   }
@@ -303,12 +296,21 @@ export class CoordinatorTelemetry implements PipelineObserver {
     }
   }
 
-  // `sender`: where the step entered stage 0 from (the coordinator, or the last stage of a decode run).
-  private stepFinished(record: StepRecord, result: ResultsResponse, traced: UnspannedStep | undefined, sender: string): void {
+  /** @internal (ObservedStep). `sender`: where the step entered stage 0 from (the coordinator, or the last stage of a decode run). */
+  stepFinished(record: StepRecord, result: ResultsResponse, traced: UnspannedStep | undefined, sender: string): void {
     const receivedUnixMs = wallClockMs();
     record.receivedUnixMs = receivedUnixMs;
     record.stages = result.stageTimings.map(
-      ({ $typeName: _, $unknown: __, hiddenBytesSent, ...rest }): StageTimingRecord => ({ ...rest, hiddenBytesSent: Number(hiddenBytesSent) }),
+      (t): StageTimingRecord => ({
+        stageIndex: t.stageIndex,
+        workerId: t.workerId,
+        receivedUnixMs: t.receivedUnixMs,
+        startedUnixMs: t.startedUnixMs,
+        sentUnixMs: t.sentUnixMs,
+        kvBlocksUsed: t.kvBlocksUsed,
+        kvBlocksTotal: t.kvBlocksTotal,
+        hiddenBytesSent: Number(t.hiddenBytesSent),
+      }),
     );
     const m = this.metrics;
     m.stepDuration.observe((receivedUnixMs - record.sentUnixMs) / 1000);
@@ -316,11 +318,40 @@ export class CoordinatorTelemetry implements PipelineObserver {
     let previous = sender;
     let at = record.sentUnixMs;
     for (const t of record.stages) {
-      m.hopLatency.observe({ hop: `${previous}->${t.stageIndex}` }, Math.max(0, t.receivedUnixMs - at) / 1000);
+      this.hop(previous, String(t.stageIndex)).observe(Math.max(0, t.receivedUnixMs - at) / 1000);
       previous = String(t.stageIndex);
       at = t.sentUnixMs;
     }
-    if (record.stages.length > 0) m.hopLatency.observe({ hop: `${previous}->coordinator` }, Math.max(0, receivedUnixMs - at) / 1000);
+    if (record.stages.length > 0) this.hop(previous, "coordinator").observe(Math.max(0, receivedUnixMs - at) / 1000);
     if (traced) this.queueStepSpan(traced);
+  }
+
+  /** The hop-latency histogram of one hop, bound to its label once instead of a label object and name built per step. */
+  private hop(from: string, to: string): { observe(seconds: number): void } {
+    const key = `${from}->${to}`;
+    let child = this.hopHistograms.get(key);
+    if (!child) this.hopHistograms.set(key, (child = this.metrics.hopLatency.labels({ hop: key })));
+    return child;
+  }
+}
+
+/** A step in flight: an object rather than closures, since one is made for every step. */
+class ObservedStep implements StepObservation {
+  constructor(
+    private readonly telemetry: CoordinatorTelemetry,
+    private readonly record: StepRecord,
+    private readonly traced: UnspannedStep | undefined,
+    readonly traceContext: Record<string, string> | undefined,
+    private readonly sender: string,
+  ) {}
+
+  finished(result: ResultsResponse): void {
+    this.telemetry.stepFinished(this.record, result, this.traced, this.sender);
+  }
+
+  failed(error: Error): void {
+    this.record.receivedUnixMs = wallClockMs();
+    this.record.error = error.message;
+    if (this.traced) this.telemetry.queueStepSpan(this.traced);
   }
 }

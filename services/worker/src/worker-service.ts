@@ -69,7 +69,7 @@ type ForwardCall = grpc.ServerDuplexStream<ForwardRequest, ForwardResponse>;
 export const DEFAULT_RESULT_HOLD_MS = 50;
 // Held results go out once this many wait (the coordinator then keeps pace with a long run), and
 // a run's last steps are never held (see processBatch).
-const MAX_HELD_RESULTS = 8;
+const MAX_HELD_RESULTS = 32;
 const UNHELD_LAST_STEPS = 2;
 // Decode runs a stage remembers at once (one per micro-batch in flight, normally); a run that
 // never finishes (its coordinator went away) is forgotten after this many newer ones.
