@@ -40,7 +40,7 @@ common options:
                          pre-PagedAttention baseline, for comparison
   --no-pipelining        one micro-batch in flight instead of one per stage
   --num-scheduler-steps N  longest decode run: decode batches loop through the stages up to N
-                         steps before the coordinator schedules again (default 32; runs are
+                         steps before the coordinator schedules again (default 64; runs are
                          kept near 25 ms from recent step times, and at least 8 steps)
 
 start:
