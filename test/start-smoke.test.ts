@@ -9,11 +9,11 @@ import { loadGreedyOracle } from "./support/cluster.ts";
 // request gets the greedy story; Ctrl-C takes everything down with it.
 
 const oracle = loadGreedyOracle();
-let coordinator: ChildProcessWithoutNullStreams | undefined;
+const started: ChildProcessWithoutNullStreams[] = [];
 
 afterAll(() => {
-  // Only if the test failed half-way: the coordinator runs in its own process group.
-  if (coordinator?.pid && coordinator.exitCode === null) killGroup(coordinator.pid);
+  // Only if a test failed half-way: each start runs in its own process group.
+  for (const child of started) if (child.pid && child.exitCode === null) killGroup(child.pid);
 });
 
 function waitForLine(child: ChildProcessWithoutNullStreams, pattern: RegExp, stderr: () => string): Promise<RegExpExecArray> {
@@ -52,7 +52,7 @@ describe("strata start", () => {
       env: cliEnv({ NATS_URL: deadNats }),
       detached: true,
     });
-    coordinator = child;
+    started.push(child);
     let stderr = "";
     child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
@@ -83,5 +83,25 @@ describe("strata start", () => {
     expect({ code, signal }).toEqual({ code: 0, signal: null });
     expect(await untilGone(children.map((p) => p.pid), 10_000)).toEqual([]);
     await expect(fetch(`${base}/health`)).rejects.toThrow();
+  });
+
+  it("as `pnpm start`, Ctrl-C (SIGINT to the whole process group, as a terminal sends it) ends with status 0 and no pnpm error", async () => {
+    const port = await freePort();
+    const child = spawn("pnpm", ["start", "--port", String(port), "--workers", "1"], { cwd: REPO_ROOT, env: cliEnv(), detached: true });
+    started.push(child);
+    let output = "";
+    child.stderr.on("data", (c: Buffer) => (output += c.toString()));
+    child.stdout.on("data", (c: Buffer) => (output += c.toString()));
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
+    await waitForLine(child, /^Listening on http:\/\/\S+$/, () => output);
+    const group = listProcesses().filter((p) => p.pid !== child.pid && p.pgid === child.pid);
+    expect(group.some((p) => p.args.includes(WORKER_MAIN))).toBe(true);
+
+    process.kill(-child.pid!, "SIGINT");
+    const { code, signal } = await exited;
+    expect({ code, signal }).toEqual({ code: 0, signal: null });
+    expect(output).toContain("stopping...");
+    expect(output).not.toMatch(/ELIFECYCLE|Command failed/);
+    expect(await untilGone(group.map((p) => p.pid), 10_000)).toEqual([]);
   });
 });

@@ -53,18 +53,20 @@ export function killGroup(pid: number): void {
 export interface ProcessInfo {
   pid: number;
   ppid: number;
+  /** Process group id. */
+  pgid: number;
   state: string;
   args: string;
 }
 
 /** Every live process (zombies excluded: they hold no resources and are reaped by their parent). */
 export function listProcesses(): ProcessInfo[] {
-  const ps = spawnSync("ps", ["-eo", "pid=,ppid=,stat=,args="], { encoding: "utf8" });
+  const ps = spawnSync("ps", ["-eo", "pid=,ppid=,pgid=,stat=,args="], { encoding: "utf8" });
   return ps.stdout
     .split("\n")
-    .map((line) => /^\s*(\d+)\s+(\d+)\s+(\S+)\s+(.*)$/.exec(line))
+    .map((line) => /^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\S+)\s+(.*)$/.exec(line))
     .filter((m): m is RegExpExecArray => m !== null)
-    .map((m) => ({ pid: Number(m[1]), ppid: Number(m[2]), state: m[3], args: m[4] }))
+    .map((m) => ({ pid: Number(m[1]), ppid: Number(m[2]), pgid: Number(m[3]), state: m[4], args: m[5] }))
     .filter((p) => !p.state.startsWith("Z"));
 }
 
