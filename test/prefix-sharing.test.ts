@@ -69,4 +69,25 @@ describe("prefix caching", () => {
     expect(hit.tokenIds).toEqual(miss.tokenIds);
     expect(await cluster.waitForBlocksFreed()).toEqual([0, 0, 0]);
   });
+
+  it("a conversation's next turn matches the blocks the last answer filled, and continues it as one long request would", async () => {
+    // Decode runs of exactly 8 steps, so where each starts is known: a block is hashed when a step
+    // or run reserves it, if its tokens are known by then, and otherwise when its sequence ends.
+    const runsOf8 = await LocalCluster.start({ modelDir: BUNDLED_MODEL_DIR, workers: 3, natsUrl: nats.url(), inProcessWorkers: true, blockSizeTokens: 16, numSchedulerSteps: 8 });
+    try {
+      const prompt = [1, 300, 301, 302, 303, 304];
+      const whole = await runsOf8.engine.generate({ promptIds: prompt, maxTokens: 48, sampling: GREEDY, stopTokenIds: [], cacheSalt: "reference" });
+      // 6 + 28 tokens, 33 fed through the model: after the prompt, runs start at positions 6, 14,
+      // 22 and 30, the last filling block [16,32) from tokens it sampled itself.
+      const first = await runsOf8.engine.generate({ promptIds: prompt, maxTokens: 28, sampling: GREEDY, stopTokenIds: [], cacheSalt: "conversation" });
+      expect(first.tokenIds).toEqual(whole.tokenIds.slice(0, 28));
+      const before = runsOf8.engine.stats().prefixHitTokens;
+      const next = await runsOf8.engine.generate({ promptIds: [...prompt, ...first.tokenIds], maxTokens: 20, sampling: GREEDY, stopTokenIds: [], cacheSalt: "conversation" });
+      expect(runsOf8.engine.stats().prefixHitTokens - before).toBe(32);
+      expect(next.tokenIds).toEqual(whole.tokenIds.slice(28, 48));
+      expect(await runsOf8.waitForBlocksFreed()).toEqual([0, 0, 0]);
+    } finally {
+      await runsOf8.stop();
+    }
+  });
 });

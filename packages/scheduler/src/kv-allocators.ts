@@ -9,6 +9,11 @@ export interface SchedulerKvAllocator {
   admit(seqId: number, tokenIds: readonly number[], extraKeys: readonly ExtraKey[], maxLength: number, firstChunkTokens: number): number | null;
   canReserve(seqId: number, newLength: number): boolean;
   reserve(seqId: number, newLength: number, tokenIds: readonly number[]): void;
+  /**
+   * Hashes seqId's full blocks that `writtenTokenIds` covers beyond those hashed when reserved:
+   * tokens whose KV every stage has written, so the blocks can be matched at once.
+   */
+  hashWrittenBlocks(seqId: number, writtenTokenIds: readonly number[]): void;
   blockTable(seqId: number): readonly number[];
   free(seqId: number): void;
   /** Sliding window: gives back blocks wholly before `firstNeededToken`. */
@@ -45,6 +50,11 @@ export class PagedKvAllocator implements SchedulerKvAllocator {
   // order, so a later batch that shares these blocks reads them after they are written.
   reserve(seqId: number, newLength: number, tokenIds: readonly number[]): void {
     this.pool.reserve(seqId, newLength, tokenIds);
+  }
+
+  hashWrittenBlocks(seqId: number, writtenTokenIds: readonly number[]): void {
+    // Reserving what it holds already takes no block: it only extends the hash chain.
+    if (this.pool.has(seqId)) this.pool.reserve(seqId, writtenTokenIds.length, writtenTokenIds);
   }
 
   blockTable(seqId: number): readonly number[] {
@@ -107,6 +117,10 @@ export class ContiguousKvAllocator implements SchedulerKvAllocator {
 
   reserve(seqId: number, newLength: number): void {
     this.extents.grow(seqId, Math.ceil(newLength / this.blockSizeTokens));
+  }
+
+  hashWrittenBlocks(): void {
+    // No content addressing.
   }
 
   blockTable(seqId: number): readonly number[] {

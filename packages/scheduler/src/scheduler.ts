@@ -306,8 +306,15 @@ export class Scheduler {
     return this.pool.blockHashes();
   }
 
-  /** Removes a finished or aborted sequence; its full blocks stay cached for later prefixes. */
-  finish(seq: SchedulerSequence): void {
+  /**
+   * Removes a finished or aborted sequence; its full blocks stay cached for later prefixes. Blocks
+   * are hashed when reserved, with the tokens known then, so the ones a decode run filled after
+   * its start (the tokens it sampled) are hashed here, up to the positions whose KV every stage
+   * wrote: a conversation's next turn, its prompt the last one's answer, can match them too.
+   * `kvWritten: false` (the sequence's last batch failed) hashes nothing more.
+   */
+  finish(seq: SchedulerSequence, kvWritten = true): void {
+    if (kvWritten && seq.state === "running") this.pool.hashWrittenBlocks(seq.seqId, seq.tokenIds.slice(0, seq.computed));
     const waitingIndex = this.waiting.indexOf(seq);
     if (waitingIndex >= 0) this.waiting.splice(waitingIndex, 1);
     const runningIndex = this.running.indexOf(seq);

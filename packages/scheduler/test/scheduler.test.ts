@@ -178,6 +178,41 @@ describe("Scheduler", () => {
     expect(s.stats().prefixHitTokens).toBe(12);
   });
 
+  it("a finished sequence's blocks filled during a decode run are cached for a prompt that continues it", () => {
+    const s = scheduler({ maxDecodeSteps: 8 });
+    const a = seq(1, range(3), 8); // 3 prompt tokens + 8 new: blocks of 4 fill at positions 4 and 8
+    s.add(a);
+    const prefill = s.schedule().batch!;
+    s.complete(prefill, [50]);
+    const run = s.schedule().batch!;
+    expect(run.steps).toBe(7); // the rest of its 8 tokens in one run, blocks reserved at its start
+    for (let step = 0; step < 7; step++) s.complete(run, [51 + step], step);
+    expect(a.tokenIds).toHaveLength(11);
+    expect(a.computed).toBe(10); // the last token sampled was never fed back
+    s.finish(a);
+
+    // The next turn: the whole conversation so far, then more.
+    const b = seq(2, [...a.tokenIds, 99]);
+    s.add(b);
+    const batch = s.schedule().batch!;
+    expect(batch.chunks[0].startPosition).toBe(8); // blocks [0,4) and [4,8) matched; [8,12) was never full
+    expect(batch.chunks[0].blockIds.slice(0, 2)).toEqual(run.chunks[0].blockIds.slice(0, 2));
+  });
+
+  it("a sequence whose last batch failed adds no hashes when it finishes", () => {
+    const s = scheduler({ maxDecodeSteps: 8 });
+    const a = seq(1, range(3), 8);
+    s.add(a);
+    s.complete(s.schedule().batch!, [50]);
+    const run = s.schedule().batch!;
+    for (let step = 0; step < 7; step++) s.complete(run, [51 + step], step);
+    s.finish(a, false);
+    const b = seq(2, [...a.tokenIds, 99]);
+    s.add(b);
+    // Only the first block was hashed (at the run's reservation, from the prompt and first token).
+    expect(s.schedule().batch!.chunks[0].startPosition).toBe(4);
+  });
+
   it("a failed batch drops every cached hash", () => {
     const s = scheduler();
     const a = seq(1, range(13));

@@ -455,7 +455,8 @@ export class Engine {
     this.active.delete(seq);
     // A sequence that never reached the stages (or was preempted, already evicted) has nothing there to free.
     const onStages = seq.state === "running" && !seq.startsOnStages;
-    this.scheduler.finish(seq);
+    // A failed batch (any error but an abort) may have left its blocks unwritten.
+    this.scheduler.finish(seq, error === undefined || error instanceof RequestAbortedError);
     if (onStages) this.evict(seq.seqId, reason);
   }
 
