@@ -141,6 +141,27 @@ describe("runtime adapter loading", () => {
     expect(metrics.value("strata_lora_adapters_resident")).toBe(1);
   });
 
+  it("an unload waits for the adapter's running requests, which finish on it, and answers as the last one ends", async () => {
+    const want = await complete(ADAPTER);
+    expect((await post("/v1/load_lora_adapter", { lora_name: "tenant-c", lora_path: adapterDir })).status).toBe(200);
+    // A stream that is mid-generation when the unload comes.
+    const stream = await client.completions.create({ model: "tenant-c", prompt: PROMPT_IDS, max_tokens: MAX_TOKENS, temperature: 0, stream: true });
+    const chunks = stream[Symbol.asyncIterator]();
+    let text = (await chunks.next()).value!.choices[0]?.text ?? "";
+    let streamEnded = 0;
+    const rest = (async () => {
+      for (let c = await chunks.next(); !c.done; c = await chunks.next()) text += c.value.choices[0]?.text ?? "";
+      streamEnded = performance.now();
+    })();
+    const unloaded = post("/v1/unload_lora_adapter", { lora_name: "tenant-c" }).then((r) => ({ status: r.status, at: performance.now() }));
+    const [{ status, at }] = await Promise.all([unloaded, rest]);
+    expect(status).toBe(200);
+    expect(text).toBe(want);
+    expect(at).toBeGreaterThanOrEqual(streamEnded);
+    expect(cluster.engine.requestsWithAdapter("tenant-c")).toBe(0);
+    expect((await cluster.pipeline.describeAll()).map((d) => d.adapters.map((a) => a.adapterId))).toEqual([[ADAPTER], [ADAPTER]]);
+  });
+
   it("refuses a bad adapter folder, a rank above the limit, a bad name and an unknown unload, and keeps serving", async () => {
     const missing = await post("/v1/load_lora_adapter", { lora_name: "broken", lora_path: join(tmp, "nope") });
     expect(missing.status).toBe(400);

@@ -6,7 +6,6 @@ import type { PipelineClient } from "./pipeline-client.ts";
 
 // Adapter ids travel in NATS subjects (strata.adapter.<id>.switch: one token) and in `model` fields.
 const ADAPTER_ID = /^[A-Za-z0-9][A-Za-z0-9_:-]{0,127}$/;
-const DRAIN_POLL_MS = 20;
 
 interface LoadedAdapter {
   path: string;
@@ -67,7 +66,7 @@ export class AdapterManager {
     // New requests stop here; the ones running finish on the adapter before it goes.
     this.models.unregisterAdapter(id);
     this.loaded.delete(id);
-    while (this.engine.requestsWithAdapter(id) > 0) await new Promise((resolve) => setTimeout(resolve, DRAIN_POLL_MS));
+    await this.engine.adapterDrained(id);
     this.events.publishAdapterInvalidate(id, adapter.generation);
     // The event is the broadcast; the RPCs make the unload complete when this returns.
     await Promise.all(this.pipeline.stages.map((_, stage) => this.pipeline.unloadAdapter(stage, id).catch(() => false)));

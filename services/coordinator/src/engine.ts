@@ -137,6 +137,8 @@ export class Engine {
   // The longest decode run configured; runs are sized below it by time (decodeRunCap).
   private readonly maxDecodeSteps: number;
   private readonly active = new Map<SchedulerSequence, ActiveRequest>();
+  // Callers of adapterDrained, by adapter id.
+  private readonly adapterDrainWaiters = new Map<string, Array<() => void>>();
   // See requestOf: null marks an id that is gone.
   private requestsBySeqId = new Map<number, ActiveRequest | null>();
   private inFlight = 0;
@@ -251,6 +253,16 @@ export class Engine {
     let n = 0;
     for (const a of this.active.values()) if (a.req.adapter?.id === id) n++;
     return n;
+  }
+
+  /** Resolves once no live request runs with adapter `id` (an unload waits for this). */
+  adapterDrained(id: string): Promise<void> {
+    if (this.requestsWithAdapter(id) === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const waiting = this.adapterDrainWaiters.get(id);
+      if (waiting) waiting.push(resolve);
+      else this.adapterDrainWaiters.set(id, [resolve]);
+    });
   }
 
   get numRunning(): number {
@@ -453,6 +465,12 @@ export class Engine {
     this.answer(active, error, finishReason, droppedStopToken, outputEnd);
     const seq = active.seq;
     this.active.delete(seq);
+    const adapterId = active.req.adapter?.id;
+    const drainWaiters = adapterId === undefined ? undefined : this.adapterDrainWaiters.get(adapterId);
+    if (drainWaiters && this.requestsWithAdapter(adapterId!) === 0) {
+      this.adapterDrainWaiters.delete(adapterId!);
+      for (const resolve of drainWaiters) resolve();
+    }
     // A sequence that never reached the stages (or was preempted, already evicted) has nothing there to free.
     const onStages = seq.state === "running" && !seq.startsOnStages;
     // A failed batch (any error but an abort) may have left its blocks unwritten.
