@@ -21,6 +21,7 @@ let coordinator: Scrape;
 let workers: Scrape[];
 const usages: OpenAI.CompletionUsage[] = [];
 let sequences = 0;
+let streamsOpenDuring: number | undefined;
 
 beforeAll(async () => {
   await nats.start();
@@ -40,8 +41,11 @@ beforeAll(async () => {
     sequences += 1;
   });
   const stream = (async () => {
-    const s = await client.completions.create({ model: MODEL, prompt: "Lily", max_tokens: 40, temperature: 0, stream: true, stream_options: { include_usage: true } });
-    for await (const chunk of s) if (chunk.usage) usages.push(chunk.usage);
+    const s = await client.completions.create({ model: MODEL, prompt: "Lily", max_tokens: 200, temperature: 0, stream: true, stream_options: { include_usage: true } });
+    for await (const chunk of s) {
+      if (chunk.usage) usages.push(chunk.usage);
+      streamsOpenDuring ??= (await scrape(`${api.url}/metrics`)).value("strata_http_streams_open");
+    }
     sequences += 1;
   })();
   await Promise.all([completion(5), completion(17), completion(64), completion(12, { n: 2 }), completion(8, { stop: ["."] }), chat, stream]);
@@ -77,6 +81,8 @@ describe("GET /metrics after traffic", () => {
   });
 
   it("ends with nothing running, waiting or holding KV, on the coordinator and on every stage", () => {
+    expect(streamsOpenDuring).toBeGreaterThanOrEqual(1);
+    expect(coordinator.value("strata_http_streams_open")).toBe(0);
     expect(coordinator.value("strata_requests_running")).toBe(0);
     expect(coordinator.value("strata_requests_waiting")).toBe(0);
     expect(coordinator.value("strata_kv_pool_blocks_used")).toBe(0);

@@ -171,8 +171,14 @@ export function createHttpApi(opts: HttpApiOptions): Hono {
       firstEvent();
     }, streamInterval);
     openStreams++;
+    metrics.httpStreamsOpen.inc();
     const done = runCompletion({ engine, tokenizer }, trace, job, cancel.signal, (event) => chunks.push(event));
-    done.finally(() => openStreams--).catch(() => {});
+    done
+      .finally(() => {
+        openStreams--;
+        metrics.httpStreamsOpen.dec();
+      })
+      .catch(() => {});
     done.then(
       (outcome) => {
         if (stream.includeUsage) sse.send(format.usageChunk(meta, outcome));

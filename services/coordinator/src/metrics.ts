@@ -31,6 +31,7 @@ export class CoordinatorMetrics {
   readonly generationTokens: Counter;
   readonly requests: Counter<"finish_reason">;
   readonly httpResponses: Counter<"route" | "status">;
+  readonly httpStreamsOpen: Gauge;
   readonly stepDuration: Histogram;
   readonly stepTokens: Histogram;
   readonly hopLatency: Histogram<"hop">;
@@ -109,6 +110,7 @@ export class CoordinatorMetrics {
     this.generationTokens = new Counter({ name: "strata_generation_tokens_total", help: "Tokens generated (usage.completion_tokens)", registers });
     this.requests = new Counter({ name: "strata_requests_total", help: "Requests finished, by finish reason (stop, length, abort, error)", labelNames: ["finish_reason"], registers });
     this.httpResponses = new Counter({ name: "strata_http_responses_total", help: "HTTP responses by route and status", labelNames: ["route", "status"], registers });
+    this.httpStreamsOpen = new Gauge({ name: "strata_http_streams_open", help: "Streamed (SSE) responses in progress; the auto stream interval grows with them", registers });
     this.stepDuration = new Histogram({
       name: "strata_step_duration_seconds",
       help: "Micro-batch round trip: sent to stage 0 until its results came back from the last stage",
