@@ -180,7 +180,7 @@ describe("Scheduler", () => {
 
   it("a finished sequence's blocks filled during a decode run are cached for a prompt that continues it", () => {
     const s = scheduler({ maxDecodeSteps: 8 });
-    const a = seq(1, range(3), 8); // 3 prompt tokens + 8 new: blocks of 4 fill at positions 4 and 8
+    const a = seq(1, range(3), 8); // 3 prompt tokens + 8 new, blocks of 4: [4,8) fills inside the run
     s.add(a);
     const prefill = s.schedule().batch!;
     s.complete(prefill, [50]);

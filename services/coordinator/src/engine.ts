@@ -229,7 +229,6 @@ export class Engine {
     return [...this.active.keys()].sort((a, b) => a.arrival - b.arrival).map((s) => s.seqId);
   }
 
-  /** The request behind each live stage-side sequence id (ids change on preemption); read by step tracing. */
   /**
    * The live request whose sequence has id `seqId` on the stages, if any. Asked for every sequence
    * of every step (telemetry), so the map is kept and rebuilt only when an id is not in it: a new
@@ -263,6 +262,14 @@ export class Engine {
       if (waiting) waiting.push(resolve);
       else this.adapterDrainWaiters.set(id, [resolve]);
     });
+  }
+
+  // A request with adapter `id` ended: its unload goes on once none is left.
+  private wakeAdapterDrainWaiters(id: string): void {
+    const waiting = this.adapterDrainWaiters.get(id);
+    if (!waiting || this.requestsWithAdapter(id) > 0) return;
+    this.adapterDrainWaiters.delete(id);
+    for (const resolve of waiting) resolve();
   }
 
   get numRunning(): number {
@@ -372,12 +379,16 @@ export class Engine {
       const sentMs = performance.now();
       this.pipeline.forward(chunks, {}, run).then(
         (result) => {
-          if (steps > 1) this.runStepMs.add((performance.now() - sentMs) / steps);
-          const tokens = this.onResult(batch, result);
-          // The stages wait on the next micro-batch, the callers' token callbacks (detokenizing,
-          // stop strings, a stream's chunks) on nothing: the batch goes out first.
-          this.inFlight--;
-          this.pump();
+          let tokens: TokenDelivery[] = [];
+          try {
+            if (steps > 1) this.runStepMs.add((performance.now() - sentMs) / steps);
+            tokens = this.onResult(batch, result);
+          } finally {
+            // The stages wait on the next micro-batch, the callers' token callbacks (detokenizing,
+            // stop strings, a stream's chunks) on nothing: the batch goes out first.
+            this.inFlight--;
+            this.pump();
+          }
           this.deliver(tokens);
         },
         (error: Error) => {
@@ -466,11 +477,7 @@ export class Engine {
     const seq = active.seq;
     this.active.delete(seq);
     const adapterId = active.req.adapter?.id;
-    const drainWaiters = adapterId === undefined ? undefined : this.adapterDrainWaiters.get(adapterId);
-    if (drainWaiters && this.requestsWithAdapter(adapterId!) === 0) {
-      this.adapterDrainWaiters.delete(adapterId!);
-      for (const resolve of drainWaiters) resolve();
-    }
+    if (adapterId !== undefined) this.wakeAdapterDrainWaiters(adapterId);
     // A sequence that never reached the stages (or was preempted, already evicted) has nothing there to free.
     const onStages = seq.state === "running" && !seq.startsOnStages;
     // A failed batch (any error but an abort) may have left its blocks unwritten.

@@ -326,7 +326,7 @@ export class CoordinatorTelemetry implements PipelineObserver {
     if (traced) this.queueStepSpan(traced);
   }
 
-  /** The hop-latency histogram of one hop, bound to its label once instead of a label object and name built per step. */
+  /** The hop-latency histogram of one hop, bound to its label once (a labelled observe builds and checks a label object each time). */
   private hop(from: string, to: string): { observe(seconds: number): void } {
     const key = `${from}->${to}`;
     let child = this.hopHistograms.get(key);
