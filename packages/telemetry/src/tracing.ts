@@ -271,9 +271,47 @@ export function extractTraceContext(carrier: Readonly<Record<string, string>>): 
   return propagator.extract(ROOT_CONTEXT, carrier, defaultTextMapGetter);
 }
 
-/** The (remote) parent span a `trace_context` map carries, if it carries one. */
+/**
+ * The (remote) parent span a `trace_context` map carries, if it carries one. A bare `traceparent`
+ * (every stage span's parent) is read here by the W3C propagator's rules, without its regex and
+ * context objects; one with a `tracestate` goes through the propagator.
+ */
 export function parentSpanContext(carrier: Readonly<Record<string, string>>): SpanContext | undefined {
-  return trace.getSpanContext(extractTraceContext(carrier));
+  const traceparent = carrier.traceparent;
+  if (traceparent === undefined || carrier.tracestate !== undefined) return trace.getSpanContext(extractTraceContext(carrier));
+  return parseTraceparent(traceparent);
+}
+
+// "00-" + 32 + "-" + 16 + "-" + 2: a version-00 traceparent's exact length.
+const TRACEPARENT_V00_LENGTH = 55;
+const WHITESPACE = /\s/;
+
+/**
+ * A W3C traceparent as W3CTraceContextPropagator reads it: at most one whitespace character at
+ * either end, version two lower-case hex digits but not "ff", ids lower-case hex and not all
+ * zeros, flags two hex digits; later versions may carry more fields after a "-", version 00 none.
+ */
+function parseTraceparent(value: string): SpanContext | undefined {
+  let header = value;
+  if (header.length > 0 && WHITESPACE.test(header[0])) header = header.slice(1);
+  if (header.length > 0 && WHITESPACE.test(header[header.length - 1])) header = header.slice(0, -1);
+  if (header.length < TRACEPARENT_V00_LENGTH || header[2] !== "-" || header[35] !== "-" || header[52] !== "-") return undefined;
+  const version = header.slice(0, 2);
+  if (version === "ff" || !isLowerHex(version)) return undefined;
+  if (header.length > TRACEPARENT_V00_LENGTH && (version === "00" || header[TRACEPARENT_V00_LENGTH] !== "-")) return undefined;
+  const traceId = header.slice(3, 35);
+  const spanId = header.slice(36, 52);
+  const flags = header.slice(53, 55);
+  if (!isLowerHex(traceId) || !isLowerHex(spanId) || !isLowerHex(flags) || traceId === INVALID_TRACEID || spanId === INVALID_SPANID) return undefined;
+  return { traceId, spanId, traceFlags: parseInt(flags, 16), isRemote: true };
+}
+
+function isLowerHex(s: string): boolean {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (!((c >= 48 && c <= 57) || (c >= 97 && c <= 102))) return false;
+  }
+  return true;
 }
 
 /** Wall-clock milliseconds since the Unix epoch with sub-millisecond resolution. */

@@ -1,4 +1,4 @@
-import { ROOT_CONTEXT, TraceFlags, defaultTextMapSetter, trace, type SpanContext } from "@opentelemetry/api";
+import { ROOT_CONTEXT, TraceFlags, defaultTextMapGetter, defaultTextMapSetter, trace, type SpanContext } from "@opentelemetry/api";
 import { W3CTraceContextPropagator, TraceState } from "@opentelemetry/core";
 import { describe, expect, it } from "vitest";
 import { injectTraceContext, parentSpanContext, runStepTraceparent } from "../src/index.ts";
@@ -51,5 +51,45 @@ describe("runStepTraceparent", () => {
     const high = `00-ffffffff${ids.traceId.slice(8)}-fffffffe${ids.spanId.slice(8)}-01`;
     expect(runStepTraceparent(high, 3)).toBe(`00-00000001${ids.traceId.slice(8)}-00000000${ids.spanId.slice(8)}-01`);
     expect(parentSpanContext({ traceparent: runStepTraceparent("garbage", 5) })).toBeUndefined();
+  });
+});
+
+describe("parentSpanContext", () => {
+  const viaPropagatorRead = (carrier: Record<string, string>): SpanContext | undefined =>
+    trace.getSpanContext(new W3CTraceContextPropagator().extract(ROOT_CONTEXT, carrier, defaultTextMapGetter));
+  const valid = `00-${ids.traceId}-${ids.spanId}-01`;
+
+  // What the W3C propagator accepts and refuses, read here without it: every case must agree.
+  it.each<[string, string]>([
+    ["valid, sampled", valid],
+    ["valid, not sampled", `00-${ids.traceId}-${ids.spanId}-00`],
+    ["other flags", `00-${ids.traceId}-${ids.spanId}-ff`],
+    ["one space around", ` ${valid} `],
+    ["a tab before", `\t${valid}`],
+    ["two spaces before", `  ${valid}`],
+    ["upper-case trace id", `00-${ids.traceId.toUpperCase()}-${ids.spanId}-01`],
+    ["upper-case flags", `00-${ids.traceId}-${ids.spanId}-0A`],
+    ["all-zero trace id", `00-${"0".repeat(32)}-${ids.spanId}-01`],
+    ["all-zero span id", `00-${ids.traceId}-${"0".repeat(16)}-01`],
+    ["version ff", `ff-${ids.traceId}-${ids.spanId}-01`],
+    ["version 00 with more fields", `${valid}-extra`],
+    ["a later version with more fields", `cc-${ids.traceId}-${ids.spanId}-01-extra`],
+    ["a later version, no separator after flags", `cc-${ids.traceId}-${ids.spanId}-01extra`],
+    ["short trace id", `00-${ids.traceId.slice(1)}-${ids.spanId}-01`],
+    ["non-hex span id", `00-${ids.traceId}-${ids.spanId.slice(1)}g-01`],
+    ["wrong separators", valid.replaceAll("-", "_")],
+    ["empty", ""],
+  ])("%s: as the propagator reads it", (_, traceparent) => {
+    expect(parentSpanContext({ traceparent })).toEqual(viaPropagatorRead({ traceparent }));
+  });
+
+  it("with a tracestate, through the propagator (the state comes with the parent)", () => {
+    const parent = parentSpanContext({ traceparent: valid, tracestate: "vendor=a1" });
+    expect(parent).toMatchObject({ ...ids, traceFlags: TraceFlags.SAMPLED, isRemote: true });
+    expect(parent?.traceState?.get("vendor")).toBe("a1");
+  });
+
+  it("nothing to read: no parent", () => {
+    expect(parentSpanContext({})).toBeUndefined();
   });
 });
