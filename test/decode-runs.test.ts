@@ -60,6 +60,17 @@ describe("decode runs", () => {
     expect(await runs.waitForBlocksFreed()).toEqual([0, 0]);
   });
 
+  it("records each step's prefill and decode tokens, for requests made in-process too (no API request behind them)", async () => {
+    for (const cluster of [single, runs]) {
+      const before = cluster.telemetry.log.allSteps().at(-1)?.step ?? 0;
+      await cluster.engine.generate({ promptIds: oracle.prompt_token_ids, maxTokens: 20, sampling: GREEDY, stopTokenIds: [] });
+      const steps = cluster.telemetry.log.allSteps().filter((s) => s.step > before);
+      // The prompt in one step, then every token but the last fed back, one a step.
+      expect(steps.reduce((n, s) => n + s.prefillTokens, 0)).toBe(oracle.prompt_token_ids.length);
+      expect(steps.reduce((n, s) => n + s.decodeTokens, 0)).toBe(19);
+    }
+  });
+
   it("holds a run's early step results and sends them together, its last steps as they come, run by run", async () => {
     // Each step's result says when its last stage finished it; the coordinator's step records say
     // when the result arrived. In a run of 6, steps 0-2 are held until step 3 (the first of the

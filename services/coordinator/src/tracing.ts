@@ -203,14 +203,13 @@ export class CoordinatorTelemetry implements PipelineObserver {
   stepStarted(batchId: number, seqs: readonly SequenceChunk[], loopedBack?: LoopedBack & { traceparent?: string }): StepObservation {
     const sentUnixMs = loopedBack?.sentUnixMs ?? wallClockMs();
     const step = ++this.stepCounter;
-    const requests: Array<RequestTrace | undefined> = seqs.map((c) => {
-      const req = this.engine?.requestOf(c.seqId);
-      return req ? this.traces.get(req) : undefined;
-    });
+    const generateRequests = seqs.map((c) => this.engine?.requestOf(c.seqId));
+    const requests: Array<RequestTrace | undefined> = generateRequests.map((req) => (req ? this.traces.get(req) : undefined));
     let prefillTokens = 0;
     let decodeTokens = 0;
     seqs.forEach((c, i) => {
-      const promptTokens = requests[i]?.info.promptTokens ?? 0;
+      // A position past the prompt, one token: a decode (a preempted sequence's recompute is a prefill).
+      const promptTokens = generateRequests[i]?.promptIds.length ?? 0;
       if (c.numTokens === 1 && c.startPosition >= promptTokens && promptTokens > 0) decodeTokens++;
       else prefillTokens += c.numTokens;
     });
