@@ -33,6 +33,10 @@ function waitForLine(child: ChildProcessWithoutNullStreams, pattern: RegExp, std
   });
 }
 
+function exitOf(child: ChildProcessWithoutNullStreams): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+  return new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
+}
+
 async function untilGone(pids: number[], timeoutMs: number): Promise<ProcessInfo[]> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
@@ -55,7 +59,7 @@ describe("strata start", () => {
     started.push(child);
     let stderr = "";
     child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
-    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
+    const exited = exitOf(child);
 
     const [, base] = await waitForLine(child, /^Listening on (http:\/\/\S+)$/, () => stderr);
     expect(base).toBe(`http://127.0.0.1:${port}`);
@@ -92,7 +96,7 @@ describe("strata start", () => {
     let output = "";
     child.stderr.on("data", (c: Buffer) => (output += c.toString()));
     child.stdout.on("data", (c: Buffer) => (output += c.toString()));
-    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
+    const exited = exitOf(child);
     await waitForLine(child, /^Listening on http:\/\/\S+$/, () => output);
     const group = listProcesses().filter((p) => p.pid !== child.pid && p.pgid === child.pid);
     expect(group.some((p) => p.args.includes(WORKER_MAIN))).toBe(true);

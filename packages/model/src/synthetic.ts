@@ -131,7 +131,8 @@ export async function writeSyntheticModel(dir: string, shape: SyntheticShape, se
 }
 
 // <unk> <s> </s>, one token per byte, then the word boundary "▁": the least this vocabulary holds.
-const SYNTHETIC_TOKENIZER_MIN_VOCAB = 3 + 256 + 1;
+const WORD_BOUNDARY_ID = 3 + 256;
+const SYNTHETIC_TOKENIZER_MIN_VOCAB = WORD_BOUNDARY_ID + 1;
 
 /**
  * A Llama-style tokenizer.json (BPE with byte fallback, no merges) for a synthetic vocabulary, so
@@ -146,7 +147,7 @@ export function syntheticTokenizerJson(vocabSize: number): Record<string, unknow
   specials.forEach((t, id) => (vocab[t] = id));
   for (let b = 0; b < 256; b++) vocab[`<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`] = 3 + b;
   // Its own token, not three bytes: the decoder turns "▁" tokens back into spaces.
-  vocab["\u2581"] = 259;
+  vocab["\u2581"] = WORD_BOUNDARY_ID;
   for (let id = SYNTHETIC_TOKENIZER_MIN_VOCAB; id < vocabSize; id++) vocab[`\u2581w${id}`] = id;
   const special = (content: string, id: number) => ({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true });
   return {
