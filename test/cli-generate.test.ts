@@ -1,4 +1,8 @@
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { writeSyntheticModel } from "@strata/model";
 import { CLI, runToExit, workersUsing, type Exited } from "./support/processes.ts";
 import { loadGreedyOracle, useNats } from "./support/cluster.ts";
 
@@ -66,6 +70,40 @@ describe("strata generate --json", () => {
     // Temperature 0.8 over 60 tokens: not the greedy story.
     expect(a.token_ids).not.toEqual(generatedIds);
     expect(workersUsing(nats.url())).toEqual([]);
+  });
+});
+
+describe("strata generate --plan-batch / --plan-context-tokens", () => {
+  // A 4-layer model whose 4,096-word LM head reads as many bytes as ~7 of its layers' weights.
+  const dir = mkdtempSync(join(tmpdir(), "strata-plan-"));
+  beforeAll(() =>
+    writeSyntheticModel(dir, { hiddenSize: 64, intermediateSize: 128, numLayers: 4, numHeads: 4, numKvHeads: 2, headDim: 16, vocabSize: 4096, maxPositionEmbeddings: 256 }, 3),
+  );
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it("balance the default partition for the load they describe", async () => {
+    const args = ["generate", "--model", dir, "--workers", "2", "--prompt", "Hi", "--max-tokens", "4", "--temperature", "0", "--json"];
+    const [short, long] = await Promise.all([
+      cli(...args, "--plan-batch", "1", "--plan-context-tokens", "16"),
+      cli(...args, "--plan-batch", "16", "--plan-context-tokens", "1024"),
+    ]);
+    // One short sequence: the head's weights are most of a step's bytes, so it gets a stage with
+    // one layer. Sixteen sequences of 1,024 tokens: their past K/V outweigh the head, an even split.
+    expect(lastJsonLine(short).partition).toEqual([[0, 3], [3, 4]]);
+    expect(lastJsonLine(long).partition).toEqual([[0, 2], [2, 4]]);
+    expect(lastJsonLine(short).token_ids).toEqual(lastJsonLine(long).token_ids);
+    expect(workersUsing(nats.url())).toEqual([]);
+  });
+
+  it("refuse a load that is not a positive whole number (exit 2)", async () => {
+    const [batch, context] = await Promise.all([
+      cli("generate", "--plan-batch", "0", "--prompt", "Hi", "--max-tokens", "4"),
+      cli("generate", "--plan-context-tokens", "1.5", "--prompt", "Hi", "--max-tokens", "4"),
+    ]);
+    expect(batch.code).toBe(2);
+    expect(batch.stderr).toMatch(/^error: --plan-batch: "0" is not a valid value/m);
+    expect(context.code).toBe(2);
+    expect(context.stderr).toMatch(/^error: --plan-context-tokens: "1.5" is not a valid value/m);
   });
 });
 

@@ -16,12 +16,29 @@ function randomPrompt(rng: SeededRandom, length: number, vocab: number): number[
   return [1, ...Array.from({ length: length - 1 }, () => 3 + Math.floor(rng.next() * (vocab - 3)))];
 }
 
-const PIPELINING_PAIRS = 3;
+const PIPELINING_PAIRS = 2;
+const SHORT_CONTEXT_PAIRS = 2;
 const COMPUTE_LOOP = fileURLToPath(new URL("./compute-loop.ts", import.meta.url));
 
-/** Decode steps/s of one compute-loop process over `layers` layers at batch `batch`, for `seconds`. */
-async function computeLoop(dir: string, layers: number, batch: number, seconds: number): Promise<number> {
-  const { stdout } = await promisify(execFile)(process.execPath, ["--import", "tsx", COMPUTE_LOOP, dir, String(layers), String(batch), String(seconds)], { encoding: "utf8" });
+/**
+ * The load pipelining is measured at: 32 concurrent chat requests behind one shared system prompt
+ * (the prefix cache holds it after the first), each with its own user turn. Beside it, the same
+ * comparison at 16-token prompts, where a step's weights, read once per micro-batch, outweigh the
+ * sequences' own work.
+ */
+interface PipeliningLoad {
+  label: string;
+  systemTokens: number;
+  userTokens: number;
+  /** Context a sequence attends over halfway through its output: what the partition is planned for and the ceiling measured at. */
+  midContext: number;
+}
+const CHAT_LOAD: PipeliningLoad = { label: "chat", systemTokens: SYSTEM_PROMPT_TOKENS, userTokens: 16, midContext: SYSTEM_PROMPT_TOKENS + 16 + NEW_TOKENS / 2 };
+const SHORT_LOAD: PipeliningLoad = { label: "short context", systemTokens: 0, userTokens: PROMPT_TOKENS, midContext: PROMPT_TOKENS + NEW_TOKENS / 2 };
+
+/** Decode steps/s of one compute-loop process over `layers` layers at batch `batch`, `past` tokens in, for `seconds`. */
+async function computeLoop(dir: string, layers: number, batch: number, past: number, seconds: number): Promise<number> {
+  const { stdout } = await promisify(execFile)(process.execPath, ["--import", "tsx", COMPUTE_LOOP, dir, String(layers), String(batch), String(past), String(seconds)], { encoding: "utf8" });
   return (JSON.parse(stdout.trim().split("\n").pop()!) as { steps_per_s: number }).steps_per_s;
 }
 
@@ -46,19 +63,54 @@ interface PipeliningCeiling {
  * processes at once nor half the batch is free here: a half-batch step reads the same weights
  * for half the tokens, and two processes share the memory bus.
  */
-async function pipeliningCeiling(dir: string, layers: number, batch: number): Promise<PipeliningCeiling> {
-  const wholeBatchAlone = await computeLoop(dir, layers, batch, 4);
-  const halfBatchAlone = await computeLoop(dir, layers, batch / 2, 4);
-  const [a, b] = await Promise.all([computeLoop(dir, layers, batch / 2, 4), computeLoop(dir, layers, batch / 2, 4)]);
+async function pipeliningCeiling(dir: string, layers: number, batch: number, past: number): Promise<PipeliningCeiling> {
+  const wholeBatchAlone = await computeLoop(dir, layers, batch, past, 4);
+  const halfBatchAlone = await computeLoop(dir, layers, batch / 2, past, 4);
+  const [a, b] = await Promise.all([computeLoop(dir, layers, batch / 2, past, 4), computeLoop(dir, layers, batch / 2, past, 4)]);
   const halfBatchBesideAnother = Math.min(a, b);
   return { wholeBatchAlone, halfBatchAlone, halfBatchBesideAnother, twoProcesses: (a + b) / halfBatchAlone, sameLoad: halfBatchBesideAnother / wholeBatchAlone };
 }
 
+interface PipeliningResult {
+  on: number[];
+  off: number[];
+  ratio: number;
+  ceiling: PipeliningCeiling;
+  partition: string;
+}
+
+/** Pipelining off and on clusters, alternating `pairs` times (one cluster at a time), both planned for the load; then the ceiling. */
+async function comparePipelining(ctx: BenchContext, dir: string, load: PipeliningLoad, pairs: number): Promise<PipeliningResult> {
+  const vocab = BENCH_SHAPE.vocabSize;
+  const system = load.systemTokens > 0 ? randomPrompt(new SeededRandom(7), load.systemTokens, vocab) : [];
+  const prompt = (rng: SeededRandom) => (system.length ? [...system, ...randomPrompt(rng, load.userTokens + 1, vocab).slice(1)] : randomPrompt(rng, load.userTokens, vocab));
+  const opts = { modelDir: dir, workers: 2, planLoad: { batch: CONCURRENT / 2, contextTokens: load.midContext } };
+  const off: number[] = [];
+  const on: number[] = [];
+  let partition = "";
+  // One request prefills the system prompt first: requests arriving together all miss the prefix cache.
+  const primed = async (cluster: LocalCluster) => {
+    if (system.length) await cluster.engine.generate({ promptIds: system, maxTokens: 1, sampling: GREEDY, stopTokenIds: [] });
+    return throughputSamples(cluster, CONCURRENT, prompt, NEW_TOKENS);
+  };
+  for (let pair = 0; pair < pairs; pair++) {
+    await withCluster(ctx, { ...opts, pipelining: false }, async (cluster) => {
+      off.push(...(await primed(cluster)));
+    });
+    await withCluster(ctx, opts, async (cluster) => {
+      partition = describePartition(cluster.partition);
+      on.push(...(await primed(cluster)));
+    });
+  }
+  const ceiling = await pipeliningCeiling(dir, BENCH_SHAPE.numLayers / 2, CONCURRENT, load.midContext);
+  return { on, off, ratio: median(on) / median(off), ceiling, partition };
+}
+
 /** Aggregate generated tokens/s of `count` concurrent requests, one sample per run after `warmups` untimed runs. */
-async function throughputSamples(cluster: LocalCluster, count: number, promptTokens: number, newTokens: number, vocab: number, runs = 2, warmups = 1): Promise<number[]> {
+async function throughputSamples(cluster: LocalCluster, count: number, prompt: (rng: SeededRandom) => number[], newTokens: number, runs = 2, warmups = 1): Promise<number[]> {
   const rng = new SeededRandom(3);
   const once = async () => {
-    const prompts = Array.from({ length: count }, () => randomPrompt(rng, promptTokens, vocab));
+    const prompts = Array.from({ length: count }, () => prompt(rng));
     const started = performance.now();
     const results = await Promise.all(prompts.map((promptIds) => cluster.engine.generate({ promptIds, maxTokens: newTokens, sampling: GREEDY, stopTokenIds: [] })));
     const seconds = (performance.now() - started) / 1000;
@@ -71,8 +123,8 @@ async function throughputSamples(cluster: LocalCluster, count: number, promptTok
   return samples;
 }
 
-async function throughput(cluster: LocalCluster, count: number, promptTokens: number, newTokens: number, vocab: number, runs = 2, warmups = 1): Promise<number> {
-  return median(await throughputSamples(cluster, count, promptTokens, newTokens, vocab, runs, warmups));
+async function throughput(cluster: LocalCluster, count: number, prompt: (rng: SeededRandom) => number[], newTokens: number, runs = 2, warmups = 1): Promise<number> {
+  return median(await throughputSamples(cluster, count, prompt, newTokens, runs, warmups));
 }
 
 async function timeToFirstToken(cluster: LocalCluster, promptIds: number[], cacheSalt: string): Promise<number> {
@@ -88,32 +140,30 @@ export const batching: BenchPart = {
   async run(ctx: BenchContext) {
     const dir = await syntheticModelDir();
     const vocab = BENCH_SHAPE.vocabSize;
+    const shortPrompt = (rng: SeededRandom) => randomPrompt(rng, PROMPT_TOKENS, vocab);
     ctx.print(describeShape(BENCH_SHAPE));
     ctx.print(
-      `2 worker processes, 1 onnxruntime thread each; requests: ${PROMPT_TOKENS}-token random prompts, ${NEW_TOKENS} new tokens, greedy; ` +
-        `2 runs after a warm-up per cluster; pipelining off and on clusters alternate ${PIPELINING_PAIRS} times (one cluster at a time), medians of all their runs`,
+      `2 worker processes, 1 onnxruntime thread each; ${CONCURRENT} concurrent requests, ${NEW_TOKENS} new tokens each, greedy, 2 runs after a warm-up per cluster. ` +
+        `Loads: chat = a shared ${CHAT_LOAD.systemTokens}-token system prompt (prefix-cached after the warm-up) + a ${CHAT_LOAD.userTokens}-token user turn; ` +
+        `short context = ${PROMPT_TOKENS}-token random prompts. Pipelining off and on clusters alternate (one cluster at a time), ` +
+        `${PIPELINING_PAIRS} pairs at the chat load, ${SHORT_CONTEXT_PAIRS} at short context; each cluster's partition planned for its load ` +
+        `(micro-batches of ${CONCURRENT / 2}, the context halfway through the output); medians of all runs`,
     );
 
     const figures: Record<string, number> = {};
-    const off: number[] = [];
-    const on: number[] = [];
-    for (let pair = 0; pair < PIPELINING_PAIRS; pair++) {
-      await withCluster(ctx, { modelDir: dir, workers: 2, pipelining: false }, async (cluster) => {
-        off.push(...(await throughputSamples(cluster, CONCURRENT, PROMPT_TOKENS, NEW_TOKENS, vocab)));
-      });
-      await withCluster(ctx, { modelDir: dir, workers: 2 }, async (cluster) => {
-        on.push(...(await throughputSamples(cluster, CONCURRENT, PROMPT_TOKENS, NEW_TOKENS, vocab)));
-      });
-    }
-    figures.pipelining_off_32_tok_s = median(off);
-    figures.concurrent_32_tok_s = median(on);
-    const halfLayers = BENCH_SHAPE.numLayers / 2;
-    const ceiling = await pipeliningCeiling(dir, halfLayers, CONCURRENT);
-    figures.pipelining_ceiling_same_load = ceiling.sameLoad;
-    figures.two_process_parallelism = ceiling.twoProcesses;
-    await withCluster(ctx, { modelDir: dir, workers: 2 }, async (cluster) => {
-      ctx.print(`partition (balanced by compute, the LM head counted on the last stage): ${describePartition(cluster.partition)}`);
-      figures.single_request_tok_s = await throughput(cluster, 1, PROMPT_TOKENS, NEW_TOKENS, vocab);
+    const chat = await comparePipelining(ctx, dir, CHAT_LOAD, PIPELINING_PAIRS);
+    const short = await comparePipelining(ctx, dir, SHORT_LOAD, SHORT_CONTEXT_PAIRS);
+    figures.pipelining_on_vs_off = chat.ratio;
+    figures.pipelining_on_32_chat_tok_s = median(chat.on);
+    figures.pipelining_off_32_chat_tok_s = median(chat.off);
+    figures.pipelining_ceiling_same_load = chat.ceiling.sameLoad;
+    figures.two_process_parallelism = chat.ceiling.twoProcesses;
+    figures.pipelining_on_vs_off_short_context = short.ratio;
+    figures.pipelining_ceiling_short_context = short.ceiling.sameLoad;
+    figures.concurrent_32_tok_s = median(short.on);
+    figures.pipelining_off_32_tok_s = median(short.off);
+    await withCluster(ctx, { modelDir: dir, workers: 2, planLoad: { batch: CONCURRENT / 2, contextTokens: SHORT_LOAD.midContext } }, async (cluster) => {
+      figures.single_request_tok_s = await throughput(cluster, 1, shortPrompt, NEW_TOKENS);
 
       // Time to first token behind a shared 1,024-token system prompt: a fresh salt misses the
       // prefix cache every time; a fixed salt hits it after its first request.
@@ -131,21 +181,27 @@ export const batching: BenchPart = {
       figures.prefix_ttft_hit_ms = median(hits);
     });
     figures.batch32_vs_1 = figures.concurrent_32_tok_s / figures.single_request_tok_s;
-    figures.pipelining_on_vs_off = figures.concurrent_32_tok_s / figures.pipelining_off_32_tok_s;
     figures.prefix_ttft_hit_vs_miss = figures.prefix_ttft_miss_ms / figures.prefix_ttft_hit_ms;
 
+    const ceilingRows = (label: string, load: PipeliningLoad, c: PipeliningCeiling) => [
+      [`${label}: ${BENCH_SHAPE.numLayers / 2}-layer half-steps/s at ${load.midContext} tokens in: batch ${CONCURRENT} alone / batch ${CONCURRENT / 2} alone / batch ${CONCURRENT / 2} beside another`, "steps/s", `${fmt(c.wholeBatchAlone)} / ${fmt(c.halfBatchAlone)} / ${fmt(c.halfBatchBesideAnother)}`],
+      [`${label}: 2 processes at batch ${CONCURRENT / 2} at once vs 1`, "ratio", `${fmt(c.twoProcesses)}x`],
+      [`${label}: most pipelining can gain here at this load`, "ratio", `${fmt(c.sameLoad)}x`],
+    ];
     for (const line of table([
       ["load", "figure", "value"],
-      ["1 request", "tok/s", fmt(figures.single_request_tok_s)],
-      [`${CONCURRENT} concurrent, pipelining on (2 micro-batches in flight)`, "tok/s", `${fmt(figures.concurrent_32_tok_s)}  (${on.map(fmt).join(" ")})`],
-      [`${CONCURRENT} concurrent, pipelining off (1 in flight)`, "tok/s", `${fmt(figures.pipelining_off_32_tok_s)}  (${off.map(fmt).join(" ")})`],
+      [`chat, pipelining on (2 micro-batches in flight), ${chat.partition}`, "tok/s", `${fmt(median(chat.on))}  (${chat.on.map(fmt).join(" ")})`],
+      [`chat, pipelining off (1 in flight)`, "tok/s", `${fmt(median(chat.off))}  (${chat.off.map(fmt).join(" ")})`],
+      ["pipelining_on_vs_off (chat; goal >= 1.6)", "ratio", `${fmt(chat.ratio)}x`],
+      ...ceilingRows("chat", CHAT_LOAD, chat.ceiling),
+      [`short context, pipelining on, ${short.partition}`, "tok/s", `${fmt(median(short.on))}  (${short.on.map(fmt).join(" ")})`],
+      [`short context, pipelining off`, "tok/s", `${fmt(median(short.off))}  (${short.off.map(fmt).join(" ")})`],
+      ["pipelining_on_vs_off_short_context", "ratio", `${fmt(short.ratio)}x`],
+      ...ceilingRows("short context", SHORT_LOAD, short.ceiling),
+      ["short context, 1 request", "tok/s", fmt(figures.single_request_tok_s)],
+      ["batch32_vs_1 (short context, pipelining on; goal >= 6)", "ratio", `${fmt(figures.batch32_vs_1)}x`],
       [`${SYSTEM_PROMPT_TOKENS}-token system prompt + 15 user tokens, miss`, "TTFT ms", fmt(figures.prefix_ttft_miss_ms)],
       [`${SYSTEM_PROMPT_TOKENS}-token system prompt + 15 user tokens, hit`, "TTFT ms", fmt(figures.prefix_ttft_hit_ms)],
-      ["batch32_vs_1 (goal >= 6)", "ratio", `${fmt(figures.batch32_vs_1)}x`],
-      ["pipelining_on_vs_off (goal >= 1.6)", "ratio", `${fmt(figures.pipelining_on_vs_off)}x`],
-      [`${halfLayers}-layer half-steps/s: batch ${CONCURRENT} alone / batch ${CONCURRENT / 2} alone / batch ${CONCURRENT / 2} beside another`, "steps/s", `${fmt(ceiling.wholeBatchAlone)} / ${fmt(ceiling.halfBatchAlone)} / ${fmt(ceiling.halfBatchBesideAnother)}`],
-      [`2 processes at batch ${CONCURRENT / 2} at once vs 1 (two_process_parallelism)`, "ratio", `${fmt(ceiling.twoProcesses)}x`],
-      [`pipelining_ceiling_same_load: most pipelining can gain here at this load`, "ratio", `${fmt(ceiling.sameLoad)}x`],
       ["prefix_ttft_hit_vs_miss (goal >= 5)", "ratio", `${fmt(figures.prefix_ttft_hit_vs_miss)}x`],
     ])) ctx.print(line);
 
@@ -154,7 +210,7 @@ export const batching: BenchPart = {
     ctx.print(describeModel(BUNDLED_MODEL_DIR, source.config));
     await source.close();
     await withCluster(ctx, { modelDir: BUNDLED_MODEL_DIR, workers: 2 }, async (cluster) => {
-      figures.aggregate_32_tok_s = await throughput(cluster, CONCURRENT, 1, 64, 512, 5, WARMUP_ROUNDS);
+      figures.aggregate_32_tok_s = await throughput(cluster, CONCURRENT, () => [1], 64, 5, WARMUP_ROUNDS);
     });
     ctx.print(`  ${CONCURRENT} concurrent requests, BOS prompt, 64 new tokens, 2 worker processes, median of 5 runs after ${WARMUP_ROUNDS} warm-ups: ${fmt(figures.aggregate_32_tok_s)} tok/s aggregate (llama.cpp server, 8 slots: 7,178 tok/s; goal >= 7,200)`);
     return Object.fromEntries(Object.entries(figures).map(([k, v]) => [k, round(v)]));

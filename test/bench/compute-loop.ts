@@ -1,24 +1,26 @@
 // One process running one stage's decode step over and over: `pnpm bench batching` runs it at the
 // whole batch alone, at half the batch alone, and two at half the batch at once, to measure the
-// ceiling on what pipelining can gain on this machine. Prints {"steps_per_s": …} on its last line.
+// ceiling on what pipelining can gain on this machine, every sequence `past` tokens in. Prints
+// {"steps_per_s": …} on its last line.
 import { openModel } from "@strata/model";
 import { StageEngine, type StageChunk } from "@strata/compute";
 
-const [modelDir, layersArg, batchArg, secondsArg] = process.argv.slice(2);
+const [modelDir, layersArg, batchArg, pastArg, secondsArg] = process.argv.slice(2);
 const layers = Number(layersArg);
 const batch = Number(batchArg);
 const source = await openModel(modelDir);
 const weights = await source.loadStage({ layerStart: 0, layerEnd: layers, withEmbedding: true, withHead: false });
 await source.close();
 const BLOCK = 16;
-const PAST = 32; // every sequence decodes at position 32, over two full blocks
-const engine = await StageEngine.create(weights, { numBlocks: batch * 3, blockSizeTokens: BLOCK, firstStage: true, lastStage: false });
+const past = Number(pastArg);
+const blocksPerSequence = Math.floor(past / BLOCK) + 1;
+const engine = await StageEngine.create(weights, { numBlocks: batch * blocksPerSequence, blockSizeTokens: BLOCK, firstStage: true, lastStage: false });
 const chunks: StageChunk[] = Array.from({ length: batch }, (_, b) => ({
   seqId: b + 1,
-  startPosition: PAST,
+  startPosition: past,
   numTokens: 1,
   tokenIds: [5],
-  blockTable: [3 * b, 3 * b + 1, 3 * b + 2],
+  blockTable: Array.from({ length: blocksPerSequence }, (_, i) => b * blocksPerSequence + i),
 }));
 for (let i = 0; i < 3; i++) await engine.forward(chunks);
 const started = performance.now();

@@ -11,31 +11,70 @@ export interface LayerCostShape {
   vocabSize: number;
 }
 
-/** Multiply-adds per token of one transformer layer's projections and MLP. */
-export function layerMacsPerToken(s: LayerCostShape): number {
+/**
+ * The decode load a partition is balanced for. A decode step reads every weight of a stage once
+ * for the whole micro-batch, and each sequence's past K/V once per layer: which of the two
+ * dominates (and so how many layers the LM head is worth) depends on the batch and the context.
+ */
+export interface PlanLoad {
+  /** Sequences in one micro-batch. */
+  batch: number;
+  /** Tokens each sequence attends over (prompt plus output so far). */
+  contextTokens: number;
+  /** Bytes of one stored K or V element: 4 fp32, 2 fp16, 1 int8 or fp8. */
+  kvBytesPerElement: number;
+  /** Bytes of one weight as the stage computes with it. */
+  weightBytesPerElement: number;
+}
+
+/**
+ * The default: 16 sequences a micro-batch over 1,024 tokens of context, fp32. Operators plan for
+ * their own load with `--plan-batch` / `--plan-context-tokens`.
+ */
+export const DEFAULT_PLAN_LOAD: PlanLoad = { batch: 16, contextTokens: 1024, kvBytesPerElement: 4, weightBytesPerElement: 4 };
+
+/** Weights of one transformer layer's projections and MLP (its multiply-adds per token). */
+export function layerWeightCount(s: LayerCostShape): number {
   const qkv = s.hiddenSize * (s.numHeads + 2 * s.numKvHeads) * s.headDim;
   const out = s.numHeads * s.headDim * s.hiddenSize;
   const mlp = 3 * s.hiddenSize * s.intermediateSize;
   return qkv + out + mlp;
 }
 
-/** Multiply-adds per sampled token of the LM head, which only the last stage runs. */
-export function lmHeadMacsPerToken(s: LayerCostShape): number {
+/** Weights of the LM head, which only the last stage runs. */
+export function lmHeadWeightCount(s: LayerCostShape): number {
   return s.hiddenSize * s.vocabSize;
 }
 
+/** Bytes one layer reads in a decode step: its weights, and every sequence's past K and V. */
+export function layerDecodeBytes(s: LayerCostShape, load: PlanLoad): number {
+  const kvPerSequence = load.contextTokens * 2 * s.numKvHeads * s.headDim * load.kvBytesPerElement;
+  return layerWeightCount(s) * load.weightBytesPerElement + load.batch * kvPerSequence;
+}
+
+/** Bytes the LM head reads in a decode step: its weights, once for the micro-batch. */
+export function lmHeadDecodeBytes(s: LayerCostShape, load: PlanLoad): number {
+  return lmHeadWeightCount(s) * load.weightBytesPerElement;
+}
+
 /**
- * The contiguous partition whose busiest stage does the least work, counting the LM head on the
- * last stage (a 32k vocabulary costs as much as several layers). With one micro-batch per stage
- * in flight, the busiest stage sets the pace; an even split by layer count leaves the last stage
- * the bottleneck. Ties go to the more even split by layers.
+ * The contiguous partition whose busiest stage does the least work in a decode step of `load`,
+ * counting the LM head on the last stage. Decode is bound by memory traffic, not multiply-adds, on
+ * CPUs and GPUs alike, so work is bytes read. On the bench's synthetic model (hidden 512, 8
+ * layers, vocab 32000) over 2 workers with 2 micro-batches of 16 in flight, this picks [0,6)
+ * [6,8) at 48 tokens of context (the 32k head worth ~5 layers), which kept both stages ~70% busy
+ * where [0,7) [7,8) left them 81% / 65%; and [0,5) [5,8) at 512 and 1,040 tokens, which ran ~17%
+ * faster than [0,7) [7,8) and ~10% faster than [0,6) [6,8) at 512, ~13% faster than [0,4) [4,8)
+ * at 1,040. Counting multiply-adds put
+ * 7 layers before the head at every length. With one micro-batch per stage in flight, the busiest
+ * stage sets the pace. Ties go to the more even split by layers.
  */
-export function balancedPartition(shape: LayerCostShape, numStages: number): Partition {
+export function balancedPartition(shape: LayerCostShape, numStages: number, load: PlanLoad = DEFAULT_PLAN_LOAD): Partition {
   const L = shape.numLayers;
   if (!Number.isInteger(numStages) || numStages < 1) throw new PartitionError(`number of workers must be a positive integer, got ${numStages}`);
   if (numStages > L) throw new PartitionError(`${numStages} workers cannot share ${L} layers: each stage needs at least one layer`);
-  const layer = layerMacsPerToken(shape);
-  const head = lmHeadMacsPerToken(shape);
+  const layer = layerDecodeBytes(shape, load);
+  const head = lmHeadDecodeBytes(shape, load);
   const cost = (start: number, end: number) => (end - start) * layer + (end === L ? head : 0);
   // best[s][i]: the least possible max stage cost covering layers [0, i) with s stages.
   const best = Array.from({ length: numStages + 1 }, () => new Array<number>(L + 1).fill(Infinity));

@@ -1,29 +1,59 @@
 import { describe, expect, it } from "vitest";
-import { allPartitions, balancedPartition, layerMacsPerToken, lmHeadMacsPerToken, type LayerCostShape } from "../src/index.ts";
+import {
+  allPartitions,
+  balancedPartition,
+  DEFAULT_PLAN_LOAD,
+  layerDecodeBytes,
+  layerWeightCount,
+  lmHeadDecodeBytes,
+  lmHeadWeightCount,
+  type LayerCostShape,
+  type PlanLoad,
+} from "../src/index.ts";
 
 const stories: LayerCostShape = { hiddenSize: 64, intermediateSize: 172, numLayers: 5, numHeads: 8, numKvHeads: 4, headDim: 8, vocabSize: 512 };
 const bench: LayerCostShape = { hiddenSize: 512, intermediateSize: 1408, numLayers: 8, numHeads: 8, numKvHeads: 4, headDim: 64, vocabSize: 32000 };
+const load = (batch: number, contextTokens: number, kvBytesPerElement = 4): PlanLoad => ({ batch, contextTokens, kvBytesPerElement, weightBytesPerElement: 4 });
 
-function maxStageCost(shape: LayerCostShape, partition: Array<[number, number]>): number {
-  return Math.max(...partition.map(([a, b]) => (b - a) * layerMacsPerToken(shape) + (b === shape.numLayers ? lmHeadMacsPerToken(shape) : 0)));
+function maxStageCost(shape: LayerCostShape, partition: Array<[number, number]>, plan: PlanLoad): number {
+  return Math.max(...partition.map(([a, b]) => (b - a) * layerDecodeBytes(shape, plan) + (b === shape.numLayers ? lmHeadDecodeBytes(shape, plan) : 0)));
 }
 
 describe("balancedPartition", () => {
-  it("counts projection and MLP multiply-adds per layer, and the LM head", () => {
-    expect(layerMacsPerToken(stories)).toBe(64 * 16 * 8 + 64 * 64 + 3 * 64 * 172);
-    expect(lmHeadMacsPerToken(bench)).toBe(512 * 32000);
+  it("counts a layer's projection and MLP weights, and the LM head's", () => {
+    expect(layerWeightCount(stories)).toBe(64 * 16 * 8 + 64 * 64 + 3 * 64 * 172);
+    expect(lmHeadWeightCount(bench)).toBe(512 * 32000);
   });
 
-  it("moves layers off the last stage when the LM head is heavy", () => {
-    // The 32k-vocabulary head costs about 5.5 layers: 7 + 1 balances, an even 4 + 4 does not.
-    expect(balancedPartition(bench, 2)).toEqual([[0, 7], [7, 8]]);
+  it("counts a decode step's bytes: weights once per micro-batch, past K/V once per sequence", () => {
+    const weights = layerWeightCount(bench) * 4;
+    const kvPerSequence = 1000 * 2 * 4 * 64 * 4; // context x K and V x KV heads x head dim x fp32
+    expect(layerDecodeBytes(bench, load(1, 1000))).toBe(weights + kvPerSequence);
+    expect(layerDecodeBytes(bench, load(16, 1000))).toBe(weights + 16 * kvPerSequence);
+    expect(layerDecodeBytes(bench, load(16, 1000, 1))).toBe(weights + 4 * kvPerSequence);
+    expect(lmHeadDecodeBytes(bench, load(16, 1000))).toBe(512 * 32000 * 4);
+    expect(lmHeadDecodeBytes(bench, load(64, 4000))).toBe(512 * 32000 * 4);
+  });
+
+  it("moves layers off the last stage when the LM head is heavy, fewer the longer the context", () => {
+    // Measured fastest over 2 workers at 2 micro-batches of 16 (see balancedPartition).
+    expect(balancedPartition(bench, 2, load(16, 48))).toEqual([[0, 6], [6, 8]]);
+    expect(balancedPartition(bench, 2, load(16, 512))).toEqual([[0, 5], [5, 8]]);
+    expect(balancedPartition(bench, 2, load(16, 1040))).toEqual([[0, 5], [5, 8]]);
+    expect(balancedPartition(bench, 2)).toEqual(balancedPartition(bench, 2, DEFAULT_PLAN_LOAD));
+    // Past K/V dwarf the head's weights at long contexts and large batches: the even split.
+    expect(balancedPartition(bench, 2, load(128, 4096))).toEqual([[0, 4], [4, 8]]);
+    // An int8 cache reads a quarter of the bytes, so the head weighs more again.
+    expect(balancedPartition(bench, 2, load(16, 512, 1))).toEqual([[0, 6], [6, 8]]);
   });
 
   it("is the minimum over every partition of the busiest stage's cost", () => {
     for (const shape of [stories, bench, { ...bench, numLayers: 13 }]) {
-      for (let stages = 1; stages <= Math.min(5, shape.numLayers); stages++) {
-        const best = Math.min(...allPartitions(shape.numLayers, stages).map((p) => maxStageCost(shape, p)));
-        expect(maxStageCost(shape, balancedPartition(shape, stages))).toBe(best);
+      for (const plan of [load(1, 16), load(16, 1024), load(64, 256, 1)]) {
+        for (let stages = 1; stages <= Math.min(5, shape.numLayers); stages++) {
+          const best = Math.min(...allPartitions(shape.numLayers, stages).map((p) => maxStageCost(shape, p, plan)));
+          expect(maxStageCost(shape, balancedPartition(shape, stages, plan), plan)).toBe(best);
+        }
       }
     }
   });

@@ -20,8 +20,10 @@ commands:
 common options:
   --model DIR            llama2.c checkpoint folder or Hugging Face Llama folder (default: bundled stories260K)
   --workers N            worker processes, one pipeline stage each (default 2)
-  --partition A-B,...    layer ranges by hand, e.g. 0-1,1-4,4-5 (default: balanced by compute,
-                         counting the LM head on the last stage)
+  --partition A-B,...    layer ranges by hand, e.g. 0-1,1-4,4-5 (default: balanced by the bytes
+                         each stage reads per decode step, the LM head on the last stage)
+  --plan-batch N         sequences per micro-batch the default partition is balanced for (default 16)
+  --plan-context-tokens N  context per sequence it is balanced for (default 1024)
   --device cpu|cuda      onnxruntime execution provider (default cpu)
   --nats-url URL         NATS server to use when reachable (default $NATS_URL or nats://127.0.0.1:4222);
                          otherwise nats-server is started from PATH on a free port
@@ -75,6 +77,8 @@ const { positionals, values } = parseArgs({
     model: { type: "string" },
     workers: { type: "string", default: "2" },
     partition: { type: "string" },
+    "plan-batch": { type: "string" },
+    "plan-context-tokens": { type: "string" },
     device: { type: "string", default: "cpu" },
     "nats-url": { type: "string" },
     "kv-cache-bytes": { type: "string" },
@@ -132,6 +136,10 @@ async function clusterOptions(): Promise<ClusterOptions & { tokenizer: Tokenizer
     modelDir,
     workers: partition?.length ?? workers,
     partition,
+    planLoad: {
+      batch: numberOption("plan-batch", values["plan-batch"], (n) => Number.isInteger(n) && n > 0),
+      contextTokens: numberOption("plan-context-tokens", values["plan-context-tokens"], (n) => Number.isInteger(n) && n > 0),
+    },
     natsUrl: values["nats-url"] ?? process.env.NATS_URL ?? "nats://127.0.0.1:4222",
     device,
     kvCacheBytes: numberOption("kv-cache-bytes", values["kv-cache-bytes"], (n) => n > 0),

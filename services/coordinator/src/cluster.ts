@@ -3,7 +3,8 @@ import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { EventBus, isReachable, startNatsServer, type NatsServerProcess } from "@strata/events";
 import { BUNDLED_MODEL_DIR, openModel, type ModelConfig } from "@strata/model";
-import { balancedPartition, validatePartition, type Partition } from "@strata/planner";
+import { kvBytesPerElement } from "@strata/kv";
+import { balancedPartition, DEFAULT_PLAN_LOAD, validatePartition, type Partition } from "@strata/planner";
 import { startWorkerServer, DEFAULT_BLOCK_SIZE_TOKENS, DEFAULT_KV_CACHE_BYTES, type RunningWorker } from "@strata/worker";
 import { startTracing, TRACING_OFF, type Tracing } from "@strata/telemetry";
 import { AdapterManager } from "./adapters.ts";
@@ -31,6 +32,8 @@ export interface ClusterOptions {
   modelDir: string;
   workers: number;
   partition?: Partition;
+  /** The decode load the default partition is balanced for (see balancedPartition; default 16 sequences over 1,024 tokens). */
+  planLoad?: { batch?: number; contextTokens?: number };
   /** Use this NATS server when reachable; otherwise one is spawned on a free port. */
   natsUrl?: string;
   /** Workers as gRPC servers inside this process (tests) instead of child processes. */
@@ -117,7 +120,14 @@ export class LocalCluster {
     const source = await openModel(opts.modelDir);
     const config = source.config;
     await source.close();
-    const partition = opts.partition ?? balancedPartition(config, opts.workers);
+    const partition =
+      opts.partition ??
+      balancedPartition(config, opts.workers, {
+        ...DEFAULT_PLAN_LOAD,
+        batch: opts.planLoad?.batch ?? DEFAULT_PLAN_LOAD.batch,
+        contextTokens: opts.planLoad?.contextTokens ?? DEFAULT_PLAN_LOAD.contextTokens,
+        kvBytesPerElement: kvBytesPerElement(opts.kvDtype ?? "fp32"),
+      });
     const maxLoraRank = opts.maxLoraRank ?? (opts.loras?.length ? DEFAULT_MAX_LORA_RANK : 0);
     validatePartition(partition, config.numLayers);
 
