@@ -183,21 +183,21 @@ export const batching: BenchPart = {
     figures.batch32_vs_1 = figures.concurrent_32_tok_s / figures.single_request_tok_s;
     figures.prefix_ttft_hit_vs_miss = figures.prefix_ttft_miss_ms / figures.prefix_ttft_hit_ms;
 
-    const ceilingRows = (label: string, load: PipeliningLoad, c: PipeliningCeiling) => [
-      [`${label}: ${BENCH_SHAPE.numLayers / 2}-layer half-steps/s at ${load.midContext} tokens in: batch ${CONCURRENT} alone / batch ${CONCURRENT / 2} alone / batch ${CONCURRENT / 2} beside another`, "steps/s", `${fmt(c.wholeBatchAlone)} / ${fmt(c.halfBatchAlone)} / ${fmt(c.halfBatchBesideAnother)}`],
+    const ceilingRows = ({ label, midContext }: PipeliningLoad, c: PipeliningCeiling) => [
+      [`${label}: ${BENCH_SHAPE.numLayers / 2}-layer half-steps/s at ${midContext} tokens in: batch ${CONCURRENT} alone / batch ${CONCURRENT / 2} alone / batch ${CONCURRENT / 2} beside another`, "steps/s", `${fmt(c.wholeBatchAlone)} / ${fmt(c.halfBatchAlone)} / ${fmt(c.halfBatchBesideAnother)}`],
       [`${label}: 2 processes at batch ${CONCURRENT / 2} at once vs 1`, "ratio", `${fmt(c.twoProcesses)}x`],
       [`${label}: most pipelining can gain here at this load`, "ratio", `${fmt(c.sameLoad)}x`],
     ];
     for (const line of table([
       ["load", "figure", "value"],
-      [`chat, pipelining on (2 micro-batches in flight), ${chat.partition}`, "tok/s", `${fmt(median(chat.on))}  (${chat.on.map(fmt).join(" ")})`],
+      [`${CHAT_LOAD.label}, pipelining on (2 micro-batches in flight), ${chat.partition}`, "tok/s", `${fmt(median(chat.on))}  (${chat.on.map(fmt).join(" ")})`],
       [`chat, pipelining off (1 in flight)`, "tok/s", `${fmt(median(chat.off))}  (${chat.off.map(fmt).join(" ")})`],
       ["pipelining_on_vs_off (chat; goal >= 1.6)", "ratio", `${fmt(chat.ratio)}x`],
-      ...ceilingRows("chat", CHAT_LOAD, chat.ceiling),
+      ...ceilingRows(CHAT_LOAD, chat.ceiling),
       [`short context, pipelining on, ${short.partition}`, "tok/s", `${fmt(median(short.on))}  (${short.on.map(fmt).join(" ")})`],
       [`short context, pipelining off`, "tok/s", `${fmt(median(short.off))}  (${short.off.map(fmt).join(" ")})`],
       ["pipelining_on_vs_off_short_context", "ratio", `${fmt(short.ratio)}x`],
-      ...ceilingRows("short context", SHORT_LOAD, short.ceiling),
+      ...ceilingRows(SHORT_LOAD, short.ceiling),
       ["short context, 1 request", "tok/s", fmt(figures.single_request_tok_s)],
       ["batch32_vs_1 (short context, pipelining on; goal >= 6)", "ratio", `${fmt(figures.batch32_vs_1)}x`],
       [`${SYSTEM_PROMPT_TOKENS}-token system prompt + 15 user tokens, miss`, "TTFT ms", fmt(figures.prefix_ttft_miss_ms)],
