@@ -26,7 +26,7 @@ export const singleStream: BenchPart = {
     ctx.print(describeModel(BUNDLED_MODEL_DIR, config));
     ctx.print(
       `1 stream, prompt BOS, ${MAX_TOKENS} new tokens, greedy, no stop tokens, ${RUNS} runs after ${WARMUPS} warm-up runs; ` +
-        `worker processes with 1 onnxruntime thread each, default (compute-balanced) layer split; tok/s = new tokens / wall time of generate()`,
+        `worker processes with 1 onnxruntime thread each, default layer split (balanced for the default planned load); tok/s = new tokens / wall time of generate()`,
     );
 
     const tokS: Record<number, number> = {};
