@@ -95,6 +95,14 @@ describe("strata generate --plan-batch / --plan-context-tokens", () => {
     expect(workersUsing(nats.url())).toEqual([]);
   });
 
+  it("count the KV cache's element size: an int8 cache reads a quarter of fp32's bytes", async () => {
+    const args = ["generate", "--model", dir, "--workers", "2", "--prompt", "Hi", "--max-tokens", "4", "--temperature", "0", "--json", "--plan-batch", "16", "--plan-context-tokens", "512"];
+    const [fp32, int8] = await Promise.all([cli(...args), cli(...args, "--kv-dtype", "int8")]);
+    // 16 x 512 tokens of fp32 K/V outweigh the head's weights; a quarter of them do not.
+    expect(lastJsonLine(fp32).partition).toEqual([[0, 2], [2, 4]]);
+    expect(lastJsonLine(int8).partition).toEqual([[0, 3], [3, 4]]);
+  });
+
   it("refuse a load that is not a positive whole number (exit 2)", async () => {
     const [batch, context] = await Promise.all([
       cli("generate", "--plan-batch", "0", "--prompt", "Hi", "--max-tokens", "4"),
