@@ -490,8 +490,9 @@ interface PoolsGather {
   epochs: number[][];
 }
 
-function canExtend(last: PoolsGather, chunks: readonly KvChunk[], P: number, blockEpochs: Uint32Array): boolean {
-  if (last.P !== P || last.starts.length !== chunks.length || last.arrays.some(isDetached)) return false;
+/** Whether `last` holds a prefix of each chunk's past: the same sequences in the same slots, their blocks unchanged since. */
+function holdsPastOf(last: PoolsGather, chunks: readonly KvChunk[], blockEpochs: Uint32Array): boolean {
+  if (last.starts.length !== chunks.length || last.buffers.some(isDetached)) return false;
   for (let b = 0; b < chunks.length; b++) {
     const c = chunks[b];
     const table = last.tables[b];
@@ -503,6 +504,22 @@ function canExtend(last: PoolsGather, chunks: readonly KvChunk[], P: number, blo
     }
   }
   return true;
+}
+
+/**
+ * Lays `gather`'s arrays out again for a longer past P, in place: row r (a chunk's head), P_old
+ * values long, moves to r * P. Rows move from the last down, each to an offset at least its own,
+ * so none is overwritten before it has moved. Positions past the old ones hold stale values
+ * (masked) until the caller copies the new ones in.
+ */
+function restride(gather: PoolsGather, P: number, rows: number, headDim: number): void {
+  const oldRow = gather.P * headDim;
+  const newRow = P * headDim;
+  gather.arrays = gather.buffers.map((buffer) => {
+    for (let r = rows - 1; r > 0; r--) buffer.copyWithin(r * newRow, r * oldRow, (r + 1) * oldRow);
+    return buffer.subarray(0, rows * newRow);
+  });
+  gather.P = P;
 }
 
 export interface KvStoreOptions extends KvPoolShape {
@@ -586,20 +603,27 @@ export class KvStore {
   gatherEncodedPools(chunks: readonly KvChunk[], P: number): KvCodes[] {
     if (this.kvDtype !== "fp32") throw new Error(`per-pool gathers are for fp32 KV, not ${this.kvDtype}`);
     const bs = this.pools[0].blockSizeTokens;
-    const found = this.poolGathers.findIndex((g) => canExtend(g, chunks, P, this.blockEpochs));
+    const perPool = chunks.length * P * this.row;
+    const roomy = (g: PoolsGather) => g.buffers[0].length >= perPool && !g.buffers.some(isDetached);
+    let found = this.poolGathers.findIndex((g) => g.P === P && holdsPastOf(g, chunks, this.blockEpochs));
     let entry: PoolsGather;
     let from: number[] | undefined;
+    if (found < 0) {
+      // The same sequences' past grown into a new block: their arrays, laid out again in place
+      // for the longer past, then extended. Copying every past afresh from the blocks at each
+      // block boundary was ~80 ms a micro-batch here (16 sequences of ~1,040 tokens, 5 layers):
+      // a copy per block and head, each with a view object for the collector.
+      found = this.poolGathers.findIndex((g) => g.P < P && roomy(g) && holdsPastOf(g, chunks, this.blockEpochs));
+      if (found >= 0) restride(this.poolGathers[found], P, chunks.length * this.pools[0].numKvHeads, this.pools[0].headDim);
+    }
     if (found >= 0) {
       [entry] = this.poolGathers.splice(found, 1);
       from = entry.starts;
     } else {
-      // A past that grew into a new block changes every array's shape: the least recently used
-      // gather of another length whose arrays have room takes it (a full gather), else one is
-      // made with room for half as long a past again. Fresh arrays at every block boundary were
-      // ~7 MB a micro-batch (batch 16, 7 layers, hidden 512) left to the collector; now a
-      // sequence's growth allocates a logarithmic number of times.
-      const perPool = chunks.length * P * this.row;
-      const roomy = (g: PoolsGather) => g.buffers[0].length >= perPool && !g.buffers.some(isDetached);
+      // Other sequences: the least recently used gather of another length whose arrays have room
+      // takes it (a full gather), else one is made with room for half as long a past again.
+      // Fresh arrays at every block boundary were ~7 MB a micro-batch (batch 16, 7 layers, hidden
+      // 512) left to the collector; now a sequence's growth allocates a logarithmic number of times.
       let victim = -1;
       for (let i = this.poolGathers.length - 1; i >= 0 && victim < 0; i--) {
         if (this.poolGathers[i].P !== P && roomy(this.poolGathers[i])) victim = i;

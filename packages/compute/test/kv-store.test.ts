@@ -422,6 +422,13 @@ describe("KV store: per-pool gathers for the fp32 graph", () => {
     const table = Array.from({ length: SHAPE.numBlocks }, (_, i) => i);
     let seed = 40;
     const buffers = new Set<ArrayBufferLike>();
+    // Gathers that copy a whole past from the blocks (no positions already in the arrays).
+    let fullGathers = 0;
+    const gatherEncoded = store.pools[0].gatherEncoded.bind(store.pools[0]);
+    store.pools[0].gatherEncoded = (chunks, P, out, outOffset, from) => {
+      if (!from) fullGathers++;
+      gatherEncoded(chunks, P, out, outOffset, from);
+    };
     for (let length = 1; length <= 6 * BS; length++) {
       const chunks = [{ startPosition: length - 1, numTokens: 1, blockTable: table }];
       const P = Math.ceil((length - 1) / BS) * BS;
@@ -434,5 +441,27 @@ describe("KV store: per-pool gathers for the fp32 graph", () => {
     // Pasts of 1 to 6 blocks: with room for half as long again, arrays of 2, 5 and 9 blocks serve
     // them all, three per pool instead of one per past length.
     expect(buffers.size).toBeLessThanOrEqual(3 * store.pools.length);
+    // A past that grows within its arrays' room is laid out again in place and extended: only a
+    // move to bigger arrays copies it all from the blocks (6 past lengths, 3 array sizes).
+    expect(fullGathers).toBe(3);
+  });
+
+  it("several sequences and heads stay exact as their pasts grow past block boundaries in place", () => {
+    const store = new KvStore({ ...SHAPE, numBlocks: 24, numLayers: 2, kvDtype: "fp32" });
+    let seed = 60;
+    const tables = [
+      [9, 2, 14, 5, 11, 0, 7],
+      [3, 12, 6, 1, 13, 8, 4],
+      [10, 15, 16, 17, 18, 19, 20],
+    ];
+    const lengths = [BS + 3, 2 * BS - 1, 5];
+    const T = Math.max(...lengths);
+    store.scatter(tables.map((blockTable, b) => ({ startPosition: 0, numTokens: lengths[b], blockTable })), T, randomValues(2 * 2 * 3 * T * ROW, seed++));
+    for (let step = 0; step < 3 * BS; step++) {
+      const chunks = tables.map((blockTable, b) => ({ startPosition: lengths[b], numTokens: 1, blockTable }));
+      check(store, chunks, Math.ceil(Math.max(...lengths) / BS) * BS);
+      store.scatter(chunks, 1, randomValues(2 * 2 * 3 * ROW, seed++));
+      lengths.forEach((_, b) => lengths[b]++);
+    }
   });
 });
