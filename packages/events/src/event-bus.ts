@@ -8,7 +8,7 @@ import {
   type KvBlockEventBatch,
   type KvEvictEvent,
 } from "@strata/proto";
-import { SUBJECTS } from "./subjects.ts";
+import { checkEventScope, SUBJECTS } from "./subjects.ts";
 
 // Sub-millisecond wall clock: lags on one host are tens of microseconds.
 const wallClockMs = () => performance.timeOrigin + performance.now();
@@ -30,23 +30,37 @@ export class EventBus {
   /** Called for every event received with its lag (receipt minus the publisher's clock), in seconds. */
   onLag: ((kind: string, seconds: number) => void) | undefined;
 
-  private constructor(readonly connection: NatsConnection) {}
+  /**
+   * @param scope the cluster this bus publishes eviction and adapter events for (one subject
+   * token): only stages loaded with the same scope act on them.
+   */
+  private constructor(
+    readonly connection: NatsConnection,
+    readonly scope: string | undefined,
+  ) {}
 
-  static async connect(url: string, name: string): Promise<EventBus> {
+  /** `scope`: the cluster this bus publishes for; a bus that only subscribes (a worker) needs none. */
+  static async connect(url: string, name: string, scope?: string): Promise<EventBus> {
+    if (scope !== undefined) checkEventScope(scope);
     // Reconnect forever: a NATS restart must not take a worker or the coordinator down with it.
     const nc = await connect({ servers: url, name, maxReconnectAttempts: -1, reconnectTimeWait: 250 });
-    return new EventBus(nc);
+    return new EventBus(nc, scope);
+  }
+
+  private publishScope(): string {
+    if (this.scope === undefined) throw new Error("this event bus was connected without a scope: it cannot publish cluster events");
+    return this.scope;
   }
 
   publishEvict(seqId: number, reason: EvictReason): void {
-    this.connection.publish(SUBJECTS.kvEvict(seqId), toBinary(KvEvictEventSchema, create(KvEvictEventSchema, { seqId, reason, publishedUnixMs: wallClockMs() })));
+    this.connection.publish(SUBJECTS.kvEvict(this.publishScope(), seqId), toBinary(KvEvictEventSchema, create(KvEvictEventSchema, { seqId, reason, publishedUnixMs: wallClockMs() })));
     this.count("published", "kv_evict", reason);
   }
 
-  /** Tells every worker to drop `adapterId` if it holds `generation` or older. */
+  /** Tells every worker of this cluster to drop `adapterId` if it holds `generation` or older. */
   publishAdapterInvalidate(adapterId: string, generation: number): void {
     const event = create(AdapterInvalidateEventSchema, { adapterId, generation, publishedUnixMs: wallClockMs() });
-    this.connection.publish(SUBJECTS.adapterSwitch(adapterId), toBinary(AdapterInvalidateEventSchema, event));
+    this.connection.publish(SUBJECTS.adapterSwitch(this.publishScope(), adapterId), toBinary(AdapterInvalidateEventSchema, event));
     this.count("published", "adapter_invalidate", "unloaded");
   }
 
@@ -68,19 +82,19 @@ export class EventBus {
     else this.counts.set(key, { direction, kind, reason, count: 1 });
   }
 
-  /** Calls `onEvict` for every eviction event; malformed payloads are reported, not thrown. */
-  onEvict(onEvict: (event: KvEvictEvent) => void, onBadPayload: (error: Error, subject: string) => void = () => {}): void {
-    this.subscribe(SUBJECTS.kvEvictAll, KvEvictEventSchema, "kv_evict", (e) => e.reason, onEvict, onBadPayload);
+  /** Calls `onEvict` for every eviction event of cluster `scope`; malformed payloads are reported, not thrown. Returns the unsubscribe. */
+  onEvict(scope: string, onEvict: (event: KvEvictEvent) => void, onBadPayload: (error: Error, subject: string) => void = () => {}): () => void {
+    return this.subscribe(SUBJECTS.kvEvictAll(checkEventScope(scope)), KvEvictEventSchema, "kv_evict", (e) => e.reason, onEvict, onBadPayload);
   }
 
-  /** Calls `onInvalidate` for every adapter invalidation event; malformed payloads are reported, not thrown. */
-  onAdapterInvalidate(onInvalidate: (event: AdapterInvalidateEvent) => void, onBadPayload: (error: Error, subject: string) => void = () => {}): void {
-    this.subscribe(SUBJECTS.adapterSwitchAll, AdapterInvalidateEventSchema, "adapter_invalidate", () => "unloaded", onInvalidate, onBadPayload);
+  /** Calls `onInvalidate` for every adapter invalidation event of cluster `scope`; malformed payloads are reported, not thrown. Returns the unsubscribe. */
+  onAdapterInvalidate(scope: string, onInvalidate: (event: AdapterInvalidateEvent) => void, onBadPayload: (error: Error, subject: string) => void = () => {}): () => void {
+    return this.subscribe(SUBJECTS.adapterSwitchAll(checkEventScope(scope)), AdapterInvalidateEventSchema, "adapter_invalidate", () => "unloaded", onInvalidate, onBadPayload);
   }
 
   /** Calls `onBatch` for every block-event batch of every pool; malformed payloads are reported, not thrown. */
-  onKvBlockEvents(onBatch: (batch: KvBlockEventBatch) => void, onBadPayload: (error: Error, subject: string) => void = () => {}): void {
-    this.subscribe(SUBJECTS.kvBlockEventsAll, KvBlockEventBatchSchema, "kv_block_events", () => "batch", onBatch, onBadPayload);
+  onKvBlockEvents(onBatch: (batch: KvBlockEventBatch) => void, onBadPayload: (error: Error, subject: string) => void = () => {}): () => void {
+    return this.subscribe(SUBJECTS.kvBlockEventsAll, KvBlockEventBatchSchema, "kv_block_events", () => "batch", onBatch, onBadPayload);
   }
 
   private subscribe<S extends DescMessage>(
@@ -90,7 +104,7 @@ export class EventBus {
     reasonOf: (event: MessageShape<S> & { publishedUnixMs: number }) => string,
     onEvent: (event: MessageShape<S> & { publishedUnixMs: number }) => void,
     onBadPayload: (error: Error, subject: string) => void,
-  ): void {
+  ): () => void {
     const sub = this.connection.subscribe(subject, {
       callback: (err, msg) => {
         if (err) return onBadPayload(err, subject);
@@ -106,6 +120,10 @@ export class EventBus {
       },
     });
     this.subscriptions.push(sub);
+    return () => {
+      sub.unsubscribe();
+      this.subscriptions.splice(this.subscriptions.indexOf(sub), 1);
+    };
   }
 
   /**

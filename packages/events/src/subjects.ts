@@ -1,10 +1,28 @@
+import { randomBytes } from "node:crypto";
 // Subject names are the contract between coordinator and workers: one place builds them.
+// Eviction and adapter events carry the cluster's scope (one subject token, see eventScope):
+// sequence ids and adapter names are only unique within a cluster, and clusters may share a
+// NATS server. Block events are named by pool id, which is unique on its own, so consumers
+// (routers) can follow every pool with one wildcard.
 export const SUBJECTS = {
-  kvEvict: (seqId: number) => `strata.kv.evict.${seqId}`,
-  kvEvictAll: "strata.kv.evict.*",
+  kvEvict: (scope: string, seqId: number) => `strata.kv.evict.${scope}.${seqId}`,
+  kvEvictAll: (scope: string) => `strata.kv.evict.${scope}.*`,
   // Adapter ids are one subject token (no dots, spaces or wildcards; the coordinator checks).
-  adapterSwitch: (adapterId: string) => `strata.adapter.${adapterId}.switch`,
-  adapterSwitchAll: "strata.adapter.*.switch",
+  adapterSwitch: (scope: string, adapterId: string) => `strata.adapter.${scope}.${adapterId}.switch`,
+  adapterSwitchAll: (scope: string) => `strata.adapter.${scope}.*.switch`,
   kvBlockEvents: (poolId: string) => `strata.kv.events.${poolId}`,
   kvBlockEventsAll: "strata.kv.events.*",
 } as const;
+
+const SUBJECT_TOKEN = /^[A-Za-z0-9_-]+$/;
+
+/** Checks that `scope` is one NATS subject token (letters, digits, _ and -), as subjects need. */
+export function checkEventScope(scope: string): string {
+  if (!SUBJECT_TOKEN.test(scope)) throw new RangeError(`event scope must be letters, digits, _ or - (one NATS subject token), got "${scope}"`);
+  return scope;
+}
+
+/** A fresh scope for one cluster: random, so two clusters (even in one process) never share one. */
+export function newEventScope(): string {
+  return randomBytes(8).toString("hex");
+}

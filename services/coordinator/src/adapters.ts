@@ -4,7 +4,7 @@ import type { Engine } from "./engine.ts";
 import type { ModelRegistry } from "./models.ts";
 import type { PipelineClient } from "./pipeline-client.ts";
 
-// Adapter ids travel in NATS subjects (strata.adapter.<id>.switch: one token) and in `model` fields.
+// Adapter ids travel in NATS subjects (strata.adapter.<scope>.<id>.switch: one token) and in `model` fields.
 const ADAPTER_ID = /^[A-Za-z0-9][A-Za-z0-9_:-]{0,127}$/;
 
 interface LoadedAdapter {

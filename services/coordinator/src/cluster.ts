@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
-import { EventBus, isReachable, startNatsServer, type NatsServerProcess } from "@strata/events";
+import { EventBus, isReachable, newEventScope, startNatsServer, type NatsServerProcess } from "@strata/events";
 import { BUNDLED_MODEL_DIR, openModel, type ModelConfig } from "@strata/model";
 import { kvBytesPerElement } from "@strata/kv";
 import { balancedPartition, DEFAULT_PLAN_LOAD, validatePartition, type Partition } from "@strata/planner";
@@ -153,7 +153,11 @@ export class LocalCluster {
         );
       }
       const pipeline = new PipelineClient(workers.map((w) => w.address));
+      // This cluster's events go out under a scope of their own: other clusters on the same NATS
+      // server reuse the same sequence ids and may serve adapters of the same names.
+      const eventScope = newEventScope();
       const stages = await pipeline.load({
+        eventScope,
         modelDir: opts.modelDir,
         partition,
         blockSizeTokens: opts.blockSizeTokens ?? DEFAULT_BLOCK_SIZE_TOKENS,
@@ -163,7 +167,7 @@ export class LocalCluster {
         maxLoraRank,
         onProgress: opts.onLoadProgress,
       });
-      const events = await EventBus.connect(natsUrl, "strata-coordinator");
+      const events = await EventBus.connect(natsUrl, "strata-coordinator", eventScope);
       const engine = new Engine(
         pipeline,
         events,

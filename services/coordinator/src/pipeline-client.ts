@@ -54,6 +54,8 @@ export class StageFailure extends Error {
 
 export interface LoadOptions {
   modelDir: string;
+  /** The cluster's NATS event scope (see LoadRequest.event_scope). */
+  eventScope: string;
   partition: Partition;
   blockSizeTokens: number;
   kvCacheBytes: number;
@@ -146,6 +148,7 @@ export class PipelineClient {
           stageIndex: i,
           numStages: this.stubs.length,
           maxLoraRank: opts.maxLoraRank ?? 0,
+          eventScope: opts.eventScope,
         }),
       );
       let ready: DescribeResponse | undefined;

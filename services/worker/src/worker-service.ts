@@ -3,7 +3,7 @@ import { create } from "@bufbuild/protobuf";
 import { parseKvDtype, type KvDtype } from "@strata/kv";
 import { openModel } from "@strata/model";
 import { sampleToken } from "@strata/sampling";
-import type { EventBus } from "@strata/events";
+import { checkEventScope, type EventBus } from "@strata/events";
 import {
   AdapterInfoSchema,
   LoadAdapterResponseSchema,
@@ -109,11 +109,32 @@ export class WorkerNode {
 
   constructor(private readonly opts: WorkerOptions) {
     this.log = opts.log ?? (() => {});
+  }
+
+  // The cluster scope this stage takes events under, and how to stop taking them.
+  private eventScope = "";
+  private unsubscribeEvents: (() => void)[] = [];
+
+  /**
+   * Takes eviction and adapter events under the scope of the cluster that loaded this stage (see
+   * LoadRequest.event_scope), and no others: another cluster on the same NATS server evicting its
+   * own sequence 1 must not free this one's. Resolves once the server has the subscriptions, so no
+   * event the coordinator publishes after the load is lost.
+   */
+  private async takeEventsOf(scope: string): Promise<void> {
+    const events = this.opts.events;
+    if (!events || scope === this.eventScope) return;
+    for (const unsubscribe of this.unsubscribeEvents.splice(0)) unsubscribe();
+    this.eventScope = scope;
+    if (scope === "") return;
     const malformed = (error: Error, subject: string) => this.log(`ignored malformed event on ${subject}: ${error.message}`);
-    opts.events?.onEvict((event) => this.stage?.tables.evict(event.seqId), malformed);
-    opts.events?.onAdapterInvalidate((event) => {
-      if (this.stage?.unloadAdapter(event.adapterId, event.generation)) this.log(`dropped adapter ${event.adapterId} (generation ${event.generation} invalidated)`);
-    }, malformed);
+    this.unsubscribeEvents.push(
+      events.onEvict(scope, (event) => this.stage?.tables.evict(event.seqId), malformed),
+      events.onAdapterInvalidate(scope, (event) => {
+        if (this.stage?.unloadAdapter(event.adapterId, event.generation)) this.log(`dropped adapter ${event.adapterId} (generation ${event.generation} invalidated)`);
+      }, malformed),
+    );
+    await events.flush();
   }
 
   serviceImplementation(): grpc.UntypedServiceImplementation {
@@ -206,6 +227,13 @@ export class WorkerNode {
       if (device !== "cpu" && device !== "cuda") {
         throw new StageRequestError(grpc.status.INVALID_ARGUMENT, `device "${req.device}" is not one of cpu, cuda`);
       }
+      if (req.eventScope !== "") {
+        try {
+          checkEventScope(req.eventScope);
+        } catch (error) {
+          throw new StageRequestError(grpc.status.INVALID_ARGUMENT, (error as Error).message);
+        }
+      }
       const source = await openModel(req.modelDir);
       try {
         const stage = await LoadedStage.load(
@@ -236,6 +264,7 @@ export class WorkerNode {
       }
       this.nextStage.connect(req.nextStageAddress);
       this.firstStage.connect(req.firstStageAddress);
+      await this.takeEventsOf(req.eventScope);
       this.log(`loaded layers [${req.layerStart}, ${req.layerEnd}) of ${req.modelDir}`);
       call.write(create(LoadResponseSchema, { event: { case: "ready", value: this.describe() } }));
       call.end();

@@ -13,7 +13,7 @@ export const file_strata_v1_events: GenFile = /*@__PURE__*/
   fileDesc("ChZzdHJhdGEvdjEvZXZlbnRzLnByb3RvEglzdHJhdGEudjEiSQoMS3ZFdmljdEV2ZW50Eg4KBnNlcV9pZBgBIAEoDRIOCgZyZWFzb24YAiABKAkSGQoRcHVibGlzaGVkX3VuaXhfbXMYAyABKAEiWwoWQWRhcHRlckludmFsaWRhdGVFdmVudBISCgphZGFwdGVyX2lkGAEgASgJEhIKCmdlbmVyYXRpb24YAiABKA0SGQoRcHVibGlzaGVkX3VuaXhfbXMYAyABKAEiegoRS3ZCbG9ja0V2ZW50QmF0Y2gSDwoHcG9vbF9pZBgBIAEoCRIQCghldmVudF9pZBgCIAEoBBIZChFwdWJsaXNoZWRfdW5peF9tcxgDIAEoARInCgZldmVudHMYBCADKAsyFy5zdHJhdGEudjEuS3ZCbG9ja0V2ZW50IqABCgxLdkJsb2NrRXZlbnQSKgoGc3RvcmVkGAEgASgLMhguc3RyYXRhLnYxLkt2QmxvY2tTdG9yZWRIABIsCgdyZW1vdmVkGAIgASgLMhkuc3RyYXRhLnYxLkt2QmxvY2tSZW1vdmVkSAASLQoHY2xlYXJlZBgDIAEoCzIaLnN0cmF0YS52MS5LdkJsb2Nrc0NsZWFyZWRIAEIHCgVldmVudCI4Cg1LdkJsb2NrU3RvcmVkEhIKCmJsb2NrX2hhc2gYASABKAwSEwoLcGFyZW50X2hhc2gYAiABKAwiJAoOS3ZCbG9ja1JlbW92ZWQSEgoKYmxvY2tfaGFzaBgBIAEoDCIRCg9LdkJsb2Nrc0NsZWFyZWRiBnByb3RvMw");
 
 /**
- * strata.kv.evict.<seq_id>: every stage frees the sequence's blocks. Sequence ids are uint32
+ * strata.kv.evict.<scope>.<seq_id> (scope: the cluster's, see LoadRequest.event_scope): every stage frees the sequence's blocks. Sequence ids are uint32
  * and wrap: they only need to be unique among live sequences.
  *
  * @generated from message strata.v1.KvEvictEvent
@@ -47,7 +47,7 @@ export const KvEvictEventSchema: GenMessage<KvEvictEvent> = /*@__PURE__*/
   messageDesc(file_strata_v1_events, 0);
 
 /**
- * Published on strata.adapter.<adapter_id>.switch when an adapter is unloaded or replaced:
+ * Published on strata.adapter.<scope>.<adapter_id>.switch when an adapter is unloaded or replaced:
  * every worker drops that adapter's matrices if it holds this generation or an older one.
  *
  * @generated from message strata.v1.AdapterInvalidateEvent
