@@ -73,6 +73,8 @@ const MAX_HELD_RESULTS = 32;
 const UNHELD_LAST_STEPS = 2;
 // Decode runs a stage remembers at once (one per micro-batch in flight, normally); a run that
 // never finishes (its coordinator went away) is forgotten after this many newer ones.
+// How long a load waits for NATS to confirm the stage's event subscriptions (see takeEventsOf).
+const SUBSCRIBE_WAIT_MS = 2000;
 const MAX_RUNS = 256;
 
 /** A decode run's chunks as its first step brought them, with their first positions. */
@@ -119,7 +121,9 @@ export class WorkerNode {
    * Takes eviction and adapter events under the scope of the cluster that loaded this stage (see
    * LoadRequest.event_scope), and no others: another cluster on the same NATS server evicting its
    * own sequence 1 must not free this one's. Resolves once the server has the subscriptions, so no
-   * event the coordinator publishes after the load is lost.
+   * event the coordinator publishes after the load is lost; or after SUBSCRIBE_WAIT_MS with NATS
+   * away, so a stage still loads then (the client subscribes when it reconnects, and what was
+   * published meanwhile is what the coordinator's reconciling is for).
    */
   private async takeEventsOf(scope: string): Promise<void> {
     const events = this.opts.events;
@@ -134,7 +138,7 @@ export class WorkerNode {
         if (this.stage?.unloadAdapter(event.adapterId, event.generation)) this.log(`dropped adapter ${event.adapterId} (generation ${event.generation} invalidated)`);
       }, malformed),
     );
-    await events.flush();
+    await Promise.race([events.flush().catch(() => {}), new Promise((resolve) => setTimeout(resolve, SUBSCRIBE_WAIT_MS).unref())]);
   }
 
   serviceImplementation(): grpc.UntypedServiceImplementation {
