@@ -1,9 +1,9 @@
 import { randomBytes } from "node:crypto";
 // Subject names are the contract between coordinator and workers: one place builds them.
-// Eviction and adapter events carry the cluster's scope (one subject token, see eventScope):
-// sequence ids and adapter names are only unique within a cluster, and clusters may share a
-// NATS server. Block events are named by pool id, which is unique on its own, so consumers
-// (routers) can follow every pool with one wildcard.
+// Eviction and adapter events carry the cluster's scope (one subject token; see newEventScope and
+// LoadRequest.event_scope): sequence ids and adapter names are only unique within a cluster, and
+// clusters may share a NATS server. Block events are named by pool id, which is unique on its own,
+// so consumers (routers) can follow every pool with one wildcard.
 export const SUBJECTS = {
   kvEvict: (scope: string, seqId: number) => `strata.kv.evict.${scope}.${seqId}`,
   kvEvictAll: (scope: string) => `strata.kv.evict.${scope}.*`,
@@ -14,7 +14,14 @@ export const SUBJECTS = {
   kvBlockEventsAll: "strata.kv.events.*",
 } as const;
 
+// The characters a name may use to be one NATS subject token here (no dots, spaces or wildcards).
 const SUBJECT_TOKEN = /^[A-Za-z0-9_-]+$/;
+const NOT_SUBJECT_TOKEN_CHAR = /[^A-Za-z0-9_-]/g;
+
+/** `raw` made one subject token: any other character becomes "_" (a host name's dots, say). */
+export function toSubjectToken(raw: string): string {
+  return raw.replace(NOT_SUBJECT_TOKEN_CHAR, "_");
+}
 
 /** Checks that `scope` is one NATS subject token (letters, digits, _ and -), as subjects need. */
 export function checkEventScope(scope: string): string {

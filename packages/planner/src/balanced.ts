@@ -65,9 +65,9 @@ export function lmHeadDecodeBytes(s: LayerCostShape, load: PlanLoad): number {
  * [6,8) at 48 tokens of context (the 32k head worth ~5 layers), which kept both stages ~70% busy
  * where [0,7) [7,8) left them 81% / 65%; and [0,5) [5,8) at 512 and 1,040 tokens, which ran ~17%
  * faster than [0,7) [7,8) and ~15% faster than [0,6) [6,8) at 512, ~13% faster than [0,4) [4,8)
- * at 1,040. Counting multiply-adds put
- * 7 layers before the head at every length. With one micro-batch per stage in flight, the busiest
- * stage sets the pace. Ties go to the more even split by layers.
+ * at 1,040. Counting multiply-adds put 7 layers before the head at every length. With one
+ * micro-batch per stage in flight, the busiest stage sets the pace. Ties go to the more even split
+ * by layers.
  */
 export function balancedPartition(shape: LayerCostShape, numStages: number, load: PlanLoad = DEFAULT_PLAN_LOAD): Partition {
   const L = shape.numLayers;

@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import type { EventBus, EvictReason } from "@strata/events";
+import { toSubjectToken, type EventBus, type EvictReason } from "@strata/events";
 import { decodeRunCap, MovingMean, Scheduler, type MicroBatch, type SchedulerOptions, type SchedulerSequence, type SchedulerStats } from "@strata/scheduler";
 import { SeededRandom, type SamplingParams } from "@strata/sampling";
 import { KvBlockEventSchema, SequenceChunkSchema, readF32Tensor, type KvBlockEvent, type ResultsResponse } from "@strata/proto";
@@ -161,7 +161,7 @@ export class Engine {
   ) {
     this.maxDecodeSteps = schedulerOptions.maxDecodeSteps ?? 1;
     this.scheduler = new Scheduler({ ...schedulerOptions, recordBlockEvents: true, nextSeqId });
-    this.poolId = poolId.replace(/[^A-Za-z0-9_-]/g, "_");
+    this.poolId = toSubjectToken(poolId);
   }
 
   /**
