@@ -13,8 +13,8 @@ afterAll(nats.stop);
 // greedy.json: 64 forward passes counting the prompt's, so 64 - (prompt - 1) new tokens.
 const maxTokens = oracle.steps - oracle.prompt_token_ids.length + 1;
 
-async function generateThrough(modelDir: string, partition: Array<[number, number]>): Promise<number[]> {
-  const cluster = await LocalCluster.start({ modelDir, workers: partition.length, partition, natsUrl: nats.url(), inProcessWorkers: true });
+async function generateThrough(modelDir: string, partition: Array<[number, number]>, kvDtype?: "int8" | "fp8"): Promise<number[]> {
+  const cluster = await LocalCluster.start({ modelDir, workers: partition.length, partition, natsUrl: nats.url(), inProcessWorkers: true, kvDtype });
   try {
     const result = await cluster.engine.generate({ promptIds: oracle.prompt_token_ids, maxTokens, sampling: GREEDY });
     expect(await cluster.waitForBlocksFreed()).toEqual(partition.map(() => 0));
@@ -39,6 +39,15 @@ describe("stories260K greedy oracle through the pipeline", () => {
       expect(await generateThrough(BUNDLED_HF_MODEL_DIR, partition)).toEqual(generatedIds);
     },
   );
+
+  // Each stage quantizes its own layers' K/V; packages/compute's kv-dtype-greedy test has the error figures.
+  it.each([
+    ["int8", [[0, 2], [2, 5]]],
+    ["fp8", [[0, 2], [2, 5]]],
+    ["fp8", [[0, 1], [1, 3], [3, 5]]],
+  ] as Array<["int8" | "fp8", Array<[number, number]>]>)("%s KV cache, partition %j", async (kvDtype, partition) => {
+    expect(await generateThrough(BUNDLED_MODEL_DIR, partition, kvDtype)).toEqual(generatedIds);
+  });
 
   it("3 worker processes (not in-process servers) reproduce it too", async () => {
     const cluster = await LocalCluster.start({ modelDir: BUNDLED_MODEL_DIR, workers: 3, natsUrl: nats.url() });

@@ -264,7 +264,7 @@ export class StageEngine {
     if (this.kv.kvDtype === "fp32") {
       this.kv.gatherEncodedPools(chunks, P).forEach((codes, j) => (feeds[pastKvPoolInput(j)] = new ort.Tensor("float32", codes as Float32Array, [B, KV, P, hd])));
     } else {
-      const { codes, scales } = this.kv.gatherEncoded(chunks, P);
+      const { codes, scales, centres } = this.kv.gatherEncoded(chunks, P);
       // The shapes stage-graph's pastKvInput declares for each dtype.
       switch (this.kv.kvDtype) {
         case "fp16":
@@ -277,6 +277,7 @@ export class StageEngine {
         case "fp8":
           feeds[STAGE_IO.pastKv] = new ort.Tensor("uint16", new Uint16Array(codes.buffer, codes.byteOffset, codes.length / 2), [LB2, KV, P / bs, bs, hd / 2]);
           feeds[STAGE_IO.pastKvScales] = new ort.Tensor("float32", scales!, [LB2, KV, P / bs, 1, 1, 1]);
+          feeds[STAGE_IO.pastKvCentres] = new ort.Tensor("float16", centres!, [LB2, KV, P / bs, 1, hd / 2, 2]);
           break;
       }
     }

@@ -20,6 +20,9 @@ export const STAGE_IO = {
   pastKv: "past_kv",
   // f32 [2 * layers * B, kv_heads, P / block, 1, 1] (int8) or [..., 1, 1, 1] (fp8).
   pastKvScales: "past_kv_scales",
+  // fp8: f16 [2 * layers * B, kv_heads, P / block, 1, head_dim / 2, 2], each block-head's
+  // per-channel centre, added after the scale.
+  pastKvCentres: "past_kv_centres",
   lastIndex: "last_index", // int64 [B], rows of the flattened [B * T] batch whose logits are wanted
   hiddenOut: "hidden_out", // f32 [B, T, D], all but the last stage
   logits: "logits", // f32 [B, vocab], last stage
@@ -175,8 +178,9 @@ function pastKvInput(g: GraphBuilder, kvDtype: KvDtype, KV: number, hd: number):
       // codes per lookup halve Gather's per-index cost (measured 1.6x faster than one).
       const pairs = g.input(STAGE_IO.pastKv, "uint16", ["LB2", KV, "PB", "BS", hd / 2]);
       const scales = g.input(STAGE_IO.pastKvScales, "float", ["LB2", KV, "PB", 1, 1, 1]);
+      const centres = g.cast(g.input(STAGE_IO.pastKvCentres, "float16", ["LB2", KV, "PB", 1, hd / 2, 2]), "float");
       const values = g.node("Gather", [g.weight("e4m3_pair_decode", e4m3PairTable(), [65536, 2]), g.cast(pairs, "int32")], { axis: 0 });
-      return g.node("Reshape", [g.node("Mul", [values, scales]), g.ints([0, KV, -1, hd])]);
+      return g.node("Reshape", [g.node("Add", [g.node("Mul", [values, scales]), centres]), g.ints([0, KV, -1, hd])]);
     }
   }
 }

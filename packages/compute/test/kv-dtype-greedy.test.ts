@@ -1,7 +1,7 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import type { KvDtype } from "@strata/kv";
 import type { StageWeights } from "@strata/model";
-import { greedyMargins, loadGreedyOracle, loadWholeModel, maxAbsLogitError, runGreedyOracle, type GreedyRun } from "./support/greedy-kv.ts";
+import { loadGreedyOracle, loadWholeModel, maxAbsLogitError, runGreedyOracle, type GreedyRun } from "./support/greedy-kv.ts";
 
 // KV dtypes on stories260K's greedy.json run (64 positions: the 5-token prompt prefilled in one
 // chunk, then one token per step through 4 blocks of 16), all 5 layers in one StageEngine.
@@ -33,9 +33,15 @@ describe("KV dtypes on stories260K's greedy run", () => {
   });
 
   // int8: per-block, per-head scales give steps of maxAbs/127 ≈ 0.16 on keys of magnitude ~20.
+  // fp8: e4m3 keeps 3 mantissa bits, so a code is off by up to 2^-4 of what it encodes; coding
+  // each value's distance from its block-head's per-channel centre, at power-of-two scales (no
+  // second rounding as a block fills), is what keeps greedy's choices. Coding the values
+  // themselves at maxAbs/448 moved logits by up to 1.42 and changed greedy's choice at 3 steps
+  // (fp32 margins 0.254, 0.478, 0.071): the first at position 39.
   it.each<[KvDtype, number]>([
     ["fp16", 0.05],
     ["int8", 1.5],
+    ["fp8", 1.5],
   ])("%s KV reproduces greedy.json exactly; logits within %f of fp32 KV", async (dtype, tolerance) => {
     const greedy = await runGreedyOracle(weights, dtype, oracle, "own");
     expect(greedy.tokenIds).toEqual(oracle.token_ids);
@@ -43,21 +49,5 @@ describe("KV dtypes on stories260K's greedy run", () => {
     const err = measure(dtype, await runGreedyOracle(weights, dtype, oracle, "oracle"));
     expect(err).toBeLessThan(tolerance);
     expect(err).toBeGreaterThan(0); // the quantized store is really in the loop
-  });
-
-  // e4m3 keeps 3 mantissa bits: every key is off by up to 2^-4 of itself whatever the scale, ~1
-  // logit here, more than greedy's margin at a few near-ties. So fp8 cannot reproduce greedy.json
-  // on this model; it must stay within that error and change greedy's choice only at near-ties.
-  it("fp8 KV stays within e4m3's error of fp32 KV and changes greedy's choice only at near-ties", async () => {
-    const run = await runGreedyOracle(weights, "fp8", oracle, "oracle");
-    const err = measure("fp8", run);
-    expect(err).toBeLessThan(2.5);
-    expect(err).toBeGreaterThan(0);
-    const margins = greedyMargins(fp32);
-    const prompt = oracle.prompt_token_ids.length;
-    const flips = run.tokenIds.flatMap((t, i) => (i >= prompt && t !== oracle.token_ids[i] ? [i - prompt] : []));
-    console.log(`fp8 KV: greedy's choice differs at ${flips.length} of ${generatedSteps} steps, fp32 margins there: ${flips.map((s) => margins[s].toFixed(3)).join(", ")}`);
-    expect(flips.length).toBeLessThanOrEqual(5);
-    for (const step of flips) expect(margins[step]).toBeLessThan(0.5);
   });
 });

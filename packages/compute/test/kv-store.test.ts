@@ -230,70 +230,112 @@ describe("e4m3", () => {
   });
 });
 
-describe("KV store: fp8 e4m3 (per-block, per-head scales)", () => {
-  // Relative error 2^-4 of the scale-normalised value in the normal range; half the smallest
-  // subnormal step (2^-10, normalised) below it.
-  const bound = (x: number, scale: number): number => Math.max(2 ** -4 * Math.abs(x), 2 ** -10 * scale) + 1e-7;
+describe("KV store: fp8 e4m3 (per-block, per-head scales and per-channel centres)", () => {
+  const { blockSizeTokens: BS, numKvHeads: KV, headDim: HD } = SHAPE;
+  const f16 = (x: number): number => f16BitsToF32(f32ToF16Bits(x));
 
-  it("maps each block-head's max |x| to 448 and round-trips within 2^-4 of the scale-normalised value", () => {
-    const seqs = twoSeqs(9);
-    const pool = KvPool.create("fp8", SHAPE) as ScaledPool;
-    const got = roundTrip(pool, seqs, [14]);
-    seqs.forEach((s, i) => {
-      const maxes = blockHeadMax(s, SHAPE.blockSizeTokens);
-      s.tokens.forEach((x, j) => {
-        const t = Math.floor(j / ROW);
-        const h = Math.floor((j % ROW) / SHAPE.headDim);
-        const scale = pool.scale(s.blockTable[Math.floor(t / SHAPE.blockSizeTokens)], h);
-        expect(scale).toBeCloseTo(maxes[Math.floor(t / SHAPE.blockSizeTokens)][h] / E4M3_MAX, 8);
-        expect(Math.abs(got[i][j] - x)).toBeLessThanOrEqual(bound(x, scale));
-      });
-    });
-  });
-
-  it.each(CHUNKINGS)("round-trips token by token within the bound plus one re-encoding per later token (chunks %j)", (...sizes) => {
-    const seqs = twoSeqs(10);
-    const pool = KvPool.create("fp8", SHAPE) as ScaledPool;
-    const got = roundTrip(pool, seqs, sizes);
-    seqs.forEach((s, i) =>
-      s.tokens.forEach((x, j) => {
-        const t = Math.floor(j / ROW);
-        const scale = pool.scale(s.blockTable[Math.floor(t / SHAPE.blockSizeTokens)], Math.floor((j % ROW) / SHAPE.headDim));
-        const reencodings = SHAPE.blockSizeTokens - 1;
-        expect(Math.abs(got[i][j] - x)).toBeLessThanOrEqual(bound(x, scale) * (1 + reencodings * (1 + 2 ** -4)));
-      }),
-    );
-  });
-
-  it("requantizes a block-head's earlier tokens when a later token is larger", () => {
-    const pool = KvPool.create("fp8", SHAPE) as ScaledPool;
-    const small = randomValues(ROW, 11).map((x) => x / 8);
-    const large = Float32Array.from(small, (x) => x * 10);
-    large[2] = 44.8; // head 0 max -> scale 0.1
-    pool.scatter(small, [{ startPosition: 0, numTokens: 1, blockTable: [1] }], 1);
-    const s0 = pool.scale(1, 0);
-    pool.scatter(large, [{ startPosition: 1, numTokens: 1, blockTable: [1] }], 1);
-    const s1 = pool.scale(1, 0);
-    expect(s1).toBeCloseTo(0.1, 7);
-    expect(s1).toBeGreaterThan(s0);
-    const after = new Float32Array(2 * ROW);
-    pool.gather([{ startPosition: 2, numTokens: 1, blockTable: [1] }], 2, after);
-    for (let d = 0; d < SHAPE.headDim; d++) {
-      // Token 0's code is now an e4m3 value at scale s1.
-      const code = e4m3FromF32Bits(f32Bits(after[d] / s1));
-      expect(E4M3_DECODE[code] * s1).toBeCloseTo(after[d], 6);
-      const once = Math.max(2 ** -4 * Math.abs(small[d]), 2 ** -10 * s0);
-      expect(Math.abs(after[d] - small[d])).toBeLessThanOrEqual(once + bound(small[d] + once, s1));
-      expect(Math.abs(after[ROW + d] - large[d])).toBeLessThanOrEqual(bound(large[d], s1));
+  /** Per block of s: the tokens of its first write when s is written in `sizes` chunks. */
+  function firstRuns(s: Seq, sizes: number[]): [number, number][] {
+    const len = s.tokens.length / ROW;
+    const runs: [number, number][] = [];
+    let at = 0;
+    for (const size of sizes) {
+      const end = Math.min(len, at + size);
+      for (let t = at; t < end; t++) if (t % BS === 0) runs[t / BS] = [t, Math.min(end, t + BS)];
+      at = end;
     }
-    expect(after[ROW + 2]).toBeCloseTo(44.8, 4);
+    return runs;
+  }
+
+  /** What the pool must hold as channel d's centre of head h: float16 of the first run's mean, summed in order. */
+  function expectedCentre(s: Seq, [from, to]: [number, number], h: number, d: number): number {
+    let sum = 0;
+    for (let t = from; t < to; t++) sum += s.tokens[t * ROW + h * HD + d];
+    return f16(sum / (to - from));
+  }
+
+  it.each(CHUNKINGS)(
+    "centres a block-head on its first write's per-channel mean, scales by a power of two, and round-trips within 2^-4 of x - centre (chunks %j)",
+    (...sizes) => {
+      const seqs = twoSeqs(9);
+      const pool = KvPool.create("fp8", SHAPE) as ScaledPool;
+      const got = roundTrip(pool, seqs, sizes);
+      seqs.forEach((s, i) => {
+        const len = s.tokens.length / ROW;
+        firstRuns(s, sizes).forEach((run, blk) => {
+          const block = s.blockTable[blk];
+          for (let h = 0; h < KV; h++) {
+            const centre = Array.from({ length: HD }, (_, d) => expectedCentre(s, run, h, d));
+            centre.forEach((c, d) => expect(pool.centre(block, h, d)).toBe(c));
+            const scale = pool.scale(block, h);
+            expect(Number.isInteger(Math.log2(scale))).toBe(true);
+            let maxDist = 0;
+            for (let t = blk * BS; t < Math.min(len, (blk + 1) * BS); t++) {
+              for (let d = 0; d < HD; d++) {
+                const x = s.tokens[t * ROW + h * HD + d];
+                maxDist = Math.max(maxDist, Math.abs(x - centre[d]));
+                // A shift into e4m3's subnormals after the scale grew can round once more.
+                const bound = 2 ** -4 * Math.abs(x - centre[d]) + 2 ** -9 * scale + 1e-6 * Math.max(1, Math.abs(x));
+                expect(Math.abs(got[i][t * ROW + h * HD + d] - x)).toBeLessThanOrEqual(bound);
+              }
+            }
+            // The smallest power of two that holds the block-head's largest distance within ±448.
+            expect(maxDist).toBeLessThanOrEqual(scale * E4M3_MAX);
+            expect(maxDist).toBeGreaterThan((scale / 2) * E4M3_MAX);
+          }
+        });
+      });
+    },
+  );
+
+  it("re-encodes a block-head's earlier tokens exactly when its scale grows (no second rounding)", () => {
+    const pool = KvPool.create("fp8", SHAPE) as ScaledPool;
+    // Token 0 is the centre itself (exact in float16); each later token strays 10x further.
+    const centre = Float32Array.from({ length: ROW }, (_, j) => 8 + j / 4);
+    const rnd = lcg(13);
+    const pattern = Float32Array.from({ length: ROW }, () => (rnd() < 0.5 ? -1 : 1) * (0.5 + rnd() / 2));
+    const tokens = [0, 0.01, 0.1, 1].map((r) => Float32Array.from(centre, (c, j) => c + r * pattern[j]));
+    const decoded: Float32Array[] = [];
+    const scales: number[] = [];
+    tokens.forEach((tok, t) => {
+      pool.scatter(tok, [{ startPosition: t, numTokens: 1, blockTable: [2] }], 1);
+      scales.push(pool.scale(2, 0));
+      const past = new Float32Array((t + 1) * ROW);
+      pool.gather([{ startPosition: t + 1, numTokens: 1, blockTable: [2] }], t + 1, past);
+      // Every earlier token decodes to exactly what it did before this write.
+      for (let u = 0; u < t; u++) expect(past.subarray(u * ROW, (u + 1) * ROW)).toEqual(decoded[u]);
+      decoded.push(past.slice(t * ROW));
+    });
+    expect(scales[3]).toBeGreaterThan(scales[2]);
+    expect(scales[2]).toBeGreaterThan(scales[1]);
+    expect(decoded[0]).toEqual(centre);
+    tokens.forEach((tok, t) => tok.forEach((x, j) => expect(Math.abs(decoded[t][j] - x)).toBeLessThanOrEqual(2 ** -4 * Math.abs(x - centre[j]) + 1e-6 * x)));
+  });
+
+  it("keeps the error to the distance from the centre: values on a per-channel offset come back far closer than e4m3 of the values", () => {
+    const pool = KvPool.create("fp8", SHAPE) as ScaledPool;
+    const rnd = lcg(14);
+    const offset = Float32Array.from({ length: ROW }, () => 20 + 4 * rnd());
+    const n = 2 * BS;
+    const values = Float32Array.from({ length: n * ROW }, (_, j) => offset[j % ROW] + (rnd() * 2 - 1));
+    const got = roundTrip(pool, [{ blockTable: [1, 6], tokens: values }], Array(n).fill(1))[0];
+    let worst = 0;
+    let worstPlain = 0;
+    values.forEach((x, j) => {
+      worst = Math.max(worst, Math.abs(got[j] - x));
+      const scale = 24 / E4M3_MAX; // about what a block-head's max |x| would give without centres
+      worstPlain = Math.max(worstPlain, Math.abs(E4M3_DECODE[e4m3FromF32Bits(f32Bits(x / scale))] * scale - x));
+    });
+    // Distances from the centre (the first token) are under 2, so codes are off by under 2^-4 * 2.
+    expect(worst).toBeLessThan(2 ** -3 + 1e-5);
+    expect(worstPlain).toBeGreaterThan(0.5);
   });
 });
 
 describe("KV store: every dtype", () => {
   const dtypes: KvDtype[] = ["fp32", "fp16", "int8", "fp8"];
 
-  it.each(dtypes)("%s: copyBlock carries values and scales", (dtype) => {
+  it.each(dtypes)("%s: copyBlock carries values, scales and centres", (dtype) => {
     const pool = KvPool.create(dtype, SHAPE);
     const values = randomValues(3 * ROW, 12);
     pool.scatter(values, [{ startPosition: 0, numTokens: 3, blockTable: [4] }], 3);
@@ -338,14 +380,15 @@ describe("KV store: every dtype", () => {
     }
   });
 
-  it("reports its bytes, scales included", () => {
+  it("reports its bytes, scales (and fp8 centres) included", () => {
     const layout = { ...SHAPE, numLayers: 2 };
     const elements = 2 * 2 * SHAPE.numBlocks * SHAPE.blockSizeTokens * ROW;
     const scales = 2 * 2 * SHAPE.numBlocks * SHAPE.numKvHeads * 4;
     expect(new KvStore({ ...layout, kvDtype: "fp32" }).byteLength).toBe(elements * 4);
     expect(new KvStore({ ...layout, kvDtype: "fp16" }).byteLength).toBe(elements * 2);
     expect(new KvStore({ ...layout, kvDtype: "int8" }).byteLength).toBe(elements + scales);
-    expect(new KvStore({ ...layout, kvDtype: "fp8" }).byteLength).toBe(elements + scales);
+    const centres = 2 * 2 * SHAPE.numBlocks * SHAPE.numKvHeads * SHAPE.headDim * 2;
+    expect(new KvStore({ ...layout, kvDtype: "fp8" }).byteLength).toBe(elements + scales + centres);
     for (const dtype of ["fp32", "fp16", "int8", "fp8"] as const) {
       const store = new KvStore({ ...layout, kvDtype: dtype });
       expect(store.pools.reduce((a, p) => a + p.byteLength, 0)).toBe(store.byteLength);

@@ -1,6 +1,6 @@
 import { blocksForBudget, kvBytesPerToken } from "./sizing.ts";
 
-/** How a stage stores its K/V. int8 and fp8 (e4m3, emulated) keep a float32 scale per block and KV head. */
+/** How a stage stores its K/V. int8 and fp8 (e4m3, emulated) keep a float32 scale per block and KV head; fp8 also a float16 centre per channel. */
 export type KvDtype = "fp32" | "fp16" | "int8" | "fp8";
 
 export const KV_DTYPES: readonly KvDtype[] = ["fp32", "fp16", "int8", "fp8"];
@@ -23,9 +23,12 @@ export function kvBytesPerElement(dtype: KvDtype): number {
   return ELEMENT_BYTES[dtype];
 }
 
-/** Bytes of scale kept per block, per KV head, per K or V pool of one layer (float32 for the quantized dtypes). */
-export function kvScaleBytesPerBlockHead(dtype: KvDtype): number {
-  return dtype === "int8" || dtype === "fp8" ? 4 : 0;
+/**
+ * Bytes kept beside the codes per block, per KV head, per K or V pool of one layer: a float32
+ * scale for int8 and fp8, and for fp8 a float16 centre per channel too (see the KV store's Fp8Pool).
+ */
+export function kvScaleBytesPerBlockHead(dtype: KvDtype, headDim: number): number {
+  return dtype === "int8" ? 4 : dtype === "fp8" ? 4 + 2 * headDim : 0;
 }
 
 /** What one stage's KV pool holds per block: its own layers only. */
@@ -41,7 +44,7 @@ export interface KvBlockLayout {
 export function kvBytesPerBlock(layout: KvBlockLayout): number {
   const { numLayers, numKvHeads, headDim, blockSizeTokens, kvDtype } = layout;
   const elements = kvBytesPerToken(numLayers, numKvHeads, headDim, kvBytesPerElement(kvDtype)) * blockSizeTokens;
-  return elements + 2 * numLayers * numKvHeads * kvScaleBytesPerBlockHead(kvDtype);
+  return elements + 2 * numLayers * numKvHeads * kvScaleBytesPerBlockHead(kvDtype, headDim);
 }
 
 /**

@@ -14,7 +14,7 @@ describe("KV sizing by dtype", () => {
     expect(kvBytesPerBlock({ ...STORIES, kvDtype: "fp32" })).toBe(20_480); // 2 * 5 * 4 * 8 * 4 B * 16 tokens
     expect(kvBytesPerBlock({ ...STORIES, kvDtype: "fp16" })).toBe(10_240);
     expect(kvBytesPerBlock({ ...STORIES, kvDtype: "int8" })).toBe(5_120 + 160); // + 2 * 5 * 4 scales of 4 B
-    expect(kvBytesPerBlock({ ...STORIES, kvDtype: "fp8" })).toBe(5_280);
+    expect(kvBytesPerBlock({ ...STORIES, kvDtype: "fp8" })).toBe(5_120 + 160 + 640); // + 2 * 5 * 4 * 8 float16 centres
     expect(kvBytesPerBlock({ ...SYNTH_STAGE, kvDtype: "int8" })).toBe(32_768 + 128);
   });
 

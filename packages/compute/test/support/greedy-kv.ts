@@ -72,16 +72,3 @@ export function maxAbsLogitError(run: GreedyRun, reference: GreedyRun): number {
   });
   return worst;
 }
-
-/** Per step: the reference's top-1 minus top-2 logit, how close greedy was to picking another token. */
-export function greedyMargins(run: GreedyRun): number[] {
-  return run.logits.map((l) => {
-    let first = -Infinity;
-    let second = -Infinity;
-    for (const x of l) {
-      if (x > first) [first, second] = [x, first];
-      else if (x > second) second = x;
-    }
-    return first - second;
-  });
-}
