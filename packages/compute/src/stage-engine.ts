@@ -4,7 +4,7 @@ import { toRotateHalfLayout, type LoraAdapter, type StageWeights } from "@strata
 import { LORA_IO, loraInputShapes, packLoraAdapter, type LoraInput } from "./lora-pack.ts";
 import { KvStore } from "./kv-store.ts";
 import { createSessionRunner, type SessionRunner } from "./session-runner.ts";
-import { buildStageGraph, pastKvPoolInput, STAGE_IO } from "./stage-graph.ts";
+import { buildStageGraph, pastKvPoolInput, STAGE_IO, type AttentionForm } from "./stage-graph.ts";
 
 export type Device = "cpu" | "cuda";
 
@@ -45,6 +45,8 @@ export interface StageEngineOptions {
   kvDtype?: KvDtype;
   /** Largest LoRA rank this stage can serve; 0 (default) builds a graph without adapters. */
   maxLoraRank?: number;
+  /** How layers attend (default: defaultAttentionForm of the model). */
+  attention?: AttentionForm;
 }
 
 const MASKED = -1e30;
@@ -118,7 +120,7 @@ export class StageEngine {
 
   static async create(weights: StageWeights, opts: StageEngineOptions): Promise<StageEngine> {
     const rotated = toRotateHalfLayout(weights);
-    const graph = buildStageGraph(rotated, { firstStage: opts.firstStage, lastStage: opts.lastStage, kvDtype: opts.kvDtype, maxLoraRank: opts.maxLoraRank });
+    const graph = buildStageGraph(rotated, { firstStage: opts.firstStage, lastStage: opts.lastStage, kvDtype: opts.kvDtype, maxLoraRank: opts.maxLoraRank, attention: opts.attention });
     const device = opts.device ?? "cpu";
     let session: SessionRunner;
     try {

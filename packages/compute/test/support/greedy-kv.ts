@@ -4,7 +4,7 @@
 import { readFileSync } from "node:fs";
 import type { KvDtype } from "@strata/kv";
 import { argmax, BUNDLED_MODEL_DIR, openModel, type StageWeights } from "@strata/model";
-import { StageEngine } from "../../src/index.ts";
+import { StageEngine, type AttentionForm } from "../../src/index.ts";
 
 export interface GreedyOracle {
   prompt_token_ids: number[];
@@ -45,9 +45,10 @@ export async function runGreedyOracle(
   oracle: GreedyOracle,
   feed: "own" | "oracle",
   blockSizeTokens = 16,
+  attention?: AttentionForm,
 ): Promise<GreedyRun> {
   const numBlocks = Math.ceil(oracle.steps / blockSizeTokens);
-  const engine = await StageEngine.create(weights, { numBlocks, blockSizeTokens, firstStage: true, lastStage: true, kvDtype });
+  const engine = await StageEngine.create(weights, { numBlocks, blockSizeTokens, firstStage: true, lastStage: true, kvDtype, attention });
   const blockTable = Array.from({ length: numBlocks }, (_, i) => i);
   const tokenIds = [...oracle.prompt_token_ids];
   const input = (position: number): number => (feed === "own" ? tokenIds : oracle.token_ids)[position];
