@@ -71,8 +71,9 @@ const CASES: Case[] = [
   },
   {
     // A sliding window shorter than the prompt: the mask drops keys older than the window.
-    name: "hidden 128, 4 heads / 2 KV heads, head_dim 32, 3 layers, sliding window 20, 2 workers, chunked prefill",
-    shape: { hiddenSize: 128, intermediateSize: 256, numLayers: 3, numHeads: 4, numKvHeads: 2, headDim: 32, vocabSize: 256, maxPositionEmbeddings: 128, slidingWindow: 20 },
+    // K/V of 128 floats a token: attention split into past and new keys (defaultAttentionForm).
+    name: "hidden 256, 4 heads / 2 KV heads, head_dim 64, 3 layers, sliding window 20, 2 workers, chunked prefill",
+    shape: { hiddenSize: 256, intermediateSize: 256, numLayers: 3, numHeads: 4, numKvHeads: 2, headDim: 64, vocabSize: 256, maxPositionEmbeddings: 128, slidingWindow: 20 },
     seed: 505,
     workers: 2,
     maxNumBatchedTokens: 24,

@@ -14,7 +14,7 @@ import {
   type ModelConfig,
   type StageWeights,
 } from "@strata/model";
-import { StageEngine, type StageChunk } from "../src/index.ts";
+import { StageEngine, type AttentionForm, type StageChunk } from "../src/index.ts";
 
 // Served LoRA (x @ W + x @ A @ B, adapters as session inputs) must compute what the reference
 // forward pass computes on merged weights W + B·A, with base and adapter sequences in one batch.
@@ -44,9 +44,9 @@ function maxAbsDiff(a: Float32Array, b: Float32Array): number {
 }
 
 describe("LoRA adapters in the stage graph", () => {
-  it("matches the reference on merged weights, base and adapter rows in one batch, prompt and decode", async () => {
+  it.each<AttentionForm>(["fused", "split"])("matches the reference on merged weights, base and adapter rows in one batch, prompt and decode (%s attention)", async (attention) => {
     const merged = mergeLora(base, adapter);
-    const engine = await StageEngine.create(base, { numBlocks: 16, blockSizeTokens: BLOCK, firstStage: true, lastStage: true, maxLoraRank: 8 });
+    const engine = await StageEngine.create(base, { numBlocks: 16, blockSizeTokens: BLOCK, firstStage: true, lastStage: true, maxLoraRank: 8, attention });
     engine.setAdapter("tenant-a", adapter);
     const prompt = [1, 17, 42, 5, 66, 23, 9, 81, 30, 2, 44]; // crosses a block boundary
     const seqs = [
