@@ -11,7 +11,8 @@ const DTYPES: KvDtype[] = ["fp32", "fp16", "int8", "fp8"];
 
 /**
  * Median ms of one decode step of the first stage (layers 0-4) of the bench model for `seqs`
- * sequences with `pastTokens` each: gather, graph (which decodes the stored K/V) and scatter.
+ * sequences with `pastTokens` each: gather (the past decoded to float32 once, in the warm-up, then
+ * only new positions), graph and scatter.
  */
 async function decodeStepMs(weights: StageWeights, kvDtype: KvDtype, seqs: number, pastTokens: number): Promise<number> {
   const bs = KV_BLOCK_SIZE_TOKENS;
@@ -57,7 +58,7 @@ export const kvDtype: BenchPart = {
     await source.close();
     ctx.print(
       `one decode step of stage [0,${KV_STAGE_LAYERS}) of that model, ${seqs} sequences x ${past} past tokens, 1 onnxruntime thread ` +
-        `(median of 5 after 2 warm-ups; the graph decodes the stored K/V, attention is float32 whatever the storage):`,
+        `(median of 5 after 2 warm-ups; the past is decoded to float32 once and kept, attention is float32 whatever the storage):`,
     );
     const stepMs: Partial<Record<KvDtype, number>> = {};
     for (const dtype of DTYPES) stepMs[dtype] = await decodeStepMs(stage, dtype, seqs, past);

@@ -115,26 +115,35 @@ export abstract class KvPool {
   }
 
   /**
-   * Like gather, but copies the stored codes as they are into `out` (the pool's storage type),
-   * head-major, [chunks, kvHeads, P, headDim], a block's head run at a time: what the stage graph
-   * decodes itself. With `from`, chunk b's positions before from[b] are taken to be in `out`
-   * already and only [from[b], startPosition) are copied.
+   * Like gather, but head-major, [chunks, kvHeads, P, headDim], a block's head run at a time: the
+   * layout the stage graph reads a layer's past K or V in. With `from`, chunk b's positions before
+   * from[b] are taken to be in `out` already (see resumeFrom) and only the rest is decoded.
    */
-  gatherEncoded(chunks: readonly KvChunk[], P: number, out: KvCodes, outOffset = 0, from?: readonly number[]): void {
+  gatherDecoded(chunks: readonly KvChunk[], P: number, out: Float32Array, outOffset = 0, from?: readonly number[]): void {
     const { blockSizeTokens: bs, numKvHeads: kv, headDim: hd } = this;
-    const data = this.storage();
     for (let b = 0; b < chunks.length; b++) {
       const c = chunks[b];
-      const first = from ? from[b] : 0;
+      const first = from ? this.resumeFrom(from[b]) : 0;
       for (let start = first - (first % bs); start < c.startPosition; start += bs) {
         const block = c.blockTable[start / bs];
         if (block === NO_BLOCK) continue; // outside the sliding window: masked
         const lo = Math.max(start, first) - start;
-        const n = (Math.min(bs, c.startPosition - start) - lo) * hd;
-        for (let h = 0; h < kv; h++) copyCodes(out, data, this.at(block, h, lo), n, outOffset + ((b * kv + h) * P + start + lo) * hd);
+        const n = Math.min(bs, c.startPosition - start) - lo;
+        for (let h = 0; h < kv; h++) this.decodeHeadRun(block, h, lo, n, out, outOffset + ((b * kv + h) * P + start + lo) * hd);
       }
     }
   }
+
+  /**
+   * Where a gather that holds positions [0, p) must start again: p, for storage whose codes never
+   * change once written.
+   */
+  protected resumeFrom(p: number): number {
+    return p;
+  }
+
+  /** Slots [slot, slot + n) of one head of `block`, decoded to float32 at out[outOffset..], head dim innermost. */
+  protected abstract decodeHeadRun(block: number, head: number, slot: number, n: number, out: Float32Array, outOffset: number): void;
 
   /** Copies block `from` (values and scales) over block `to`: a forked sequence's partial last block. */
   copyBlock(from: number, to: number): void {
@@ -142,9 +151,6 @@ export abstract class KvPool {
     const size = this.blockSizeTokens * this.row;
     this.storage().copyWithin(to * size, from * size, (from + 1) * size);
   }
-
-  /** A zeroed array of the pool's storage type. */
-  abstract newCodes(length: number): KvCodes;
 
   protected abstract storage(): KvCodes;
 
@@ -164,12 +170,12 @@ class Fp32Pool extends KvPool {
     this.data = new Float32Array(shape.numBlocks * shape.blockSizeTokens * this.row);
   }
 
-  newCodes(length: number): Float32Array {
-    return new Float32Array(length);
-  }
-
   protected storage(): Float32Array {
     return this.data;
+  }
+
+  protected decodeHeadRun(block: number, head: number, slot: number, n: number, out: Float32Array, outOffset: number): void {
+    copyValues(out, this.data, this.at(block, head, slot), n * this.headDim, outOffset);
   }
 
   protected readRun(block: number, n: number, out: Float32Array, outOffset: number): void {
@@ -215,12 +221,14 @@ class Fp16Pool extends KvPool {
     this.data = new Uint16Array(shape.numBlocks * shape.blockSizeTokens * this.row);
   }
 
-  newCodes(length: number): Uint16Array {
-    return new Uint16Array(length);
-  }
-
   protected storage(): Uint16Array {
     return this.data;
+  }
+
+  protected decodeHeadRun(block: number, head: number, slot: number, n: number, out: Float32Array, outOffset: number): void {
+    const { data, decode } = this;
+    const src = this.at(block, head, slot);
+    for (let i = 0, len = n * this.headDim; i < len; i++) out[outOffset + i] = decode[data[src + i]];
   }
 
   protected readRun(block: number, n: number, out: Float32Array, outOffset: number): void {
@@ -295,43 +303,22 @@ export abstract class ScaledPool extends KvPool {
   }
 
   /**
-   * Each chunk's past blocks' scales into out[outOffset..] as [chunks, kvHeads, P /
-   * blockSizeTokens], beside gatherEncoded's head-major codes. Slots past a sequence's blocks are
-   * left as they are.
+   * The start of the block holding p: writing at p may have grown that block's scale and
+   * re-encoded the entries before it (not exactly, for int8), so they are decoded again.
    */
-  gatherScales(chunks: readonly KvChunk[], P: number, out: Float32Array, outOffset = 0): void {
-    const bs = this.blockSizeTokens;
-    const kv = this.numKvHeads;
-    const blocksPerSeq = P / bs;
-    for (let b = 0; b < chunks.length; b++) {
-      const c = chunks[b];
-      const blocks = Math.ceil(c.startPosition / bs);
-      for (let i = 0; i < blocks; i++) {
-        const block = c.blockTable[i];
-        if (block === NO_BLOCK) continue;
-        for (let h = 0; h < kv; h++) out[outOffset + (b * kv + h) * blocksPerSeq + i] = this.scales[block * kv + h];
-      }
-    }
+  protected override resumeFrom(p: number): number {
+    return p - (p % this.blockSizeTokens);
   }
 
-  /** Like gatherScales, for the centres (float16 bits): [chunks, kvHeads, P / blockSizeTokens, headDim]. */
-  gatherCentres(chunks: readonly KvChunk[], P: number, out: Uint16Array, outOffset = 0): void {
-    const centres = this.centres;
-    if (!centres) throw new Error(`a ${this.dtype} pool keeps no centres`);
-    const { blockSizeTokens: bs, numKvHeads: kv, headDim: hd } = this;
-    const blocksPerSeq = P / bs;
-    for (let b = 0; b < chunks.length; b++) {
-      const c = chunks[b];
-      const blocks = Math.ceil(c.startPosition / bs);
-      for (let i = 0; i < blocks; i++) {
-        const block = c.blockTable[i];
-        if (block === NO_BLOCK) continue;
-        for (let h = 0; h < kv; h++) {
-          const src = (block * kv + h) * hd;
-          const dst = outOffset + ((b * kv + h) * blocksPerSeq + i) * hd;
-          for (let d = 0; d < hd; d++) out[dst + d] = centres[src + d];
-        }
-      }
+  protected decodeHeadRun(block: number, head: number, slot: number, n: number, out: Float32Array, outOffset: number): void {
+    const { headDim: hd, centres, f16 } = this;
+    const si = block * this.numKvHeads + head;
+    const scale = this.scales[si];
+    const src = this.at(block, head, slot);
+    for (let t = 0; t < n; t++) {
+      const o = outOffset + t * hd;
+      this.decodeRow(src + t * hd, hd, scale, out, o);
+      if (centres) for (let d = 0; d < hd; d++) out[o + d] += f16[centres[si * hd + d]];
     }
   }
 
@@ -418,10 +405,6 @@ class Int8Pool extends ScaledPool {
     this.data = new Int8Array(shape.numBlocks * shape.blockSizeTokens * this.row);
   }
 
-  newCodes(length: number): Int8Array {
-    return new Int8Array(length);
-  }
-
   protected storage(): Int8Array {
     return this.data;
   }
@@ -505,10 +488,6 @@ class Fp8Pool extends ScaledPool {
     this.scaledBits = new Uint32Array(this.scaled.buffer);
   }
 
-  newCodes(length: number): Uint8Array {
-    return new Uint8Array(length);
-  }
-
   protected storage(): Uint8Array {
     return this.data;
   }
@@ -538,18 +517,17 @@ class Fp8Pool extends ScaledPool {
   }
 }
 
-/** n codes from src[from..] to out[to..]; both are the pool's own storage type. */
-function copyCodes(out: KvCodes, src: KvCodes, from: number, n: number, to: number): void {
+/** n values from src[from..] to out[to..]. */
+function copyValues(out: Float32Array, src: Float32Array, from: number, n: number, to: number): void {
   // A decode step copies one token per block and head: a few values, where creating a subarray
   // for set() costs more than the copy. Long runs are a memcpy.
   if (n <= 64) {
     for (let i = 0; i < n; i++) out[to + i] = src[from + i];
   } else {
-    (out as Uint8Array).set((src as Uint8Array).subarray(from, from + n), to);
+    out.set(src.subarray(from, from + n), to);
   }
 }
 
-const MAX_SCRATCH_ARRAYS = 32;
 const MAX_POOL_GATHERS = 4;
 
 /** A past length with room to grow: half again, in whole blocks, at least one block more. */
@@ -558,7 +536,7 @@ function withRoom(P: number, blockSizeTokens: number): number {
 }
 
 // An array moved to a compute thread comes back detached.
-const isDetached = (a: KvCodes): boolean => a.buffer.byteLength === 0;
+const isDetached = (a: Float32Array): boolean => a.buffer.byteLength === 0;
 
 /**
  * What a per-pool gather left in its arrays: chunk b's positions [0, starts[b]) from blocks
@@ -566,8 +544,8 @@ const isDetached = (a: KvCodes): boolean => a.buffer.byteLength === 0;
  */
 interface PoolsGather {
   P: number;
-  arrays: KvCodes[]; // views of `buffers`, exactly [chunks, kvHeads, P, headDim] each
-  buffers: KvCodes[]; // with room for a longer past (see gatherEncodedPools)
+  arrays: Float32Array[]; // views of `buffers`, exactly [chunks, kvHeads, P, headDim] each
+  buffers: Float32Array[]; // with room for a longer past (see gatherPools)
   starts: number[];
   tables: number[][];
   epochs: number[][];
@@ -621,7 +599,6 @@ export class KvStore {
   /** 2 * numLayers pools: pools[2l] is layer l's K, pools[2l + 1] its V. */
   readonly pools: readonly KvPool[];
   private readonly row: number;
-  private readonly scratchArrays = new Map<string, KvCodes>();
   private readonly poolGathers: PoolsGather[] = []; // most recent first
   // Every pool's, shared: scatter and copyBlock bump a block's count in whichever pool they write.
   private readonly blockEpochs: Uint32Array;
@@ -656,40 +633,18 @@ export class KvStore {
   }
 
   /**
-   * Every layer's past K and V as stored, for the stage graph to decode (past_kv): codes shaped
-   * [2 * layers * chunks, kvHeads, P, headDim], and for int8 / fp8 the scales, [2 * layers *
-   * chunks, kvHeads, P / blockSizeTokens], and for fp8 the centres (float16 bits), [2 * layers *
-   * chunks, kvHeads, P / blockSizeTokens, headDim]. P must be a whole number of blocks.
+   * Every layer's past K and V decoded to float32, one array per pool (the order of `pools`), each
+   * [chunks, kvHeads, P, headDim]: the stage graph's past inputs. The arrays hold until a later
+   * call reuses them. When an earlier call's arrays are still here and every chunk is a sequence
+   * of that call in the same slot (the same physical blocks up to where it was, none begun afresh
+   * since: same block epochs, so the same contents) and no shorter, only the positions since are
+   * decoded (from the start of their block, for pools that re-encode a block when its scale
+   * grows): a decode step decodes about one token per sequence instead of its whole past. The few
+   * most recent gathers are kept, one per micro-batch a pipelined stage alternates between.
+   * Decoding here, once per position, and not in the graph every step made an fp8 stage's decode
+   * step ~7x and an int8 or fp16 one ~2x as slow as fp32's.
    */
-  gatherEncoded(chunks: readonly KvChunk[], P: number): { codes: KvCodes; scales?: Float32Array; centres?: Uint16Array } {
-    const first = this.pools[0];
-    if (P % first.blockSizeTokens !== 0) throw new RangeError(`P ${P} is not a whole number of ${first.blockSizeTokens}-token blocks`);
-    const perPool = chunks.length * P * this.row;
-    const codes = this.scratch("codes", this.pools.length * perPool, (n) => first.newCodes(n));
-    this.pools.forEach((pool, i) => pool.gatherEncoded(chunks, P, codes, i * perPool));
-    if (!(first instanceof ScaledPool)) return { codes };
-    const perPoolScales = (chunks.length * P * first.numKvHeads) / first.blockSizeTokens;
-    const scales = this.scratch("scales", this.pools.length * perPoolScales, (n) => new Float32Array(n)) as Float32Array;
-    this.pools.forEach((pool, i) => (pool as ScaledPool).gatherScales(chunks, P, scales, i * perPoolScales));
-    if (!first.centres) return { codes, scales };
-    const perPoolCentres = perPoolScales * first.headDim;
-    const centres = this.scratch("centres", this.pools.length * perPoolCentres, (n) => new Uint16Array(n)) as Uint16Array;
-    this.pools.forEach((pool, i) => (pool as ScaledPool).gatherCentres(chunks, P, centres, i * perPoolCentres));
-    return { codes, scales, centres };
-  }
-
-  /**
-   * gatherEncoded's codes with one array per pool (the order of `pools`), each [chunks, kvHeads,
-   * P, headDim]: the fp32 graph takes them as separate inputs. The arrays hold until a later call
-   * reuses them. fp32 codes never change once written (no rescaling), so when an earlier call's
-   * arrays are still here and every chunk is a sequence of that call in the same slot (the same
-   * physical blocks up to where it was, none begun afresh since: same block epochs, so the same
-   * contents) and no shorter, only the positions since are copied: a
-   * decode step copies one token per sequence instead of its whole past. The few most recent
-   * gathers are kept, one per micro-batch a pipelined stage alternates between.
-   */
-  gatherEncodedPools(chunks: readonly KvChunk[], P: number): KvCodes[] {
-    if (this.kvDtype !== "fp32") throw new Error(`per-pool gathers are for fp32 KV, not ${this.kvDtype}`);
+  gatherPools(chunks: readonly KvChunk[], P: number): Float32Array[] {
     const bs = this.pools[0].blockSizeTokens;
     const perPool = chunks.length * P * this.row;
     const roomy = (g: PoolsGather) => g.buffers[0].length >= perPool && !g.buffers.some(isDetached);
@@ -718,34 +673,16 @@ export class KvStore {
       }
       if (victim < 0 && this.poolGathers.length >= MAX_POOL_GATHERS) victim = this.poolGathers.length - 1;
       const [old] = victim >= 0 ? this.poolGathers.splice(victim, 1) : [];
-      const buffers = old && roomy(old) ? old.buffers : this.pools.map((pool) => pool.newCodes(chunks.length * withRoom(P, bs) * this.row));
+      const buffers = old && roomy(old) ? old.buffers : this.pools.map(() => new Float32Array(chunks.length * withRoom(P, bs) * this.row));
       entry = { P, arrays: buffers.map((b) => b.subarray(0, perPool)), buffers, starts: [], tables: [], epochs: [] };
     }
-    this.pools.forEach((pool, i) => pool.gatherEncoded(chunks, P, entry.arrays[i], 0, from));
+    this.pools.forEach((pool, i) => pool.gatherDecoded(chunks, P, entry.arrays[i], 0, from));
     entry.P = P;
     entry.starts = chunks.map((c) => c.startPosition);
     entry.tables = chunks.map((c) => c.blockTable.slice(0, Math.ceil(c.startPosition / bs)));
     entry.epochs = entry.tables.map((table) => table.map((block) => (block === NO_BLOCK ? 0 : this.blockEpochs[block])));
     this.poolGathers.unshift(entry);
     return entry.arrays;
-  }
-
-  /**
-   * A gather's output array, reused from the last gather of the same size: a decode step's past
-   * K/V is megabytes, and allocating (and collecting) it every step cost more than the copy. So
-   * gatherEncoded's arrays hold only until the next call. Slots past a sequence's length keep
-   * stale but finite values from earlier steps (the mask hides them). An array moved to a
-   * compute thread comes back detached and is replaced.
-   */
-  private scratch(kind: string, length: number, make: (n: number) => KvCodes): KvCodes {
-    const key = `${kind}:${length}`;
-    const held = this.scratchArrays.get(key);
-    if (held && held.buffer.byteLength > 0) return held;
-    const fresh = make(length);
-    // A few sizes recur (batch buckets × past lengths); drop the rest rather than grow forever.
-    if (this.scratchArrays.size >= MAX_SCRATCH_ARRAYS) this.scratchArrays.delete(this.scratchArrays.keys().next().value!);
-    this.scratchArrays.set(key, fresh);
-    return fresh;
   }
 
   copyBlock(from: number, to: number): void {

@@ -120,7 +120,7 @@ export class StageEngine {
 
   static async create(weights: StageWeights, opts: StageEngineOptions): Promise<StageEngine> {
     const rotated = toRotateHalfLayout(weights);
-    const graph = buildStageGraph(rotated, { firstStage: opts.firstStage, lastStage: opts.lastStage, kvDtype: opts.kvDtype, maxLoraRank: opts.maxLoraRank, attention: opts.attention });
+    const graph = buildStageGraph(rotated, { firstStage: opts.firstStage, lastStage: opts.lastStage, maxLoraRank: opts.maxLoraRank, attention: opts.attention });
     const device = opts.device ?? "cpu";
     let session: SessionRunner;
     try {
@@ -259,30 +259,9 @@ export class StageEngine {
     feeds[STAGE_IO.positions] = new ort.Tensor("int64", positions, [B, T]);
     feeds[STAGE_IO.mask] = new ort.Tensor("float32", mask, [B, 1, T, S]);
 
-    // Every layer's past K and V gathered from the blocks: fp32 as one tensor per pool; other
-    // dtypes packed into one tensor, layer-major, K then V, still as stored (the graph decodes it).
-    const LB2 = 2 * this.layerCount * B;
+    // Every layer's past K and V from the blocks, decoded to float32, one tensor per pool.
     const KV = this.weights.config.numKvHeads;
-    if (this.kv.kvDtype === "fp32") {
-      this.kv.gatherEncodedPools(chunks, P).forEach((codes, j) => (feeds[pastKvPoolInput(j)] = new ort.Tensor("float32", codes as Float32Array, [B, KV, P, hd])));
-    } else {
-      const { codes, scales, centres } = this.kv.gatherEncoded(chunks, P);
-      // The shapes stage-graph's pastKvInput declares for each dtype.
-      switch (this.kv.kvDtype) {
-        case "fp16":
-          feeds[STAGE_IO.pastKv] = new ort.Tensor("float16", codes as Uint16Array, [LB2, KV, P, hd]);
-          break;
-        case "int8":
-          feeds[STAGE_IO.pastKv] = new ort.Tensor("int8", codes as Int8Array, [LB2, KV, P / bs, bs, hd]);
-          feeds[STAGE_IO.pastKvScales] = new ort.Tensor("float32", scales!, [LB2, KV, P / bs, 1, 1]);
-          break;
-        case "fp8":
-          feeds[STAGE_IO.pastKv] = new ort.Tensor("uint16", new Uint16Array(codes.buffer, codes.byteOffset, codes.length / 2), [LB2, KV, P / bs, bs, hd / 2]);
-          feeds[STAGE_IO.pastKvScales] = new ort.Tensor("float32", scales!, [LB2, KV, P / bs, 1, 1, 1]);
-          feeds[STAGE_IO.pastKvCentres] = new ort.Tensor("float16", centres!, [LB2, KV, P / bs, 1, hd / 2, 2]);
-          break;
-      }
-    }
+    this.kv.gatherPools(chunks, P).forEach((past, j) => (feeds[pastKvPoolInput(j)] = new ort.Tensor("float32", past, [B, KV, P, hd])));
     if (lastStage) {
       feeds[STAGE_IO.lastIndex] = new ort.Tensor(
         "int64",

@@ -1,8 +1,6 @@
-import type { KvDtype } from "@strata/kv";
 import type { LayerWeights, ModelConfig, StageWeights } from "@strata/model";
 import { LORA_GROUPS, LORA_IO, loraInputShapes, type LoraInput } from "./lora-pack.ts";
 import { GraphBuilder, MS_DOMAIN } from "./graph-builder.ts";
-import { E4M3_DECODE } from "./kv-store.ts";
 
 // Names of the stage graph's inputs and outputs, shared by the builder and the runner. Every
 // tensor crossing session.run costs a few µs of marshalling, so small per-layer tensors travel
@@ -12,17 +10,10 @@ export const STAGE_IO = {
   hiddenIn: "hidden_in", // f32 [B, T, D], later stages
   positions: "position_ids", // int64 [B, T]
   mask: "attn_mask", // f32 [B, 1, T, P + T], additive, shared by every head
-  // fp16, int8 and fp8 caches: every layer's past K/V packed head-major (as Attention reads it),
-  // layer-major, K then V, as stored: f16 [2 * layers * B, kv_heads, P, head_dim], int8 codes as
-  // [2 * layers * B, kv_heads, P / block, block, head_dim], or e4m3 codes two to a uint16 as
-  // [..., P / block, block, head_dim / 2]. An fp32 cache comes one input per pool instead
-  // (pastKvPoolInput): splitting one packed tensor in the graph copied it all again.
+  // Past K or V of KV pool j as float32 [B, kv_heads, P, head_dim], head-major as Attention reads
+  // it: input past_kv_<j> (pastKvPoolInput). One input per pool: splitting one packed tensor in
+  // the graph copied it all again.
   pastKv: "past_kv",
-  // f32 [2 * layers * B, kv_heads, P / block, 1, 1] (int8) or [..., 1, 1, 1] (fp8).
-  pastKvScales: "past_kv_scales",
-  // fp8: f16 [2 * layers * B, kv_heads, P / block, 1, head_dim / 2, 2], each block-head's
-  // per-channel centre, added after the scale.
-  pastKvCentres: "past_kv_centres",
   lastIndex: "last_index", // int64 [B], rows of the flattened [B * T] batch whose logits are wanted
   hiddenOut: "hidden_out", // f32 [B, T, D], all but the last stage
   logits: "logits", // f32 [B, vocab], last stage
@@ -65,7 +56,6 @@ export function buildStageGraph(
   opts: {
     firstStage: boolean;
     lastStage: boolean;
-    kvDtype?: KvDtype;
     /** > 0: LoRA inputs of this rank (see lora-pack.ts). */
     maxLoraRank?: number;
     /** Default: defaultAttentionForm(config). */
@@ -95,11 +85,7 @@ export function buildStageGraph(
   const cosCache = g.weight("rope_cos", cosTable, [config.maxPositionEmbeddings, hd / 2]);
   const sinCache = g.weight("rope_sin", sinTable, [config.maxPositionEmbeddings, hd / 2]);
   const mask = g.input(STAGE_IO.mask, "float", ["B", 1, "T", "S"]);
-  const kvDtype = opts.kvDtype ?? "fp32";
-  const pastParts =
-    kvDtype === "fp32"
-      ? Array.from({ length: 2 * L }, (_, j) => g.input(pastKvPoolInput(j), "float", ["B", KV, "P", hd]))
-      : g.nodeMulti("Split", [pastKvInput(g, kvDtype, KV, hd)], 2 * L, { axis: 0, num_outputs: 2 * L });
+  const pastParts = Array.from({ length: 2 * L }, (_, j) => g.input(pastKvPoolInput(j), "float", ["B", KV, "P", hd]));
 
   const split = (opts.attention ?? defaultAttentionForm(config)) === "split" ? splitAttentionShared(g, mask, pastParts[0], positions, H, KV, hd) : undefined;
 
@@ -226,43 +212,6 @@ function loraInputs(g: GraphBuilder, config: ModelConfig, L: number, maxRank: nu
 /** The fp32 past K/V input of KV pool j (layer j / 2; K when j is even, V when odd): f32 [B, kv_heads, P, head_dim]. */
 export function pastKvPoolInput(j: number): string {
   return `${STAGE_IO.pastKv}_${j}`;
-}
-
-/**
- * The packed past K/V of a quantized or half-precision cache as float32. They arrive as stored (a quarter of f32's bytes for int8 and fp8) and
- * are decoded here in one vectorized pass, not element by element in JS.
- */
-function pastKvInput(g: GraphBuilder, kvDtype: KvDtype, KV: number, hd: number): string {
-  switch (kvDtype) {
-    case "fp32":
-      throw new Error("fp32 past K/V are fed per pool (pastKvPoolInput)");
-    case "fp16":
-      return g.cast(g.input(STAGE_IO.pastKv, "float16", ["LB2", KV, "P", hd]), "float");
-    case "int8": {
-      const codes = g.input(STAGE_IO.pastKv, "int8", ["LB2", KV, "PB", "BS", hd]);
-      const scales = g.input(STAGE_IO.pastKvScales, "float", ["LB2", KV, "PB", 1, 1]);
-      return g.node("Reshape", [g.node("Mul", [g.cast(codes, "float"), scales]), g.ints([0, KV, -1, hd])]);
-    }
-    case "fp8": {
-      // No bit cast in ONNX and no float8 tensors in onnxruntime-node, so a table lookup; two
-      // codes per lookup halve Gather's per-index cost (measured 1.6x faster than one).
-      const pairs = g.input(STAGE_IO.pastKv, "uint16", ["LB2", KV, "PB", "BS", hd / 2]);
-      const scales = g.input(STAGE_IO.pastKvScales, "float", ["LB2", KV, "PB", 1, 1, 1]);
-      const centres = g.cast(g.input(STAGE_IO.pastKvCentres, "float16", ["LB2", KV, "PB", 1, hd / 2, 2]), "float");
-      const values = g.node("Gather", [g.weight("e4m3_pair_decode", e4m3PairTable(), [65536, 2]), g.cast(pairs, "int32")], { axis: 0 });
-      return g.node("Reshape", [g.node("Add", [g.node("Mul", [values, scales]), centres]), g.ints([0, KV, -1, hd])]);
-    }
-  }
-}
-
-/** Row i: the values of the two e4m3 codes in uint16 i, low byte first (the feed is little-endian). */
-function e4m3PairTable(): Float32Array {
-  const table = new Float32Array(65536 * 2);
-  for (let i = 0; i < 65536; i++) {
-    table[2 * i] = E4M3_DECODE[i & 0xff];
-    table[2 * i + 1] = E4M3_DECODE[i >>> 8];
-  }
-  return table;
 }
 
 // cos/sin per position and frequency, the cache layout onnxruntime's RotaryEmbedding reads.

@@ -4,10 +4,10 @@ import type { StageWeights } from "@strata/model";
 import { StageEngine, type StageChunk } from "../src/index.ts";
 import { loadWholeModel } from "./support/greedy-kv.ts";
 
-// The stage graph decodes quantized past K/V itself (codes and scales fed as stored). It must
-// decode exactly what the KV store's own float32 gather decodes: an fp32 engine whose blocks hold
-// the quantized engine's decoded K/V must compute the same step, for a batch of sequences of
-// different lengths whose blocks are scattered and partly filled.
+// A quantized stage computes on its past K/V decoded to float32 (KvStore.gatherPools, kept between
+// steps): it must compute what the KV store's own float32 gather decodes. An fp32 engine whose
+// blocks hold the quantized engine's decoded K/V must compute the same step, for a batch of
+// sequences of different lengths whose blocks are scattered and partly filled.
 
 const BLOCK = 4;
 let weights: StageWeights;
@@ -21,8 +21,8 @@ const PROMPTS = [
   { seqId: 3, ids: [1, 99], blocks: [2] },
 ];
 
-describe("in-graph KV decode", () => {
-  it.each<KvDtype>(["fp16", "int8", "fp8"])("%s: the graph decodes past K/V exactly as the store's float32 gather", async (kvDtype) => {
+describe("quantized KV decode", () => {
+  it.each<KvDtype>(["fp16", "int8", "fp8"])("%s: a step computes on past K/V exactly as the store's float32 gather decodes them", async (kvDtype) => {
     const opts = { numBlocks: 8, blockSizeTokens: BLOCK, firstStage: true, lastStage: true };
     const quantized = await StageEngine.create(weights, { ...opts, kvDtype });
     const reference = await StageEngine.create(weights, { ...opts, kvDtype: "fp32" });
