@@ -26,6 +26,11 @@ afterAll(async () => {
 const long = { promptIds: [1], maxTokens: 200, sampling: GREEDY, stopTokenIds: [] };
 
 describe("clusters sharing a NATS server", () => {
+  it("publish their block events under pools of their own, even from one process", () => {
+    expect(a.engine.poolId).not.toBe(b.engine.poolId);
+    for (const c of [a, b]) expect(c.engine.poolId).toMatch(new RegExp(`-${process.pid}-[A-Za-z0-9_-]+$`));
+  });
+
   it("never act on each other's evictions: another cluster finishing its sequences 1 to 8 leaves this one's running", async () => {
     const other = await EventBus.connect(nats.url(), "another-coordinator", newEventScope());
     try {

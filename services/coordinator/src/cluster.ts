@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
+import { hostname } from "node:os";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { EventBus, isReachable, newEventScope, startNatsServer, type NatsServerProcess } from "@strata/events";
@@ -185,6 +186,8 @@ export class LocalCluster {
           maxDecodeSteps: opts.numSchedulerSteps ?? DEFAULT_SCHEDULER_STEPS,
         },
         opts.pipelining === false ? 1 : partition.length,
+        // Host and pid name the process; the scope, the cluster (several may share a process).
+        `${hostname()}-${process.pid}-${eventScope}`,
       );
       const adapters = new AdapterManager(pipeline, events, engine, new ModelRegistry(opts.modelName ?? servedModelName(opts.modelDir)), maxLoraRank);
       for (const lora of opts.loras ?? []) await adapters.load(lora.name, lora.path);
