@@ -20,11 +20,11 @@ export interface KvPoolShape {
 
 /**
  * One layer's K or V, shaped [numBlocks, kvHeads, blockSizeTokens, headDim]: within a block, each
- * head's tokens are contiguous, so gatherEncoded copies a batch's past out as stored, one set()
- * per block and head, straight into the head-major layout onnxruntime's Attention reads (no
+ * head's tokens are contiguous, so gatherDecoded copies (fp32) or decodes a batch's past one run
+ * per block and head, straight into the head-major layout the stage graph's attention reads (no
  * transpose in the graph). scatter encodes a step's float32 K/V (token-major, as the graph emits
- * them) into the blocks, and gather decodes the past to float32 in JS, token-major: the
- * definition the graph's decoding is tested against.
+ * them) into the blocks, and gather decodes the past token-major: the plain definition the
+ * head-major gathers are tested against.
  */
 export abstract class KvPool {
   abstract readonly dtype: KvDtype;
@@ -590,8 +590,8 @@ export interface KvStoreOptions extends KvPoolShape {
 
 /**
  * A stage's whole KV cache: for every layer a K pool and a V pool, in the order the stage graph
- * packs them (layer-major, K then V). gatherEncoded / scatter move a micro-batch's K/V between
- * the pools and the graph's packed past_kv (+ past_kv_scales) / new_kv tensors.
+ * packs them (layer-major, K then V). gatherPools / scatter move a micro-batch's K/V between the
+ * pools and the graph's past_kv_<j> inputs / new_kv output.
  */
 export class KvStore {
   readonly kvDtype: KvDtype;

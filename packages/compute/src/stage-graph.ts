@@ -49,7 +49,8 @@ export function defaultAttentionForm(config: Pick<ModelConfig, "numKvHeads" | "h
  * At small shapes onnxruntime's cost is per node (a few µs each), not per FLOP, so attention is
  * one opset-23 Attention node (grouped-query heads, additive mask, past K/V in the head-major
  * layout the KV store gathers into) instead of the ~20 reshapes, transposes, concats and matmuls
- * of writing it out: about 13 nodes a layer.
+ * of writing it out: about 13 nodes a layer. Where a token's K/V are wide, the past's copy costs
+ * more than those nodes and attention is written out (see AttentionForm).
  */
 export function buildStageGraph(
   weights: StageWeights,
