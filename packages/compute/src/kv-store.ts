@@ -333,13 +333,9 @@ export abstract class ScaledPool extends KvPool {
   protected abstract decodeRow(srcIdx: number, len: number, scale: number, out: Float32Array, outOff: number): void;
 
   protected readRun(block: number, n: number, out: Float32Array, outOffset: number): void {
-    const { numKvHeads: kv, headDim: hd, row, scales, centres, f16 } = this;
+    const { numKvHeads: kv, headDim: hd, row } = this;
     for (let t = 0; t < n; t++) {
-      for (let h = 0; h < kv; h++) {
-        const o = outOffset + t * row + h * hd;
-        this.decodeRow(this.at(block, h, t), hd, scales[block * kv + h], out, o);
-        if (centres) for (let d = 0, c = (block * kv + h) * hd; d < hd; d++) out[o + d] += f16[centres[c + d]];
-      }
+      for (let h = 0; h < kv; h++) this.decodeHeadRun(block, h, t, 1, out, outOffset + t * row + h * hd);
     }
   }
 
