@@ -106,8 +106,12 @@ async function comparePipelining(ctx: BenchContext, dir: string, load: Pipelinin
   return { on, off, ratio: median(on) / median(off), ceiling, partition };
 }
 
-/** Aggregate generated tokens/s of `count` concurrent requests, one sample per run after `warmups` untimed runs. */
-async function throughputSamples(cluster: LocalCluster, count: number, prompt: (rng: SeededRandom) => number[], newTokens: number, runs = 2, warmups = 1): Promise<number[]> {
+/**
+ * Aggregate generated tokens/s of `count` concurrent requests, one sample per run after `warmups`
+ * untimed runs. A fresh chat-load cluster's runs measured 280, 332, 312 and, the fourth cluster in
+ * one process, 340, 397, 410 tok/s: one warm-up left the first timed run short of a running server's.
+ */
+async function throughputSamples(cluster: LocalCluster, count: number, prompt: (rng: SeededRandom) => number[], newTokens: number, runs = 2, warmups = WARMUP_ROUNDS): Promise<number[]> {
   const rng = new SeededRandom(3);
   const once = async () => {
     const prompts = Array.from({ length: count }, () => prompt(rng));
@@ -123,7 +127,7 @@ async function throughputSamples(cluster: LocalCluster, count: number, prompt: (
   return samples;
 }
 
-async function throughput(cluster: LocalCluster, count: number, prompt: (rng: SeededRandom) => number[], newTokens: number, runs = 2, warmups = 1): Promise<number> {
+async function throughput(cluster: LocalCluster, count: number, prompt: (rng: SeededRandom) => number[], newTokens: number, runs = 2, warmups = WARMUP_ROUNDS): Promise<number> {
   return median(await throughputSamples(cluster, count, prompt, newTokens, runs, warmups));
 }
 
@@ -143,7 +147,7 @@ export const batching: BenchPart = {
     const shortPrompt = (rng: SeededRandom) => randomPrompt(rng, PROMPT_TOKENS, vocab);
     ctx.print(describeShape(BENCH_SHAPE));
     ctx.print(
-      `2 worker processes, 1 onnxruntime thread each; ${CONCURRENT} concurrent requests, ${NEW_TOKENS} new tokens each, greedy, 2 runs after a warm-up per cluster. ` +
+      `2 worker processes, 1 onnxruntime thread each; ${CONCURRENT} concurrent requests, ${NEW_TOKENS} new tokens each, greedy, 2 runs after ${WARMUP_ROUNDS} warm-up runs per cluster. ` +
         `Loads: chat = a shared ${CHAT_LOAD.systemTokens}-token system prompt (prefix-cached after the warm-up) + a ${CHAT_LOAD.userTokens}-token user turn; ` +
         `short context = ${PROMPT_TOKENS}-token random prompts. Pipelining off and on clusters alternate (one cluster at a time), ` +
         `${PIPELINING_PAIRS} pairs at the chat load, ${SHORT_CONTEXT_PAIRS} at short context; each cluster's partition planned for its load ` +
