@@ -20,17 +20,12 @@ import {
 } from "onnx-buf";
 
 export type Dim = number | string;
-export type ElemType = "float" | "int64" | "int32" | "float16" | "int8" | "uint8" | "uint16";
+export type ElemType = "float" | "int64";
 export type AttrValue = number | number[] | string | { ints: number[] } | { float: number };
 
 const ELEM_TYPES: Record<ElemType, TensorProto_DataType> = {
   float: TensorProto_DataType.FLOAT,
   int64: TensorProto_DataType.INT64,
-  int32: TensorProto_DataType.INT32,
-  float16: TensorProto_DataType.FLOAT16,
-  int8: TensorProto_DataType.INT8,
-  uint8: TensorProto_DataType.UINT8,
-  uint16: TensorProto_DataType.UINT16,
 };
 
 /** onnxruntime's contrib operators (fused attention and norms) live in this domain. */
@@ -101,10 +96,6 @@ export class GraphBuilder {
       }),
     );
     return out;
-  }
-
-  cast(value: string, to: ElemType): string {
-    return this.node("Cast", [value], { to: ELEM_TYPES[to] });
   }
 
   // Ops with several outputs (Split).
