@@ -3,7 +3,6 @@ import { toSubjectToken, type EventBus, type EvictReason } from "@strata/events"
 import { decodeRunCap, MovingMean, Scheduler, type MicroBatch, type SchedulerOptions, type SchedulerSequence, type SchedulerStats } from "@strata/scheduler";
 import { SeededRandom, type SamplingParams } from "@strata/sampling";
 import { KvBlockEventSchema, SequenceChunkSchema, readF32Tensor, type KvBlockEvent, type ResultsResponse } from "@strata/proto";
-import { hostname } from "node:os";
 import type { BlockEvent, ExtraKey } from "@strata/kv";
 import type { PipelineClient } from "./pipeline-client.ts";
 
@@ -157,7 +156,8 @@ export class Engine {
     readonly limits: ModelLimits,
     schedulerOptions: EngineSchedulerOptions,
     private readonly maxInFlight: number,
-    poolId = `${hostname()}-${process.pid}`,
+    /** Any string: made one subject token here (the cluster passes host, pid and event scope). */
+    poolId: string,
   ) {
     this.maxDecodeSteps = schedulerOptions.maxDecodeSteps ?? 1;
     this.scheduler = new Scheduler({ ...schedulerOptions, recordBlockEvents: true, nextSeqId });

@@ -73,9 +73,9 @@ const MAX_HELD_RESULTS = 32;
 const UNHELD_LAST_STEPS = 2;
 // Decode runs a stage remembers at once (one per micro-batch in flight, normally); a run that
 // never finishes (its coordinator went away) is forgotten after this many newer ones.
+const MAX_RUNS = 256;
 // How long a load waits for NATS to confirm the stage's event subscriptions (see takeEventsOf).
 const SUBSCRIBE_WAIT_MS = 2000;
-const MAX_RUNS = 256;
 
 /** A decode run's chunks as its first step brought them, with their first positions. */
 interface RunState {
