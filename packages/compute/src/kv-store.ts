@@ -1,4 +1,4 @@
-import { kvBytesPerBlock, kvBytesPerElement, kvScaleBytesPerBlockHead, type KvDtype, NO_BLOCK } from "@strata/kv";
+import { kvBytesPerBlock, kvBytesPerElement, kvSideBytesPerBlockHead, type KvDtype, NO_BLOCK } from "@strata/kv";
 import { f16BitsFromF32Bits, f16BitsToF32, f32ToF16Bits } from "@strata/model";
 
 /** The part of a StageChunk the KV store reads: where the sequence is and which blocks hold it. */
@@ -70,7 +70,7 @@ export abstract class KvPool {
 
   /** Bytes this pool holds, scales included. */
   get byteLength(): number {
-    return this.numBlocks * (this.blockSizeTokens * this.row * kvBytesPerElement(this.dtype) + this.numKvHeads * kvScaleBytesPerBlockHead(this.dtype, this.headDim));
+    return this.numBlocks * (this.blockSizeTokens * this.row * kvBytesPerElement(this.dtype) + this.numKvHeads * kvSideBytesPerBlockHead(this.dtype, this.headDim));
   }
 
   /**

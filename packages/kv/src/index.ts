@@ -17,7 +17,7 @@ export {
   isKvDtype,
   kvBytesPerBlock,
   kvBytesPerElement,
-  kvScaleBytesPerBlockHead,
+  kvSideBytesPerBlockHead,
   parseKvDtype,
   type KvBlockLayout,
   type KvDtype,

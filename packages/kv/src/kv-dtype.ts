@@ -27,7 +27,7 @@ export function kvBytesPerElement(dtype: KvDtype): number {
  * Bytes kept beside the codes per block, per KV head, per K or V pool of one layer: a float32
  * scale for int8 and fp8, and for fp8 a float16 centre per channel too (see the KV store's Fp8Pool).
  */
-export function kvScaleBytesPerBlockHead(dtype: KvDtype, headDim: number): number {
+export function kvSideBytesPerBlockHead(dtype: KvDtype, headDim: number): number {
   return dtype === "int8" ? 4 : dtype === "fp8" ? 4 + 2 * headDim : 0;
 }
 
@@ -44,7 +44,7 @@ export interface KvBlockLayout {
 export function kvBytesPerBlock(layout: KvBlockLayout): number {
   const { numLayers, numKvHeads, headDim, blockSizeTokens, kvDtype } = layout;
   const elements = kvBytesPerToken(numLayers, numKvHeads, headDim, kvBytesPerElement(kvDtype)) * blockSizeTokens;
-  return elements + 2 * numLayers * numKvHeads * kvScaleBytesPerBlockHead(kvDtype, headDim);
+  return elements + 2 * numLayers * numKvHeads * kvSideBytesPerBlockHead(kvDtype, headDim);
 }
 
 /**
