@@ -1,6 +1,8 @@
 import { KvCapacityError, SequenceExistsError, UnknownSequenceError } from "./errors.ts";
 import { encodeExtraKeys, hashBlockEncoded, hashToHex, type ExtraKey } from "./hash.ts";
 
+const NO_BLOCKS: ReadonlySet<number> = new Set();
+
 export interface BlockPoolOptions {
   numBlocks: number;
   blockSizeTokens: number;
@@ -216,8 +218,10 @@ export class BlockPool {
    * never the whole prompt, so the last token is always computed). Returns the number of prompt
    * tokens already cached, which is also the new sequence's length. `extraKeys` (adapter with
    * load generation, salt, ...) go into every block hash of this sequence; their order matters.
+   * The match stops before any block of `unwritten`: blocks the batch being formed will write,
+   * which a sequence of that same batch would read before they hold anything.
    */
-  allocatePrefix(seqId: number, tokenIds: ArrayLike<number>, extraKeys: readonly ExtraKey[] = []): number {
+  allocatePrefix(seqId: number, tokenIds: ArrayLike<number>, extraKeys: readonly ExtraKey[] = [], unwritten: ReadonlySet<number> = NO_BLOCKS): number {
     checkSeqId(seqId);
     if (this.seqs.has(seqId)) throw new SequenceExistsError(seqId);
     const seq = newSequence(encodeExtraKeys(extraKeys));
@@ -229,7 +233,7 @@ export class BlockPool {
       for (let i = 0; i < maxBlocks; i++) {
         const hash = hashBlockEncoded(parent, tokenIds, i * B, (i + 1) * B, seq.encodedExtraKeys);
         const block = this.blockByHash.get(hashToHex(hash));
-        if (block === undefined) break;
+        if (block === undefined || unwritten.has(block)) break;
         seq.blocks.push(block);
         seq.chain.push(hash);
         parent = hash;

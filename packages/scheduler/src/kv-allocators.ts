@@ -4,9 +4,10 @@ import { BlockPool, ContiguousAllocator, type BlockEvent, type ExtraKey, type Kv
 export interface SchedulerKvAllocator {
   /**
    * Creates seqId for its prompt if its first chunk (up to `firstChunkTokens` beyond any cached
-   * prefix) fits; returns the prompt tokens already cached, or null with nothing changed.
+   * prefix) fits; returns the prompt tokens already cached, or null with nothing changed. The
+   * cached prefix stops before any block of `unwritten` (blocks the batch being formed writes).
    */
-  admit(seqId: number, tokenIds: readonly number[], extraKeys: readonly ExtraKey[], maxLength: number, firstChunkTokens: number): number | null;
+  admit(seqId: number, tokenIds: readonly number[], extraKeys: readonly ExtraKey[], maxLength: number, firstChunkTokens: number, unwritten: ReadonlySet<number>): number | null;
   canReserve(seqId: number, newLength: number): boolean;
   reserve(seqId: number, newLength: number, tokenIds: readonly number[]): void;
   /**
@@ -35,8 +36,8 @@ export class PagedKvAllocator implements SchedulerKvAllocator {
     this.pool = new BlockPool(opts);
   }
 
-  admit(seqId: number, tokenIds: readonly number[], extraKeys: readonly ExtraKey[], _maxLength: number, firstChunkTokens: number): number | null {
-    const cached = this.pool.allocatePrefix(seqId, tokenIds, extraKeys);
+  admit(seqId: number, tokenIds: readonly number[], extraKeys: readonly ExtraKey[], _maxLength: number, firstChunkTokens: number, unwritten: ReadonlySet<number>): number | null {
+    const cached = this.pool.allocatePrefix(seqId, tokenIds, extraKeys, unwritten);
     if (this.pool.canReserve(seqId, cached + Math.min(tokenIds.length - cached, firstChunkTokens))) return cached;
     this.pool.free(seqId);
     return null;
@@ -47,7 +48,8 @@ export class PagedKvAllocator implements SchedulerKvAllocator {
   }
 
   // Token ids register the blocks a chunk fills in the prefix cache. Stages run batches in
-  // order, so a later batch that shares these blocks reads them after they are written.
+  // order, so a later batch that shares these blocks reads them after they are written; the
+  // batch that writes them must not (admit's `unwritten`).
   reserve(seqId: number, newLength: number, tokenIds: readonly number[]): void {
     this.pool.reserve(seqId, newLength, tokenIds);
   }

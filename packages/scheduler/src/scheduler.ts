@@ -155,6 +155,9 @@ export class Scheduler {
     const preempted: Preemption[] = [];
     const admissible = Math.min(this.waiting.length, Math.max(0, this.opts.maxNumSeqs - this.running.length));
     const seqCap = Math.max(1, Math.ceil((this.running.length + admissible) / (this.opts.pipelineDepth ?? 1)));
+    // Blocks this batch's chunks write: a sequence admitted into the same batch must not take
+    // them as a cached prefix, since every stage gathers a batch's past before writing its K/V.
+    const written = new Set<number>();
 
     const take = (seq: SchedulerSequence): boolean => {
       if (chunks.length >= seqCap) return false;
@@ -169,6 +172,8 @@ export class Scheduler {
         if (victim === seq) return false;
       }
       this.pool.reserve(seq.seqId, end, seq.tokenIds);
+      const table = this.pool.blockTable(seq.seqId);
+      for (let i = Math.floor(seq.computed / this.opts.blockSizeTokens); i < Math.ceil(end / this.opts.blockSizeTokens); i++) written.add(table[i]);
       chunks.push({
         seq,
         seqId: seq.seqId,
@@ -197,7 +202,7 @@ export class Scheduler {
     // for a newcomer: that would only trade one recompute for another.
     while (budget > 0 && chunks.length < seqCap && preempted.length === 0 && this.waiting.length > 0 && this.running.length < this.opts.maxNumSeqs) {
       const seq = this.waiting[0];
-      const cached = this.pool.admit(seq.seqId, seq.tokenIds, seq.extraKeys, seq.maxLength, Math.min(budget, this.opts.maxPrefillChunkTokens ?? Infinity));
+      const cached = this.pool.admit(seq.seqId, seq.tokenIds, seq.extraKeys, seq.maxLength, Math.min(budget, this.opts.maxPrefillChunkTokens ?? Infinity), written);
       if (cached === null) break;
       this.waiting.shift();
       seq.computed = cached;

@@ -178,6 +178,29 @@ describe("Scheduler", () => {
     expect(s.stats().prefixHitTokens).toBe(12);
   });
 
+  it("a prompt admitted into the batch that fills a prefix's blocks computes them itself; the next batch shares them", () => {
+    const s = scheduler();
+    const prompt = range(9); // 2 full blocks + 1 token
+    const [a, b] = [seq(1, prompt), seq(2, prompt)];
+    s.add(a);
+    s.add(b);
+    // a's chunk fills blocks that are hashed as it is scheduled, but no stage has written them
+    // while this batch gathers its past: b must not read them as its own.
+    const batch = s.schedule().batch!;
+    expect(batch.chunks.map((c) => [c.seqId, c.startPosition, c.tokenIds.length])).toEqual([
+      [1, 0, 9],
+      [2, 0, 9],
+    ]);
+    expect(batch.chunks[1].blockIds.filter((id) => batch.chunks[0].blockIds.includes(id))).toEqual([]);
+    expect(s.stats().prefixHitTokens).toBe(0);
+    // Sent after it, a batch reads them once every stage has: a later prompt shares them.
+    const c = seq(3, prompt);
+    s.add(c);
+    const next = s.schedule().batch!;
+    expect(next.chunks.map((ch) => [ch.seqId, ch.startPosition])).toEqual([[3, 8]]);
+    expect(next.chunks[0].blockIds.slice(0, 2)).toEqual(batch.chunks[0].blockIds.slice(0, 2));
+  });
+
   it("a finished sequence's blocks filled during a decode run are cached for a prompt that continues it", () => {
     const s = scheduler({ maxDecodeSteps: 8 });
     const a = seq(1, range(3), 8); // 3 prompt tokens + 8 new, blocks of 4: [4,8) fills inside the run
