@@ -5,11 +5,13 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BUNDLED_MODEL_DIR, writeSyntheticModel } from "@strata/model";
 import { LocalCluster, type ClusterOptions } from "@strata/coordinator";
 import { kvBytesPerToken } from "@strata/kv";
+import type { DescribeResponse } from "@strata/proto";
 import { SeededRandom } from "@strata/sampling";
 import { GREEDY, useNats } from "./support/cluster.ts";
 
 const nats = useNats();
 let syntheticDir: string;
+let wideKvDir: string;
 beforeAll(async () => {
   await nats.start();
   syntheticDir = mkdtempSync(join(tmpdir(), "strata-batching-"));
@@ -18,10 +20,18 @@ beforeAll(async () => {
     { hiddenSize: 128, intermediateSize: 256, numLayers: 4, numHeads: 4, numKvHeads: 2, headDim: 32, vocabSize: 256, maxPositionEmbeddings: 256 },
     7,
   );
+  // 2 KV heads of 64: split attention, which reads a past its step's sequences share once.
+  wideKvDir = mkdtempSync(join(tmpdir(), "strata-batching-wide-"));
+  await writeSyntheticModel(
+    wideKvDir,
+    { hiddenSize: 256, intermediateSize: 256, numLayers: 4, numHeads: 4, numKvHeads: 2, headDim: 64, vocabSize: 256, maxPositionEmbeddings: 256 },
+    9,
+  );
 });
 afterAll(async () => {
   await nats.stop();
   rmSync(syntheticDir, { recursive: true, force: true });
+  rmSync(wideKvDir, { recursive: true, force: true });
 });
 
 interface Job {
@@ -29,13 +39,16 @@ interface Job {
   maxTokens: number;
 }
 
-// 32 requests of mixed prompt and output lengths, from a seeded generator.
-function jobs(vocab: number, count = 32): Job[] {
+// 32 requests of mixed prompt and output lengths, from a seeded generator; with `systemTokens`,
+// every prompt begins with the same system prompt of that length.
+function jobs(vocab: number, count = 32, systemTokens = 0): Job[] {
   const rng = new SeededRandom(11);
+  const token = () => 3 + Math.floor(rng.next() * (vocab - 3));
+  const system = Array.from({ length: systemTokens }, token);
   return Array.from({ length: count }, () => {
     const promptLength = 1 + Math.floor(rng.next() * 60);
     return {
-      promptIds: [1, ...Array.from({ length: promptLength - 1 }, () => 3 + Math.floor(rng.next() * (vocab - 3)))],
+      promptIds: [1, ...system, ...Array.from({ length: promptLength - 1 }, token)],
       maxTokens: 4 + Math.floor(rng.next() * 28),
     };
   });
@@ -50,8 +63,8 @@ async function withCluster<T>(opts: Omit<ClusterOptions, "natsUrl">, fn: (c: Loc
   }
 }
 
-async function batchingChangesNothing(modelDir: string, vocab: number, kvHeads: number, headDim: number): Promise<void> {
-  const work = jobs(vocab);
+async function batchingChangesNothing(modelDir: string, vocab: number, kvHeads: number, headDim: number, systemTokens = 0): Promise<DescribeResponse[]> {
+  const work = jobs(vocab, 32, systemTokens);
   // Each request alone: plenty of KV, one at a time.
   const alone = await withCluster({ modelDir, workers: 2, enablePrefixCaching: false }, async (cluster) => {
     const out: number[][] = [];
@@ -60,7 +73,7 @@ async function batchingChangesNothing(modelDir: string, vocab: number, kvHeads: 
   });
   // All 32 at once through 3 stages: chunked prefill (16-token chunks), 3 micro-batches in flight,
   // and a KV budget of 24 blocks of 16 tokens per stage, far below what 32 requests hold at once.
-  await withCluster(
+  return withCluster(
     {
       modelDir,
       workers: 3,
@@ -78,6 +91,7 @@ async function batchingChangesNothing(modelDir: string, vocab: number, kvHeads: 
       expect(stats.blocksTotal).toBe(24);
       expect(stats.preemptions).toBeGreaterThan(0);
       expect(await cluster.waitForBlocksFreed()).toEqual([0, 0, 0]);
+      return cluster.pipeline.describeAll();
     },
   );
 }
@@ -113,6 +127,18 @@ describe("batching changes nothing", () => {
   });
 
   it("synthetic GQA model: 32 concurrent requests equal each run alone, with preemption", async () => {
-    await batchingChangesNothing(syntheticDir, 256, 2, 32);
+    const stages = await batchingChangesNothing(syntheticDir, 256, 2, 32);
+    // 2 KV heads of 32: the fused Attention node, which reads every sequence's past whole.
+    expect(stages.map((s) => Number(s.kv!.sharedPastPositionsRead))).toEqual([0, 0, 0]);
+  });
+
+  it("wide-K/V model behind one system prompt: the shared past read once per step changes nothing, with preemption", async () => {
+    const stages = await batchingChangesNothing(wideKvDir, 256, 2, 64, 32);
+    // Prefix caching put the 32-token system prompt's 2 blocks under every sequence: every stage
+    // read it once for a step's sequences.
+    for (const s of stages) {
+      expect(Number(s.kv!.sharedPastPositionsRead)).toBeGreaterThan(0);
+      expect(Number(s.kv!.sharedPastPositionReadsSaved)).toBeGreaterThan(Number(s.kv!.sharedPastPositionsRead));
+    }
   });
 });

@@ -36,9 +36,10 @@ interface PipeliningLoad {
 const CHAT_LOAD: PipeliningLoad = { label: "chat", systemTokens: SYSTEM_PROMPT_TOKENS, userTokens: 16, midContext: SYSTEM_PROMPT_TOKENS + 16 + NEW_TOKENS / 2 };
 const SHORT_LOAD: PipeliningLoad = { label: "short context", systemTokens: 0, userTokens: PROMPT_TOKENS, midContext: PROMPT_TOKENS + NEW_TOKENS / 2 };
 
-/** Decode steps/s of one compute-loop process over `layers` layers at batch `batch`, `past` tokens in, for `seconds`. */
-async function computeLoop(dir: string, layers: number, batch: number, past: number, seconds: number): Promise<number> {
-  const { stdout } = await promisify(execFile)(process.execPath, ["--import", "tsx", COMPUTE_LOOP, dir, String(layers), String(batch), String(past), String(seconds)], { encoding: "utf8" });
+/** Decode steps/s of one compute-loop process over `layers` layers at batch `batch`, `past` tokens in (the first `shared` in shared blocks), for `seconds`. */
+async function computeLoop(dir: string, layers: number, batch: number, past: number, shared: number, seconds: number): Promise<number> {
+  const args = [COMPUTE_LOOP, dir, String(layers), String(batch), String(past), String(seconds), String(shared)];
+  const { stdout } = await promisify(execFile)(process.execPath, ["--import", "tsx", ...args], { encoding: "utf8" });
   return (JSON.parse(stdout.trim().split("\n").pop()!) as { steps_per_s: number }).steps_per_s;
 }
 
@@ -63,10 +64,10 @@ interface PipeliningCeiling {
  * processes at once nor half the batch is free here: a half-batch step reads the same weights
  * for half the tokens, and two processes share the memory bus.
  */
-async function pipeliningCeiling(dir: string, layers: number, batch: number, past: number): Promise<PipeliningCeiling> {
-  const wholeBatchAlone = await computeLoop(dir, layers, batch, past, 4);
-  const halfBatchAlone = await computeLoop(dir, layers, batch / 2, past, 4);
-  const [a, b] = await Promise.all([computeLoop(dir, layers, batch / 2, past, 4), computeLoop(dir, layers, batch / 2, past, 4)]);
+async function pipeliningCeiling(dir: string, layers: number, batch: number, past: number, shared: number): Promise<PipeliningCeiling> {
+  const wholeBatchAlone = await computeLoop(dir, layers, batch, past, shared, 4);
+  const halfBatchAlone = await computeLoop(dir, layers, batch / 2, past, shared, 4);
+  const [a, b] = await Promise.all([computeLoop(dir, layers, batch / 2, past, shared, 4), computeLoop(dir, layers, batch / 2, past, shared, 4)]);
   const halfBatchBesideAnother = Math.min(a, b);
   return { wholeBatchAlone, halfBatchAlone, halfBatchBesideAnother, twoProcesses: (a + b) / halfBatchAlone, sameLoad: halfBatchBesideAnother / wholeBatchAlone };
 }
@@ -102,7 +103,7 @@ async function comparePipelining(ctx: BenchContext, dir: string, load: Pipelinin
       on.push(...(await primed(cluster)));
     });
   }
-  const ceiling = await pipeliningCeiling(dir, BENCH_SHAPE.numLayers / 2, CONCURRENT, load.midContext);
+  const ceiling = await pipeliningCeiling(dir, BENCH_SHAPE.numLayers / 2, CONCURRENT, load.midContext, load.systemTokens);
   return { on, off, ratio: median(on) / median(off), ceiling, partition };
 }
 
@@ -162,6 +163,11 @@ export const batching: BenchPart = {
     figures.pipelining_off_32_chat_tok_s = median(chat.off);
     figures.pipelining_ceiling_same_load = chat.ceiling.sameLoad;
     figures.two_process_parallelism = chat.ceiling.twoProcesses;
+    // What reading the shared system prompt once per step (split attention's shared past) gains:
+    // the chat load's half-step at half the batch with that prompt in shared blocks, over the
+    // same with every sequence's past in blocks of its own.
+    const halfStep = (shared: number) => computeLoop(dir, BENCH_SHAPE.numLayers / 2, CONCURRENT / 2, CHAT_LOAD.midContext, shared, 4);
+    figures.shared_past_step_speedup = (await halfStep(CHAT_LOAD.systemTokens)) / (await halfStep(0));
     figures.pipelining_on_vs_off_short_context = short.ratio;
     figures.pipelining_ceiling_short_context = short.ceiling.sameLoad;
     figures.concurrent_32_tok_s = median(short.on);
@@ -187,8 +193,8 @@ export const batching: BenchPart = {
     figures.batch32_vs_1 = figures.concurrent_32_tok_s / figures.single_request_tok_s;
     figures.prefix_ttft_hit_vs_miss = figures.prefix_ttft_miss_ms / figures.prefix_ttft_hit_ms;
 
-    const ceilingRows = ({ label, midContext }: PipeliningLoad, c: PipeliningCeiling) => [
-      [`${label}: ${BENCH_SHAPE.numLayers / 2}-layer half-steps/s at ${midContext} tokens in: batch ${CONCURRENT} alone / batch ${CONCURRENT / 2} alone / batch ${CONCURRENT / 2} beside another`, "steps/s", `${fmt(c.wholeBatchAlone)} / ${fmt(c.halfBatchAlone)} / ${fmt(c.halfBatchBesideAnother)}`],
+    const ceilingRows = ({ label, midContext, systemTokens }: PipeliningLoad, c: PipeliningCeiling) => [
+      [`${label}: ${BENCH_SHAPE.numLayers / 2}-layer half-steps/s at ${midContext} tokens in${systemTokens ? ` (${systemTokens} shared)` : ""}: batch ${CONCURRENT} alone / batch ${CONCURRENT / 2} alone / batch ${CONCURRENT / 2} beside another`, "steps/s", `${fmt(c.wholeBatchAlone)} / ${fmt(c.halfBatchAlone)} / ${fmt(c.halfBatchBesideAnother)}`],
       [`${label}: 2 processes at batch ${CONCURRENT / 2} at once vs 1`, "ratio", `${fmt(c.twoProcesses)}x`],
       [`${label}: most pipelining can gain here at this load`, "ratio", `${fmt(c.sameLoad)}x`],
     ];
@@ -198,6 +204,7 @@ export const batching: BenchPart = {
       [`chat, pipelining off (1 in flight)`, "tok/s", `${fmt(median(chat.off))}  (${chat.off.map(fmt).join(" ")})`],
       ["pipelining_on_vs_off (chat; goal >= 1.6)", "ratio", `${fmt(chat.ratio)}x`],
       ...ceilingRows(CHAT_LOAD, chat.ceiling),
+      [`chat: ${BENCH_SHAPE.numLayers / 2}-layer half-step at batch ${CONCURRENT / 2}, system prompt read once for the batch vs once per sequence`, "ratio", `${fmt(figures.shared_past_step_speedup)}x`],
       [`short context, pipelining on, ${short.partition}`, "tok/s", `${fmt(median(short.on))}  (${short.on.map(fmt).join(" ")})`],
       [`short context, pipelining off`, "tok/s", `${fmt(median(short.off))}  (${short.off.map(fmt).join(" ")})`],
       ["pipelining_on_vs_off_short_context", "ratio", `${fmt(short.ratio)}x`],

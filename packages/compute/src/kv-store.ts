@@ -596,6 +596,7 @@ export class KvStore {
   readonly pools: readonly KvPool[];
   private readonly row: number;
   private readonly poolGathers: PoolsGather[] = []; // most recent first
+  private readonly sharedGathers: PoolsGather[] = []; // gatherSharedPools', most recent first
   // Every pool's, shared: scatter and copyBlock bump a block's count in whichever pool they write.
   private readonly blockEpochs: Uint32Array;
 
@@ -641,10 +642,24 @@ export class KvStore {
    * step ~7x and an int8 or fp16 one ~2x as slow as fp32's.
    */
   gatherPools(chunks: readonly KvChunk[], P: number): Float32Array[] {
+    return this.gatherInto(this.poolGathers, chunks, P);
+  }
+
+  /**
+   * The past a step's sequences share, positions [0, P) of `blockTable` (whole blocks), decoded
+   * to float32, one array per pool, each [kvHeads, P, headDim]: the stage graph's shared past
+   * inputs. Kept like gatherPools' arrays, apart from them, so the micro-batches a pipelined stage
+   * alternates between, behind one system prompt, decode it once.
+   */
+  gatherSharedPools(blockTable: readonly number[], P: number): Float32Array[] {
+    return this.gatherInto(this.sharedGathers, [{ startPosition: P, numTokens: 0, blockTable }], P);
+  }
+
+  private gatherInto(poolGathers: PoolsGather[], chunks: readonly KvChunk[], P: number): Float32Array[] {
     const bs = this.pools[0].blockSizeTokens;
     const perPool = chunks.length * P * this.row;
     const roomy = (g: PoolsGather) => g.buffers[0].length >= perPool && !g.buffers.some(isDetached);
-    let found = this.poolGathers.findIndex((g) => g.P === P && holdsPastOf(g, chunks, this.blockEpochs));
+    let found = poolGathers.findIndex((g) => g.P === P && holdsPastOf(g, chunks, this.blockEpochs));
     let entry: PoolsGather;
     let from: number[] | undefined;
     if (found < 0) {
@@ -652,11 +667,11 @@ export class KvStore {
       // for the longer past, then extended. Copying every past afresh from the blocks at each
       // block boundary was ~80 ms a micro-batch here (16 sequences of ~1,040 tokens, 5 layers):
       // a copy per block and head, each with a view object for the collector.
-      found = this.poolGathers.findIndex((g) => g.P < P && roomy(g) && holdsPastOf(g, chunks, this.blockEpochs));
-      if (found >= 0) restride(this.poolGathers[found], P, chunks.length * this.pools[0].numKvHeads, this.pools[0].headDim);
+      found = poolGathers.findIndex((g) => g.P < P && roomy(g) && holdsPastOf(g, chunks, this.blockEpochs));
+      if (found >= 0) restride(poolGathers[found], P, chunks.length * this.pools[0].numKvHeads, this.pools[0].headDim);
     }
     if (found >= 0) {
-      [entry] = this.poolGathers.splice(found, 1);
+      [entry] = poolGathers.splice(found, 1);
       from = entry.starts;
     } else {
       // Other sequences: the least recently used gather of another length whose arrays have room
@@ -664,11 +679,11 @@ export class KvStore {
       // Fresh arrays at every block boundary were ~7 MB a micro-batch (batch 16, 7 layers, hidden
       // 512) left to the collector; now a sequence's growth allocates a logarithmic number of times.
       let victim = -1;
-      for (let i = this.poolGathers.length - 1; i >= 0 && victim < 0; i--) {
-        if (this.poolGathers[i].P !== P && roomy(this.poolGathers[i])) victim = i;
+      for (let i = poolGathers.length - 1; i >= 0 && victim < 0; i--) {
+        if (poolGathers[i].P !== P && roomy(poolGathers[i])) victim = i;
       }
-      if (victim < 0 && this.poolGathers.length >= MAX_POOL_GATHERS) victim = this.poolGathers.length - 1;
-      const [old] = victim >= 0 ? this.poolGathers.splice(victim, 1) : [];
+      if (victim < 0 && poolGathers.length >= MAX_POOL_GATHERS) victim = poolGathers.length - 1;
+      const [old] = victim >= 0 ? poolGathers.splice(victim, 1) : [];
       const buffers = old && roomy(old) ? old.buffers : this.pools.map(() => new Float32Array(chunks.length * withRoom(P, bs) * this.row));
       entry = { P, arrays: buffers.map((b) => b.subarray(0, perPool)), buffers, starts: [], tables: [], epochs: [] };
     }
@@ -677,7 +692,7 @@ export class KvStore {
     entry.starts = chunks.map((c) => c.startPosition);
     entry.tables = chunks.map((c) => c.blockTable.slice(0, Math.ceil(c.startPosition / bs)));
     entry.epochs = entry.tables.map((table) => table.map((block) => (block === NO_BLOCK ? 0 : this.blockEpochs[block])));
-    this.poolGathers.unshift(entry);
+    poolGathers.unshift(entry);
     return entry.arrays;
   }
 

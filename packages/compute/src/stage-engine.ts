@@ -1,10 +1,10 @@
 import * as ort from "onnxruntime-node";
-import type { KvDtype } from "@strata/kv";
+import { NO_BLOCK, type KvDtype } from "@strata/kv";
 import { toRotateHalfLayout, type LoraAdapter, type StageWeights } from "@strata/model";
 import { LORA_IO, loraInputShapes, packLoraAdapter, type LoraInput } from "./lora-pack.ts";
 import { KvStore } from "./kv-store.ts";
 import { createSessionRunner, type SessionRunner } from "./session-runner.ts";
-import { buildStageGraph, pastKvPoolInput, STAGE_IO, type AttentionForm } from "./stage-graph.ts";
+import { buildStageGraph, defaultAttentionForm, pastKvPoolInput, sharedPastKvPoolInput, STAGE_IO, type AttentionForm } from "./stage-graph.ts";
 
 export type Device = "cpu" | "cuda";
 
@@ -65,6 +65,13 @@ export class StageEngine {
   // Each resident adapter's LoRA inputs (and the base model's zeros), built once and fed as they are.
   private readonly adapters = new Map<string | undefined, Record<string, ort.Tensor>>();
   private readonly outputSets = new Map<number, Record<string, ort.Tensor>>();
+  // Split attention reads the past a step's sequences share once for all of them (sharedPastKv).
+  private readonly sharesPast: boolean;
+  /**
+   * Shared past read so far: positions read once for a whole step (per session.run), and the
+   * per-sequence reads of those positions that saved (positions × (sequences - 1)).
+   */
+  readonly sharedPast = { positionsRead: 0, positionReadsSaved: 0 };
 
   private constructor(
     private readonly session: SessionRunner,
@@ -84,6 +91,7 @@ export class StageEngine {
       kvDtype: opts.kvDtype ?? "fp32",
     });
     if (this.maxLoraRank > 0) this.adapters.set(undefined, this.loraFeeds());
+    this.sharesPast = (opts.attention ?? defaultAttentionForm(c)) === "split";
   }
 
   get maxLoraRank(): number {
@@ -222,8 +230,11 @@ export class StageEngine {
     const B = chunks.length;
     const T = Math.max(...chunks.map((c) => c.numTokens));
     // Past length padded to whole blocks: fewer distinct shapes, so onnxruntime's per-shape memory
-    // plans are reused from step to step instead of rebuilt for every new length.
+    // plans are reused from step to step instead of rebuilt for every new length. The first Ps
+    // positions are the shared past when the graph reads one; each sequence's own past then
+    // starts there, so a key's column is its position either way.
     const P = Math.ceil(Math.max(...chunks.map((c) => c.startPosition)) / bs) * bs;
+    const Ps = this.sharesPast ? sharedPastBlocks(chunks, bs) * bs : 0;
     const S = P + T;
     const uniform = chunks.every((c) => c.numTokens === T);
 
@@ -261,7 +272,13 @@ export class StageEngine {
 
     // Every layer's past K and V from the blocks, decoded to float32, one tensor per pool.
     const KV = this.weights.config.numKvHeads;
-    this.kv.gatherPools(chunks, P).forEach((past, j) => (feeds[pastKvPoolInput(j)] = new ort.Tensor("float32", past, [B, KV, P, hd])));
+    if (this.sharesPast) {
+      this.kv.gatherSharedPools(chunks[0].blockTable.slice(0, Ps / bs), Ps).forEach((past, j) => (feeds[sharedPastKvPoolInput(j)] = new ort.Tensor("float32", past, [KV, Ps, hd])));
+    }
+    this.sharedPast.positionsRead += Ps;
+    this.sharedPast.positionReadsSaved += Ps * (B - 1);
+    const ownPast = Ps === 0 ? chunks : chunks.map((c) => ({ startPosition: c.startPosition - Ps, numTokens: c.numTokens, blockTable: c.blockTable.slice(Ps / bs) }));
+    this.kv.gatherPools(ownPast, P - Ps).forEach((past, j) => (feeds[pastKvPoolInput(j)] = new ort.Tensor("float32", past, [B, KV, P - Ps, hd])));
     if (lastStage) {
       feeds[STAGE_IO.lastIndex] = new ort.Tensor(
         "int64",
@@ -277,6 +294,19 @@ export class StageEngine {
     const padded = out[STAGE_IO.hiddenOut].data as Float32Array;
     return { hidden: uniform ? padded : packRows(padded, chunks, T, D) };
   }
+}
+
+/**
+ * Leading blocks every chunk reads as past from the same physical blocks (a prefix-cache hit they
+ * all share), 0 for a batch of one: reading them once for all is the gain.
+ */
+function sharedPastBlocks(chunks: readonly StageChunk[], bs: number): number {
+  if (chunks.length < 2) return 0;
+  const first = chunks[0].blockTable;
+  const limit = Math.min(...chunks.map((c) => Math.floor(c.startPosition / bs)));
+  let n = 0;
+  while (n < limit && first[n] !== NO_BLOCK && chunks.every((c) => c.blockTable[n] === first[n])) n++;
+  return n;
 }
 
 // Output buffers kept for reuse, one set per decode batch size (see StageEngine.reusedOutputs).

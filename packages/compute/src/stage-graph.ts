@@ -9,11 +9,16 @@ export const STAGE_IO = {
   inputIds: "input_ids", // int64 [B, T], first stage
   hiddenIn: "hidden_in", // f32 [B, T, D], later stages
   positions: "position_ids", // int64 [B, T]
-  mask: "attn_mask", // f32 [B, 1, T, P + T], additive, shared by every head
+  mask: "attn_mask", // f32 [B, 1, T, Ps + P + T], additive, shared by every head (Ps: see sharedPastKv)
   // Past K or V of KV pool j as float32 [B, kv_heads, P, head_dim], head-major as Attention reads
   // it: input past_kv_<j> (pastKvPoolInput). One input per pool: splitting one packed tensor in
   // the graph copied it all again.
   pastKv: "past_kv",
+  // Split attention only: the past every sequence of the step shares (the same physical blocks:
+  // a cached prefix), K or V of pool j as float32 [kv_heads, Ps, head_dim], read once for the
+  // whole batch: input shared_past_kv_<j> (sharedPastKvPoolInput). Ps may be 0. past_kv_<j> then
+  // holds each sequence's positions from Ps on, and the mask's key axis is shared, own past, new.
+  sharedPastKv: "shared_past_kv",
   lastIndex: "last_index", // int64 [B], rows of the flattened [B * T] batch whose logits are wanted
   hiddenOut: "hidden_out", // f32 [B, T, D], all but the last stage
   logits: "logits", // f32 [B, vocab], last stage
@@ -88,7 +93,9 @@ export function buildStageGraph(
   const mask = g.input(STAGE_IO.mask, "float", ["B", 1, "T", "S"]);
   const pastParts = Array.from({ length: 2 * L }, (_, j) => g.input(pastKvPoolInput(j), "float", ["B", KV, "P", hd]));
 
-  const split = (opts.attention ?? defaultAttentionForm(config)) === "split" ? splitAttentionShared(g, mask, pastParts[0], positions, H, KV, hd) : undefined;
+  const splitForm = (opts.attention ?? defaultAttentionForm(config)) === "split";
+  const sharedParts = splitForm ? Array.from({ length: 2 * L }, (_, j) => g.input(sharedPastKvPoolInput(j), "float", [KV, "Ps", hd])) : [];
+  const split = splitForm ? splitAttentionShared(g, mask, sharedParts[0], pastParts[0], positions, H, KV, hd) : undefined;
 
   const epsilon = { float: config.rmsNormEps };
   const rmsNorm = (x: string, w: string): string => g.node("SimplifiedLayerNormalization", [x, w], { axis: -1, epsilon });
@@ -135,7 +142,7 @@ export function buildStageGraph(
     // 1/sqrt(head_dim) scale is already in wq. Present K/V (past + new) are required outputs when
     // a past is given; the new rows alone go out through new_kv.
     const attn = split
-      ? splitAttention(g, split, qFlat, kFlat, vFlat, pastParts[2 * i], pastParts[2 * i + 1])
+      ? splitAttention(g, split, qFlat, kFlat, vFlat, { k: sharedParts[2 * i], v: sharedParts[2 * i + 1] }, { k: pastParts[2 * i], v: pastParts[2 * i + 1] })
       : g.nodeMulti("Attention", [qFlat, kFlat, vFlat, mask, pastParts[2 * i], pastParts[2 * i + 1]], 3, { q_num_heads: H, kv_num_heads: KV, scale: { float: 1 } })[0];
     const [mlpIn, afterAttn] = addNorm(project(attn, wo, i, 1), h, ffnNorm);
     h = afterAttn;
@@ -165,25 +172,45 @@ interface SplitAttention {
   H: number;
   KV: number;
   hd: number;
-  /** The additive mask with its rows repeated for each query head of a group: [B, 1, G * T, P + T]. */
+  /** The additive mask with its rows repeated for each query head of a group: [B, 1, G * T, Ps + P + T]. */
   groupMask: string;
-  /** [P, T]: where a row of scores splits into past and new keys. */
-  pastNewSizes: string;
+  /** [Ps, P, T]: where a row of scores splits into shared past, own past and new keys. */
+  keySizes: string;
+  /** Shapes for the shared past's GEMMs: [KV, B, G * T, Ps], [KV, B, G * T, hd] and [KV, B * G * T, Ps]. */
+  sharedScoresShape: string;
+  sharedOutShape: string;
+  sharedProbsShape: string;
 }
 
-function splitAttentionShared(g: GraphBuilder, mask: string, pastK: string, positions: string, H: number, KV: number, hd: number): SplitAttention {
+function splitAttentionShared(g: GraphBuilder, mask: string, sharedK: string, pastK: string, positions: string, H: number, KV: number, hd: number): SplitAttention {
   const G = H / KV;
   const groupMask = g.node("Tile", [mask, g.ints([1, 1, G, 1])]);
+  const Ps = g.node("Slice", [g.node("Shape", [sharedK]), g.ints([1]), g.ints([2])]);
   const P = g.node("Slice", [g.node("Shape", [pastK]), g.ints([2]), g.ints([3])]);
-  const T = g.node("Slice", [g.node("Shape", [positions]), g.ints([1]), g.ints([2])]);
-  return { H, KV, hd, groupMask, pastNewSizes: g.node("Concat", [P, T], { axis: 0 }) };
+  const batchShape = g.node("Shape", [positions]);
+  const B = g.node("Slice", [batchShape, g.ints([0]), g.ints([1])]);
+  const T = g.node("Slice", [batchShape, g.ints([1]), g.ints([2])]);
+  // Every dimension spelled out: Ps may be 0, and Reshape can infer no -1 beside a 0.
+  const GT = g.node("Mul", [T, g.ints([G])]);
+  return {
+    H,
+    KV,
+    hd,
+    groupMask,
+    keySizes: g.node("Concat", [Ps, P, T], { axis: 0 }),
+    sharedScoresShape: g.node("Concat", [g.ints([KV]), B, GT, Ps], { axis: 0 }),
+    sharedOutShape: g.node("Concat", [g.ints([KV]), B, GT, g.ints([hd])], { axis: 0 }),
+    sharedProbsShape: g.node("Concat", [g.ints([KV]), g.node("Mul", [B, GT]), Ps], { axis: 0 }),
+  };
 }
 
 /**
- * Grouped-query attention over the past and the new keys separately, so the past is read once
- * where it lies (no past + new concatenation copied out as present K/V).
+ * Grouped-query attention over the shared past, each sequence's own past and the new keys
+ * separately, so each past is read once where it lies (no past + new concatenation copied out as
+ * present K/V). The shared past is one GEMM per KV head for the whole batch: with 16 sequences
+ * behind one 1,024-token system prompt, a layer reads its 2 MB of shared K/V once, not 16 times.
  */
-function splitAttention(g: GraphBuilder, a: SplitAttention, qFlat: string, kFlat: string, vFlat: string, pastK: string, pastV: string): string {
+function splitAttention(g: GraphBuilder, a: SplitAttention, qFlat: string, kFlat: string, vFlat: string, shared: { k: string; v: string }, past: { k: string; v: string }): string {
   const { H, KV, hd } = a;
   const G = H / KV;
   // Query head j uses KV head floor(j / G): [B, T, KV, G, hd] -> [B, KV, G * T, hd], row g * T + t.
@@ -191,10 +218,17 @@ function splitAttention(g: GraphBuilder, a: SplitAttention, qFlat: string, kFlat
   const heads = (x: string) => g.node("Transpose", [g.node("Reshape", [x, g.ints([0, 0, KV, hd])])], { perm: [0, 2, 1, 3] }); // [B, KV, T, hd]
   const kNew = heads(kFlat);
   const vNew = heads(vFlat);
-  const scores = g.node("Concat", [g.node("FusedMatMul", [q, pastK], { transB: 1 }, undefined, MS_DOMAIN), g.node("FusedMatMul", [q, kNew], { transB: 1 }, undefined, MS_DOMAIN)], { axis: -1 });
-  const probs = g.node("Softmax", [g.node("Add", [scores, a.groupMask])], { axis: -1 });
-  const [pPast, pNew] = g.nodeMulti("Split", [probs, a.pastNewSizes], 2, { axis: -1 });
-  const o = g.node("Add", [g.node("MatMul", [pPast, pastV]), g.node("MatMul", [pNew, vNew])]); // [B, KV, G * T, hd]
+  // [B, KV, G * T, x] <-> [KV, B * G * T, x]: every sequence's query rows of a KV head as one matrix.
+  // allowzero: a 0 in a shape is a 0 (an empty shared past), not "keep this dimension".
+  const byHead = (x: string, shape: string) => g.node("Reshape", [g.node("Transpose", [x], { perm: [1, 0, 2, 3] }), shape], { allowzero: 1 });
+  const byBatch = (x: string, shape: string) => g.node("Transpose", [g.node("Reshape", [x, shape], { allowzero: 1 })], { perm: [1, 0, 2, 3] });
+  const sharedScores = byBatch(g.node("FusedMatMul", [byHead(q, g.ints([KV, -1, hd])), shared.k], { transB: 1 }, undefined, MS_DOMAIN), a.sharedScoresShape);
+  const pastScores = g.node("FusedMatMul", [q, past.k], { transB: 1 }, undefined, MS_DOMAIN);
+  const newScores = g.node("FusedMatMul", [q, kNew], { transB: 1 }, undefined, MS_DOMAIN);
+  const probs = g.node("Softmax", [g.node("Add", [g.node("Concat", [sharedScores, pastScores, newScores], { axis: -1 }), a.groupMask])], { axis: -1 });
+  const [pShared, pPast, pNew] = g.nodeMulti("Split", [probs, a.keySizes], 3, { axis: -1 });
+  const oShared = byBatch(g.node("MatMul", [byHead(pShared, a.sharedProbsShape), shared.v]), a.sharedOutShape);
+  const o = g.node("Add", [g.node("Add", [g.node("MatMul", [pPast, past.v]), g.node("MatMul", [pNew, vNew])]), oShared]); // [B, KV, G * T, hd]
   return g.node("Reshape", [g.node("Transpose", [g.node("Reshape", [o, g.ints([0, KV, G, -1, hd])])], { perm: [0, 3, 1, 2, 4] }), g.ints([0, 0, H * hd])]);
 }
 
@@ -208,6 +242,11 @@ function loraInputs(g: GraphBuilder, config: ModelConfig, L: number, maxRank: nu
     return L === 1 ? [stacked] : g.nodeMulti("Split", [stacked], L, { axis: 0, num_outputs: L });
   };
   return LORA_GROUPS.map((group) => [perLayer(group.a), perLayer(group.b)]);
+}
+
+/** The fp32 shared past K/V input of KV pool j (split attention only): f32 [kv_heads, Ps, head_dim]. */
+export function sharedPastKvPoolInput(j: number): string {
+  return `${STAGE_IO.sharedPastKv}_${j}`;
 }
 
 /** The fp32 past K/V input of KV pool j (layer j / 2; K when j is even, V when odd): f32 [B, kv_heads, P, head_dim]. */

@@ -47,6 +47,38 @@ async function run(weights: StageWeights, attention: AttentionForm, kvDtype: KvD
   return logits;
 }
 
+// Sequences behind one 8-token prefix (blocks 0 and 1, written by sequence 10), then one that
+// shares only block 0 and one that shares nothing: split attention reads a shared past once for
+// the step (Ps = 8, then 4, then 0), the fused node reads every sequence's past whole.
+const PREFIX = [1, 17, 29, 31, 43, 57, 61, 71];
+const BEHIND_PREFIX = [
+  { seqId: 1, ids: [103, 107, 61, 78, 132], blocks: [0, 1, 2, 3, 4] },
+  { seqId: 2, ids: [20, 30, 40], blocks: [0, 1, 5, 6] },
+  { seqId: 3, ids: [99], blocks: [0, 1, 7, 8] },
+];
+
+async function runBehindPrefix(weights: StageWeights, attention: AttentionForm, kvDtype: KvDtype): Promise<{ logits: Float32Array[]; sharedPast: number[] }> {
+  const engine = await StageEngine.create(weights, { numBlocks: 24, blockSizeTokens: BLOCK, firstStage: true, lastStage: true, kvDtype, attention });
+  const at = (p: (typeof BEHIND_PREFIX)[number], step: number, token: number): StageChunk => ({ seqId: p.seqId, startPosition: 8 + p.ids.length + step, numTokens: 1, tokenIds: [token], blockTable: p.blocks });
+  const steps: StageChunk[][] = [
+    [{ seqId: 10, startPosition: 0, numTokens: PREFIX.length, tokenIds: PREFIX, blockTable: [0, 1] }],
+    BEHIND_PREFIX.map((p) => ({ seqId: p.seqId, startPosition: 8, numTokens: p.ids.length, tokenIds: p.ids, blockTable: p.blocks })),
+    BEHIND_PREFIX.map((p) => at(p, 0, 30)),
+    BEHIND_PREFIX.map((p) => at(p, 1, 31)),
+    [at(BEHIND_PREFIX[0], 2, 32), { seqId: 4, startPosition: 4, numTokens: 5, tokenIds: [5, 6, 7, 8, 9], blockTable: [0, 9, 10] }],
+    [at(BEHIND_PREFIX[1], 2, 33), { seqId: 5, startPosition: 0, numTokens: 6, tokenIds: [1, 2, 3, 4, 5, 6], blockTable: [11, 12] }],
+  ];
+  const logits: Float32Array[] = [];
+  const sharedPast: number[] = [];
+  for (const step of steps) {
+    const before = engine.sharedPast.positionsRead;
+    logits.push((await engine.forward(step)).logits!.slice());
+    sharedPast.push(engine.sharedPast.positionsRead - before);
+  }
+  await engine.close();
+  return { logits, sharedPast };
+}
+
 describe("attention forms", () => {
   it("splits where a token's K/V are wide: not stories260K (4 x 8), the bench model (4 x 64) and wider", () => {
     expect(defaultAttentionForm(bundled.config)).toBe("fused");
@@ -66,6 +98,26 @@ describe("attention forms", () => {
     split.forEach((l, s) => {
       let worst = 0;
       for (let i = 0; i < l.length; i++) worst = Math.max(worst, Math.abs(l[i] - fused[s][i]));
+      expect(worst).toBeLessThan(1e-4);
+      expect(l.every(Number.isFinite)).toBe(true);
+    });
+  });
+
+  it.each<["bundled" | "gqa", KvDtype]>([
+    ["bundled", "fp32"],
+    ["gqa", "fp32"],
+    ["gqa", "int8"],
+    ["gqa", "fp8"],
+  ])("%s model, %s KV: a past the step's sequences share is read once and attended as each sequence's own", async (model, kvDtype) => {
+    const weights = model === "bundled" ? bundled : gqa;
+    const fused = await runBehindPrefix(weights, "fused", kvDtype);
+    const split = await runBehindPrefix(weights, "split", kvDtype);
+    expect(fused.sharedPast).toEqual([0, 0, 0, 0, 0, 0]);
+    // Positions of shared past per step: none alone, 8 behind the prefix, 4 where one shares only block 0, none where one shares nothing.
+    expect(split.sharedPast).toEqual([0, 8, 8, 8, 4, 0]);
+    split.logits.forEach((l, s) => {
+      let worst = 0;
+      for (let i = 0; i < l.length; i++) worst = Math.max(worst, Math.abs(l[i] - fused.logits[s][i]));
       expect(worst).toBeLessThan(1e-4);
       expect(l.every(Number.isFinite)).toBe(true);
     });

@@ -214,6 +214,8 @@ export class WorkerNode {
         sequences: t.sequenceIds().length,
         kvDtype: s.spec.kvDtype,
         sequencesEvicted: BigInt(t.sequencesEvicted),
+        sharedPastPositionsRead: BigInt(s.engine.sharedPast.positionsRead),
+        sharedPastPositionReadsSaved: BigInt(s.engine.sharedPast.positionReadsSaved),
       }),
       seqIds: t.sequenceIds(),
       maxLoraRank: s.spec.maxLoraRank,
