@@ -1,8 +1,6 @@
 import { KvCapacityError, SequenceExistsError, UnknownSequenceError } from "./errors.ts";
 import { encodeExtraKeys, hashBlockEncoded, hashToHex, type ExtraKey } from "./hash.ts";
 
-const NO_BLOCKS: ReadonlySet<number> = new Set();
-
 export interface BlockPoolOptions {
   numBlocks: number;
   blockSizeTokens: number;
@@ -54,6 +52,13 @@ interface Sequence {
    * no hash (only one block may own a hash), but both sequences still know its content.
    */
   readonly chain: Uint8Array[];
+  readonly encodedExtraKeys: Uint8Array;
+}
+
+/** A prompt's cached prefix as matchPrefix found it: its blocks and their content hashes. */
+export interface PrefixMatch {
+  readonly blocks: readonly number[];
+  readonly chain: readonly Uint8Array[];
   readonly encodedExtraKeys: Uint8Array;
 }
 
@@ -214,32 +219,42 @@ export class BlockPool {
   }
 
   /**
-   * Creates seqId for a prompt and attaches the longest cached prefix of it (whole blocks, and
-   * never the whole prompt, so the last token is always computed). Returns the number of prompt
-   * tokens already cached, which is also the new sequence's length. `extraKeys` (adapter with
-   * load generation, salt, ...) go into every block hash of this sequence; their order matters.
-   * The match stops before any block of `unwritten`: blocks the batch being formed will write,
-   * which a sequence of that same batch would read before they hold anything.
+   * The longest cached prefix of a prompt (whole blocks, and never the whole prompt, so the last
+   * token is always computed), looked up without changing anything; attach it with
+   * allocatePrefix. `extraKeys` (adapter with load generation, salt, ...) go into every block
+   * hash; their order matters. Throws on a bad token id.
    */
-  allocatePrefix(seqId: number, tokenIds: ArrayLike<number>, extraKeys: readonly ExtraKey[] = [], unwritten: ReadonlySet<number> = NO_BLOCKS): number {
+  matchPrefix(tokenIds: ArrayLike<number>, extraKeys: readonly ExtraKey[] = []): PrefixMatch {
+    const encodedExtraKeys = encodeExtraKeys(extraKeys);
+    const match = { tokenIds, encodedExtraKeys, blocks: [] as number[], chain: [] as Uint8Array[] };
+    if (!this.prefixCachingEnabled) return match;
+    const B = this.blockSizeTokens;
+    const maxBlocks = tokenIds.length > 0 ? Math.floor((tokenIds.length - 1) / B) : 0;
+    let parent: Uint8Array | null = null;
+    for (let i = 0; i < maxBlocks; i++) {
+      const hash = hashBlockEncoded(parent, tokenIds, i * B, (i + 1) * B, encodedExtraKeys);
+      const block = this.blockByHash.get(hashToHex(hash));
+      if (block === undefined) break;
+      match.blocks.push(block);
+      match.chain.push(hash);
+      parent = hash;
+    }
+    return match;
+  }
+
+  /**
+   * Creates seqId for a prompt and attaches its longest cached prefix (`match`, from matchPrefix
+   * with no change to the pool since; by default looked up now). Returns the number of prompt
+   * tokens already cached, which is also the new sequence's length.
+   */
+  allocatePrefix(seqId: number, tokenIds: ArrayLike<number>, extraKeys: readonly ExtraKey[] = [], match?: PrefixMatch): number {
     checkSeqId(seqId);
     if (this.seqs.has(seqId)) throw new SequenceExistsError(seqId);
-    const seq = newSequence(encodeExtraKeys(extraKeys));
+    // Looked up before any change: hashing throws on a bad token id, which must change nothing.
+    const found = match ?? this.matchPrefix(tokenIds, extraKeys);
+    const seq: Sequence = { blocks: [...found.blocks], lengthTokens: found.blocks.length * this.blockSizeTokens, chain: [...found.chain], encodedExtraKeys: found.encodedExtraKeys };
+    for (const block of seq.blocks) this.acquire(block);
     if (this.prefixCachingEnabled) {
-      const B = this.blockSizeTokens;
-      const maxBlocks = tokenIds.length > 0 ? Math.floor((tokenIds.length - 1) / B) : 0;
-      let parent: Uint8Array | null = null;
-      // Look up everything first: hashing throws on a bad token id, which must change nothing.
-      for (let i = 0; i < maxBlocks; i++) {
-        const hash = hashBlockEncoded(parent, tokenIds, i * B, (i + 1) * B, seq.encodedExtraKeys);
-        const block = this.blockByHash.get(hashToHex(hash));
-        if (block === undefined || unwritten.has(block)) break;
-        seq.blocks.push(block);
-        seq.chain.push(hash);
-        parent = hash;
-      }
-      for (const block of seq.blocks) this.acquire(block);
-      seq.lengthTokens = seq.blocks.length * B;
       this.prefixQueryTokens += tokenIds.length;
       this.prefixHitTokens += seq.lengthTokens;
     }

@@ -1,4 +1,4 @@
-export { BlockPool, NO_BLOCK, type BlockEvent, type BlockPoolOptions, type ForkCopy, type KvPoolStats } from "./block-pool.ts";
+export { BlockPool, NO_BLOCK, type BlockEvent, type BlockPoolOptions, type ForkCopy, type KvPoolStats, type PrefixMatch } from "./block-pool.ts";
 export { KvCapacityError, SequenceExistsError, UnknownSequenceError } from "./errors.ts";
 export { BLOCK_HASH_BYTES, hashBlock, type ExtraKey } from "./hash.ts";
 export { blocksForBudget, kvBytesPerToken } from "./sizing.ts";

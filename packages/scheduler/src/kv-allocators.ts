@@ -4,8 +4,9 @@ import { BlockPool, ContiguousAllocator, type BlockEvent, type ExtraKey, type Kv
 export interface SchedulerKvAllocator {
   /**
    * Creates seqId for its prompt if its first chunk (up to `firstChunkTokens` beyond any cached
-   * prefix) fits; returns the prompt tokens already cached, or null with nothing changed. The
-   * cached prefix stops before any block of `unwritten` (blocks the batch being formed writes).
+   * prefix) fits; returns the prompt tokens already cached, or null with nothing changed. Also
+   * null when its cached prefix holds a block of `unwritten` (blocks the batch being formed
+   * writes, which none of its sequences can read as past): the next batch shares it instead.
    */
   admit(seqId: number, tokenIds: readonly number[], extraKeys: readonly ExtraKey[], maxLength: number, firstChunkTokens: number, unwritten: ReadonlySet<number>): number | null;
   canReserve(seqId: number, newLength: number): boolean;
@@ -37,7 +38,9 @@ export class PagedKvAllocator implements SchedulerKvAllocator {
   }
 
   admit(seqId: number, tokenIds: readonly number[], extraKeys: readonly ExtraKey[], _maxLength: number, firstChunkTokens: number, unwritten: ReadonlySet<number>): number | null {
-    const cached = this.pool.allocatePrefix(seqId, tokenIds, extraKeys, unwritten);
+    const match = this.pool.matchPrefix(tokenIds, extraKeys);
+    if (match.blocks.some((block) => unwritten.has(block))) return null;
+    const cached = this.pool.allocatePrefix(seqId, tokenIds, extraKeys, match);
     if (this.pool.canReserve(seqId, cached + Math.min(tokenIds.length - cached, firstChunkTokens))) return cached;
     this.pool.free(seqId);
     return null;

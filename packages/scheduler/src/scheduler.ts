@@ -155,8 +155,9 @@ export class Scheduler {
     const preempted: Preemption[] = [];
     const admissible = Math.min(this.waiting.length, Math.max(0, this.opts.maxNumSeqs - this.running.length));
     const seqCap = Math.max(1, Math.ceil((this.running.length + admissible) / (this.opts.pipelineDepth ?? 1)));
-    // Blocks this batch's chunks write: a sequence admitted into the same batch must not take
-    // them as a cached prefix, since every stage gathers a batch's past before writing its K/V.
+    // Blocks this batch's chunks write. A prompt whose cached prefix holds one waits for the
+    // next batch, which shares it: every stage gathers a batch's past before writing its K/V, and
+    // runs batches in order. (Computing the prefix again beside its first copy would be the cost.)
     const written = new Set<number>();
 
     const take = (seq: SchedulerSequence): boolean => {

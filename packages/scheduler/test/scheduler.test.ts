@@ -178,27 +178,24 @@ describe("Scheduler", () => {
     expect(s.stats().prefixHitTokens).toBe(12);
   });
 
-  it("a prompt admitted into the batch that fills a prefix's blocks computes them itself; the next batch shares them", () => {
+  it("a prompt whose cached prefix the batch being formed writes waits for the next batch, which shares it", () => {
     const s = scheduler();
     const prompt = range(9); // 2 full blocks + 1 token
-    const [a, b] = [seq(1, prompt), seq(2, prompt)];
-    s.add(a);
-    s.add(b);
+    const [a, b, c] = [seq(1, prompt), seq(2, prompt), seq(3, range(5, 90))];
+    for (const x of [a, b, c]) s.add(x);
     // a's chunk fills blocks that are hashed as it is scheduled, but no stage has written them
-    // while this batch gathers its past: b must not read them as its own.
+    // while this batch gathers its past: b must not read them, nor compute them again beside a.
     const batch = s.schedule().batch!;
-    expect(batch.chunks.map((c) => [c.seqId, c.startPosition, c.tokenIds.length])).toEqual([
-      [1, 0, 9],
-      [2, 0, 9],
-    ]);
-    expect(batch.chunks[1].blockIds.filter((id) => batch.chunks[0].blockIds.includes(id))).toEqual([]);
-    expect(s.stats().prefixHitTokens).toBe(0);
-    // Sent after it, a batch reads them once every stage has: a later prompt shares them.
-    const c = seq(3, prompt);
-    s.add(c);
+    expect(batch.chunks.map((ch) => [ch.seqId, ch.startPosition, ch.tokenIds.length])).toEqual([[1, 0, 9]]);
+    expect(s.numWaiting).toBe(2);
+    // The next batch, sent after it (a still in flight), shares them; c waited behind b.
     const next = s.schedule().batch!;
-    expect(next.chunks.map((ch) => [ch.seqId, ch.startPosition])).toEqual([[3, 8]]);
+    expect(next.chunks.map((ch) => [ch.seqId, ch.startPosition, ch.tokenIds.length])).toEqual([
+      [2, 8, 1],
+      [3, 0, 5],
+    ]);
     expect(next.chunks[0].blockIds.slice(0, 2)).toEqual(batch.chunks[0].blockIds.slice(0, 2));
+    expect(s.stats().prefixHitTokens).toBe(8);
   });
 
   it("a finished sequence's blocks filled during a decode run are cached for a prompt that continues it", () => {
