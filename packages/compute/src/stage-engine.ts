@@ -1,6 +1,7 @@
 import * as ort from "onnxruntime-node";
 import { NO_BLOCK, type KvDtype } from "@strata/kv";
 import { toRotateHalfLayout, type LoraAdapter, type StageWeights } from "@strata/model";
+import { layerWeightCount } from "@strata/planner";
 import { LORA_IO, loraInputShapes, packLoraAdapter, type LoraInput } from "./lora-pack.ts";
 import { KvStore } from "./kv-store.ts";
 import { createSessionRunner, type SessionRunner } from "./session-runner.ts";
@@ -72,6 +73,10 @@ export class StageEngine {
    * per-sequence reads of those positions that saved (positions × (sequences - 1)).
    */
   readonly sharedPast = { positionsRead: 0, positionReadsSaved: 0 };
+  /** session.run calls made so far (a step makes more than one for several adapters or lengths). */
+  runs = 0;
+  // What one more session.run costs, in padded rows of this stage's layers (see runsByLength).
+  private readonly runCostInRows: number;
 
   private constructor(
     private readonly session: SessionRunner,
@@ -92,6 +97,7 @@ export class StageEngine {
     });
     if (this.maxLoraRank > 0) this.adapters.set(undefined, this.loraFeeds());
     this.sharesPast = (opts.attention ?? defaultAttentionForm(c)) === "split";
+    this.runCostInRows = Math.max(1, RUN_COST_MACS / ((weights.layerEnd - weights.layerStart) * layerWeightCount(c)));
   }
 
   get maxLoraRank(): number {
@@ -165,19 +171,23 @@ export class StageEngine {
 
   /**
    * One step of a micro-batch. Sequences of different adapters run as one session.run per
-   * adapter (each feeds its own LoRA matrices); outputs come back in chunk order.
+   * adapter (each feeds its own LoRA matrices), and chunks of very different lengths as runs of
+   * their own where padding them to one length would cost more than a run (see runsByLength);
+   * outputs come back in chunk order.
    */
   async forward(chunks: readonly StageChunk[], hidden?: Float32Array): Promise<StageOutput> {
     for (const c of chunks) {
       if (!this.adapters.has(c.adapter) && (c.adapter !== undefined || this.maxLoraRank > 0)) throw new RangeError(`unknown LoRA adapter "${c.adapter}" on this stage`);
     }
-    const groups = new Map<string | undefined, number[]>();
+    const byAdapter = new Map<string | undefined, number[]>();
     chunks.forEach((c, i) => {
-      const members = groups.get(c.adapter);
+      const members = byAdapter.get(c.adapter);
       if (members) members.push(i);
-      else groups.set(c.adapter, [i]);
+      else byAdapter.set(c.adapter, [i]);
     });
-    if (groups.size <= 1) return this.forwardGroup(chunks, hidden);
+    const groups = [...byAdapter.values()].flatMap((members) => runsByLength(members.map((i) => chunks[i].numTokens), this.runCostInRows).map((run) => run.map((k) => members[k])));
+    this.runs += groups.length;
+    if (groups.length <= 1) return this.forwardGroup(chunks, hidden);
     const D = this.hiddenSize;
     const rowStart: number[] = [];
     let rows = 0;
@@ -186,7 +196,7 @@ export class StageEngine {
       rows += c.numTokens;
     }
     const out: StageOutput = this.opts.lastStage ? { logits: new Float32Array(chunks.length * this.vocabSize) } : { hidden: new Float32Array(rows * D) };
-    for (const members of groups.values()) {
+    for (const members of groups) {
       const part = members.map((i) => chunks[i]);
       const partHidden = hidden && concatRows(members.map((i) => hidden.subarray(rowStart[i] * D, (rowStart[i] + chunks[i].numTokens) * D)));
       const result = await this.forwardGroup(part, partHidden);
@@ -294,6 +304,39 @@ export class StageEngine {
     const padded = out[STAGE_IO.hiddenOut].data as Float32Array;
     return { hidden: uniform ? padded : packRows(padded, chunks, T, D) };
   }
+}
+
+/**
+ * A session.run's fixed cost as multiply-adds: ~1.3 ms of a 5-layer decode step of the bench
+ * model (hidden 512) here, beside ~0.49 ms per row at ~30 G multiply-adds/s. So a padded row of
+ * that stage costs ~1/3 of a run, and one of stories260K's (~45 k multiply-adds a layer) ~1/300.
+ */
+const RUN_COST_MACS = 40e6;
+
+/**
+ * Chunks (by their token counts) split into runs of one padded length each, least total cost:
+ * a run costs `runCostInRows`, plus its longest chunk's length for each of its chunks. A step
+ * mixing one 1,040-token prompt chunk with 15 short ones padded all 16 to 1,040 rows (18 s for
+ * the bench model's first stage, against ~0.6 s). Runs hold indexes into `lengths`; one run
+ * when the lengths are equal or padding is cheap.
+ */
+export function runsByLength(lengths: readonly number[], runCostInRows: number): number[][] {
+  const order = lengths.map((_, i) => i).sort((a, b) => lengths[b] - lengths[a]);
+  const n = order.length;
+  if (n === 0 || lengths[order[0]] === lengths[order[n - 1]]) return [lengths.map((_, i) => i)];
+  // best[j]: least cost of the j longest chunks; a run is a range of the longest-first order.
+  const best = new Array<number>(n + 1).fill(Infinity);
+  const start = new Array<number>(n + 1).fill(0);
+  best[0] = 0;
+  for (let j = 1; j <= n; j++) {
+    for (let i = 0; i < j; i++) {
+      const cost = best[i] + runCostInRows + (j - i) * lengths[order[i]];
+      if (cost < best[j]) [best[j], start[j]] = [cost, i];
+    }
+  }
+  const runs: number[][] = [];
+  for (let j = n; j > 0; j = start[j]) runs.unshift(order.slice(start[j], j).sort((a, b) => a - b));
+  return runs;
 }
 
 /**
