@@ -73,8 +73,7 @@ export class StageEngine {
    * per-sequence reads of those positions that saved (positions × (sequences - 1)).
    */
   readonly sharedPast = { positionsRead: 0, positionReadsSaved: 0 };
-  /** session.run calls made so far (a step makes more than one for several adapters or lengths). */
-  runs = 0;
+  private runCount = 0;
   // What one more session.run costs, in padded rows of this stage's layers (see runsByLength).
   private readonly runCostInRows: number;
 
@@ -97,7 +96,12 @@ export class StageEngine {
     });
     if (this.maxLoraRank > 0) this.adapters.set(undefined, this.loraFeeds());
     this.sharesPast = (opts.attention ?? defaultAttentionForm(c)) === "split";
-    this.runCostInRows = Math.max(1, RUN_COST_MACS / ((weights.layerEnd - weights.layerStart) * layerWeightCount(c)));
+    this.runCostInRows = Math.max(1, RUN_COST_MACS / (this.layerCount * layerWeightCount(c)));
+  }
+
+  /** session.run calls made so far (a step makes more than one for several adapters or lengths). */
+  get runs(): number {
+    return this.runCount;
   }
 
   get maxLoraRank(): number {
@@ -186,7 +190,7 @@ export class StageEngine {
       else byAdapter.set(c.adapter, [i]);
     });
     const groups = [...byAdapter.values()].flatMap((members) => runsByLength(members.map((i) => chunks[i].numTokens), this.runCostInRows).map((run) => run.map((k) => members[k])));
-    this.runs += groups.length;
+    this.runCount += groups.length;
     if (groups.length <= 1) return this.forwardGroup(chunks, hidden);
     const D = this.hiddenSize;
     const rowStart: number[] = [];
@@ -315,10 +319,10 @@ const RUN_COST_MACS = 40e6;
 
 /**
  * Chunks (by their token counts) split into runs of one padded length each, least total cost:
- * a run costs `runCostInRows`, plus its longest chunk's length for each of its chunks. A step
- * mixing one 1,040-token prompt chunk with 15 short ones padded all 16 to 1,040 rows (18 s for
- * the bench model's first stage, against ~0.6 s). Runs hold indexes into `lengths`; one run
- * when the lengths are equal or padding is cheap.
+ * a run costs `runCostInRows`, plus its longest chunk's length for each of its chunks. Padded
+ * into one run, a 1,000-token prompt joining 15 decoding requests on the bench model stalled them
+ * all for 8-15 s; run apart, 1.0-1.2 s. Runs hold indexes into `lengths`; one run when the
+ * lengths are equal or padding is cheap.
  */
 export function runsByLength(lengths: readonly number[], runCostInRows: number): number[][] {
   const order = lengths.map((_, i) => i).sort((a, b) => lengths[b] - lengths[a]);

@@ -226,7 +226,7 @@ export class BlockPool {
    */
   matchPrefix(tokenIds: ArrayLike<number>, extraKeys: readonly ExtraKey[] = []): PrefixMatch {
     const encodedExtraKeys = encodeExtraKeys(extraKeys);
-    const match = { tokenIds, encodedExtraKeys, blocks: [] as number[], chain: [] as Uint8Array[] };
+    const match = { encodedExtraKeys, blocks: [] as number[], chain: [] as Uint8Array[] };
     if (!this.prefixCachingEnabled) return match;
     const B = this.blockSizeTokens;
     const maxBlocks = tokenIds.length > 0 ? Math.floor((tokenIds.length - 1) / B) : 0;

@@ -156,8 +156,8 @@ export class Scheduler {
     const admissible = Math.min(this.waiting.length, Math.max(0, this.opts.maxNumSeqs - this.running.length));
     const seqCap = Math.max(1, Math.ceil((this.running.length + admissible) / (this.opts.pipelineDepth ?? 1)));
     // Blocks this batch's chunks write. A prompt whose cached prefix holds one waits for the
-    // next batch, which shares it: every stage gathers a batch's past before writing its K/V, and
-    // runs batches in order. (Computing the prefix again beside its first copy would be the cost.)
+    // next batch and shares it there, rather than computing it a second time: every stage
+    // gathers a batch's past before writing its K/V, and runs batches in order.
     const written = new Set<number>();
 
     const take = (seq: SchedulerSequence): boolean => {
