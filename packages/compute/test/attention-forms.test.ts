@@ -79,6 +79,17 @@ async function runBehindPrefix(weights: StageWeights, attention: AttentionForm, 
   return { logits, sharedPast };
 }
 
+/** Each step's logits finite and within float32 summation order of the reference's. */
+function expectSameSteps(steps: Float32Array[], reference: Float32Array[]): void {
+  expect(steps).toHaveLength(reference.length);
+  steps.forEach((l, s) => {
+    let worst = 0;
+    for (let i = 0; i < l.length; i++) worst = Math.max(worst, Math.abs(l[i] - reference[s][i]));
+    expect(worst).toBeLessThan(1e-4);
+    expect(l.every(Number.isFinite)).toBe(true);
+  });
+}
+
 describe("attention forms", () => {
   it("splits where a token's K/V are wide: not stories260K (4 x 8), the bench model (4 x 64) and wider", () => {
     expect(defaultAttentionForm(bundled.config)).toBe("fused");
@@ -95,12 +106,7 @@ describe("attention forms", () => {
     const weights = model === "bundled" ? bundled : gqa;
     const [fused, split] = [await run(weights, "fused", kvDtype), await run(weights, "split", kvDtype)];
     expect(split).toHaveLength(4);
-    split.forEach((l, s) => {
-      let worst = 0;
-      for (let i = 0; i < l.length; i++) worst = Math.max(worst, Math.abs(l[i] - fused[s][i]));
-      expect(worst).toBeLessThan(1e-4);
-      expect(l.every(Number.isFinite)).toBe(true);
-    });
+    expectSameSteps(split, fused);
   });
 
   it.each<["bundled" | "gqa", KvDtype]>([
@@ -115,12 +121,7 @@ describe("attention forms", () => {
     expect(fused.sharedPast).toEqual([0, 0, 0, 0, 0, 0]);
     // Positions of shared past per step: none alone, 8 behind the prefix, 4 where one shares only block 0, none where one shares nothing.
     expect(split.sharedPast).toEqual([0, 8, 8, 8, 4, 0]);
-    split.logits.forEach((l, s) => {
-      let worst = 0;
-      for (let i = 0; i < l.length; i++) worst = Math.max(worst, Math.abs(l[i] - fused.logits[s][i]));
-      expect(worst).toBeLessThan(1e-4);
-      expect(l.every(Number.isFinite)).toBe(true);
-    });
+    expectSameSteps(split.logits, fused.logits);
   });
 
   it("split attention reproduces greedy.json", async () => {
