@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { writeSyntheticModel, type StageWeights } from "@strata/model";
-import { runsByLength, StageEngine, type StageChunk } from "../src/index.ts";
+import { runsByLength, runsByPrefix, StageEngine, type StageChunk } from "../src/index.ts";
 import { loadWholeModel } from "./support/greedy-kv.ts";
 
 describe("runsByLength", () => {
@@ -83,5 +83,76 @@ describe("a step of mixed lengths", () => {
     }
     await together.close();
     await alone.close();
+  });
+});
+
+describe("runsByPrefix", () => {
+  // Blocks of 16: chunk i decodes behind `prefix` (its first blocks), then blocks of its own.
+  const behind = (prefix: number[], own: number) => ({ startPosition: prefix.length * 16 + 5, numTokens: 1, blockTable: [...prefix, own] });
+  const promptA = Array.from({ length: 64 }, (_, i) => i);
+  const promptB = Array.from({ length: 64 }, (_, i) => 100 + i);
+  const chunks = [behind(promptA, 200), behind(promptB, 201), behind(promptA, 202), behind(promptB, 203), { startPosition: 0, numTokens: 1, blockTable: [204] }, behind(promptA, 205)];
+
+  it("runs sequences behind different long prompts apart, each prompt read once, the rest together", () => {
+    // 2 x 1,024 + 1,024 positions saved at 1/480 of a row each, against 2 more runs of ~3 rows.
+    expect(runsByPrefix([0, 1, 2, 3, 4, 5], chunks, 16, 3, 1 / 480)).toEqual([[0, 2, 5], [1, 3], [4]]);
+  });
+
+  it("keeps one run where the reads saved cost less than the runs added, or nothing is shared", () => {
+    expect(runsByPrefix([0, 1, 2, 3, 4, 5], chunks, 16, 144, 1 / 480)).toEqual([[0, 1, 2, 3, 4, 5]]);
+    expect(runsByPrefix([0, 2, 5], chunks, 16, 3, 1 / 480)).toEqual([[0, 2, 5]]); // one prompt: already shared
+    expect(runsByPrefix([0, 1, 4], chunks, 16, 3, 1 / 480)).toEqual([[0, 1, 4]]); // no prompt behind two
+  });
+});
+
+// Split attention on a model whose stage graph reads a shared past: sequences behind two
+// different 1,088-token prompts in one step run as a run per prompt, each prompt read once, and
+// every chunk's logits are what the fused node (which reads every past whole) gives.
+describe("a step behind two prompts", () => {
+  const tmp = mkdtempSync(join(tmpdir(), "strata-prefix-runs-"));
+  let weights: StageWeights;
+  beforeAll(async () => {
+    await writeSyntheticModel(join(tmp, "m"), { hiddenSize: 256, intermediateSize: 256, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 64, vocabSize: 200, maxPositionEmbeddings: 2048 }, 4);
+    weights = await loadWholeModel(join(tmp, "m"));
+  });
+  afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+  it("reads each prompt once for the sequences behind it, with the logits of the fused node", async () => {
+    const PROMPT_BLOCKS = 68;
+    const prompt = (offset: number) => Array.from({ length: PROMPT_BLOCKS * 16 }, (_, i) => 3 + ((i * 13 + offset) % 190));
+    const prompts = [prompt(0), prompt(7)];
+    // Sequences 1-10: 5 behind each prompt (its blocks, then 1 block of their own). The reads
+    // saved (2 x 4 x 1,088 positions) are worth ~68 rows of this model; a run ~51.
+    const behind = Array.from({ length: 10 }, (_, k) => ({ seqId: k + 1, prompt: k % 2, own: 2 * PROMPT_BLOCKS + k }));
+    const table = (b: (typeof behind)[number]) => [...Array.from({ length: PROMPT_BLOCKS }, (_, i) => b.prompt * PROMPT_BLOCKS + i), b.own];
+    const start = PROMPT_BLOCKS * 16;
+    const steps: StageChunk[][] = [
+      prompts.map((ids, p) => ({ seqId: 100 + p, startPosition: 0, numTokens: ids.length, tokenIds: ids, blockTable: table({ seqId: 0, prompt: p, own: 0 }).slice(0, PROMPT_BLOCKS) })),
+      behind.map((b) => ({ seqId: b.seqId, startPosition: start, numTokens: 3, tokenIds: [10 + b.seqId, 20, 30], blockTable: table(b) })),
+      behind.map((b) => ({ seqId: b.seqId, startPosition: start + 3, numTokens: 1, tokenIds: [40 + b.seqId], blockTable: table(b) })),
+    ];
+    const run = async (attention: "fused" | "split") => {
+      const engine = await StageEngine.create(weights, { numBlocks: 2 * PROMPT_BLOCKS + 10, blockSizeTokens: 16, firstStage: true, lastStage: true, attention });
+      const out: { logits: Float32Array; runs: number; shared: number }[] = [];
+      for (const step of steps) {
+        const [runs, shared] = [engine.runs, engine.sharedPast.positionsRead];
+        const logits = (await engine.forward(step)).logits!.slice();
+        out.push({ logits, runs: engine.runs - runs, shared: engine.sharedPast.positionsRead - shared });
+      }
+      await engine.close();
+      return out;
+    };
+    const fused = await run("fused");
+    const split = await run("split");
+    expect(split.slice(1).map((s) => [s.runs, s.shared])).toEqual([
+      [2, 2 * start],
+      [2, 2 * start],
+    ]);
+    expect(fused.slice(1).map((s) => s.runs)).toEqual([1, 1]);
+    split.forEach((s, i) => {
+      let worst = 0;
+      for (let v = 0; v < s.logits.length; v++) worst = Math.max(worst, Math.abs(s.logits[v] - fused[i].logits[v]));
+      expect(worst).toBeLessThan(1e-4);
+    });
   });
 });
