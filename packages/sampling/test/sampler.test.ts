@@ -3,6 +3,22 @@ import { argmax, logSoftmax, sampleToken, SeededRandom } from "../src/index.ts";
 
 const logits = new Float32Array([1, 3, 2, 0.5]);
 
+/** The definition: sort the whole vocabulary, keep the top k and the top_p head, walk it. */
+function sortedReference(logits: Float32Array, p: { temperature: number; topP: number; topK: number }, random: number): number {
+  const ids = Array.from(logits, (_, i) => i).sort((a, b) => logits[b] - logits[a] || a - b);
+  const k = p.topK > 0 ? Math.min(p.topK, ids.length) : ids.length;
+  const weights = ids.slice(0, k).map((id) => Math.exp((logits[id] - logits[ids[0]]) / p.temperature));
+  const total = weights.reduce((a, w) => a + w, 0);
+  let kept = k;
+  if (p.topP > 0 && p.topP < 1) {
+    let mass = 0;
+    kept = weights.findIndex((w) => (mass += w / total) >= p.topP) + 1 || k;
+  }
+  let target = random * weights.slice(0, kept).reduce((a, w) => a + w, 0);
+  for (let i = 0; i < kept; i++) if ((target -= weights[i]) < 0) return ids[i];
+  return ids[kept - 1];
+}
+
 describe("sampler", () => {
   it("temperature 0 is argmax", () => {
     expect(argmax(logits)).toBe(1);
@@ -27,6 +43,48 @@ describe("sampler", () => {
     const p = { temperature: 1, topP: probs[1] + 0.01, topK: 0 }; // ids 1 and 2 kept
     for (const r of [0, 0.5, 0.999]) expect([1, 2]).toContain(sampleToken(logits, p, r));
     expect(sampleToken(logits, p, 0.999)).toBe(2);
+  });
+
+  it("draws what sorting the whole vocabulary draws, on flat, peaked, tied and negative logits", () => {
+    const rng = new SeededRandom(9);
+    const shapes: Record<string, (i: number) => number> = {
+      flat: () => rng.next() * 4 - 2,
+      peaked: (i) => (i % 997 === 3 ? 12 - (i % 5) : (rng.next() - 0.5) * 6),
+      tied: (i) => Math.floor(i / 7) % 3,
+      negative: () => -50 - rng.next() * 30,
+    };
+    const params = [
+      { temperature: 0.8, topP: 0.95, topK: 0 },
+      { temperature: 1, topP: 1, topK: 0 },
+      { temperature: 0.7, topP: 1, topK: 40 },
+      { temperature: 1.3, topP: 0.5, topK: 100 },
+      { temperature: 0.05, topP: 0.9, topK: 0 },
+    ];
+    let draws = 0;
+    for (const [name, shape] of Object.entries(shapes)) {
+      for (const vocab of [3, 512, 5000]) {
+        const row = Float32Array.from({ length: vocab }, (_, i) => shape(i));
+        for (const p of params) {
+          for (let d = 0; d < 20; d++) {
+            const r = rng.next();
+            expect(sampleToken(row, p, r), `${name}, vocab ${vocab}, ${JSON.stringify(p)}, draw ${r}`).toBe(sortedReference(row, p, r));
+            draws++;
+          }
+        }
+      }
+    }
+    expect(draws).toBe(4 * 3 * 5 * 20);
+  });
+
+  it("returns a token for a row with NaN logits instead of searching for the rest of it", () => {
+    const row = new Float32Array([0.5, NaN, 2, NaN]);
+    for (const p of [{ temperature: 1, topP: 1, topK: 0 }, { temperature: 1, topP: 0.9, topK: 3 }]) expect([0, 2]).toContain(sampleToken(row, p, 0.99));
+  });
+
+  it("reads a row at an offset in a batch of rows", () => {
+    const rows = new Float32Array([9, 9, 9, 1, 3, 2, 0.5, 9]);
+    const p = { temperature: 1, topP: 1, topK: 0 };
+    for (const r of [0, 0.5, 0.99]) expect(sampleToken(rows, p, r, 3, 4)).toBe(sampleToken(logits, p, r));
   });
 
   it("seeded random repeats and stays in [0, 1)", () => {
