@@ -2,7 +2,7 @@ import { execFile } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { BUNDLED_MODEL_DIR, openModel } from "@strata/model";
-import { GREEDY, SeededRandom } from "@strata/sampling";
+import { GREEDY, SeededRandom, type SamplingParams } from "@strata/sampling";
 import type { LocalCluster } from "@strata/coordinator";
 import { describeModel, describePartition, fmt, median, round, table, withCluster, WARMUP_ROUNDS, type BenchContext, type BenchPart } from "./support.ts";
 import { BENCH_SHAPE, describeShape, syntheticModelDir } from "./synthetic.ts";
@@ -17,6 +17,7 @@ function randomPrompt(rng: SeededRandom, length: number, vocab: number): number[
 }
 
 const PIPELINING_PAIRS = 2;
+const SAMPLED: SamplingParams = { temperature: 0.8, topP: 0.95, topK: 0 };
 const SHORT_CONTEXT_PAIRS = 2;
 const COMPUTE_LOOP = fileURLToPath(new URL("./compute-loop.ts", import.meta.url));
 
@@ -112,12 +113,12 @@ async function comparePipelining(ctx: BenchContext, dir: string, load: Pipelinin
  * untimed runs. A fresh chat-load cluster's runs measured 280, 332, 312 and, the fourth cluster in
  * one process, 340, 397, 410 tok/s: one warm-up left the first timed run short of a running server's.
  */
-async function throughputSamples(cluster: LocalCluster, count: number, prompt: (rng: SeededRandom) => number[], newTokens: number, runs = 2, warmups = WARMUP_ROUNDS): Promise<number[]> {
+async function throughputSamples(cluster: LocalCluster, count: number, prompt: (rng: SeededRandom) => number[], newTokens: number, runs = 2, warmups = WARMUP_ROUNDS, sampling: SamplingParams = GREEDY): Promise<number[]> {
   const rng = new SeededRandom(3);
   const once = async () => {
     const prompts = Array.from({ length: count }, () => prompt(rng));
     const started = performance.now();
-    const results = await Promise.all(prompts.map((promptIds) => cluster.engine.generate({ promptIds, maxTokens: newTokens, sampling: GREEDY, stopTokenIds: [] })));
+    const results = await Promise.all(prompts.map((promptIds) => cluster.engine.generate({ promptIds, maxTokens: newTokens, sampling, seed: 1, stopTokenIds: [] })));
     const seconds = (performance.now() - started) / 1000;
     await cluster.waitForBlocksFreed();
     return results.reduce((a, r) => a + r.tokenIds.length, 0) / seconds;
@@ -174,6 +175,11 @@ export const batching: BenchPart = {
     figures.pipelining_off_32_tok_s = median(short.off);
     await withCluster(ctx, { modelDir: dir, workers: 2, planLoad: { batch: CONCURRENT / 2, contextTokens: SHORT_LOAD.midContext } }, async (cluster) => {
       figures.single_request_tok_s = await throughput(cluster, 1, shortPrompt, NEW_TOKENS);
+      // What sampling costs beside greedy decoding, same cluster and load: the last stage draws
+      // every token of a 32,000-word vocabulary's distribution.
+      figures.greedy_32_tok_s_same_cluster = median(await throughputSamples(cluster, CONCURRENT, shortPrompt, NEW_TOKENS, 2, 2));
+      figures.sampled_32_tok_s = median(await throughputSamples(cluster, CONCURRENT, shortPrompt, NEW_TOKENS, 2, 2, SAMPLED));
+      figures.sampled_vs_greedy = figures.sampled_32_tok_s / figures.greedy_32_tok_s_same_cluster;
 
       // Time to first token behind a shared 1,024-token system prompt: a fresh salt misses the
       // prefix cache every time; a fixed salt hits it after its first request.
@@ -211,6 +217,8 @@ export const batching: BenchPart = {
       ...ceilingRows(SHORT_LOAD, short.ceiling),
       ["short context, 1 request", "tok/s", fmt(figures.single_request_tok_s)],
       ["batch32_vs_1 (short context, pipelining on; goal >= 6)", "ratio", `${fmt(figures.batch32_vs_1)}x`],
+      [`short context, 32 requests sampled (temperature ${SAMPLED.temperature}, top_p ${SAMPLED.topP}) / greedy, same cluster`, "tok/s", `${fmt(figures.sampled_32_tok_s)} / ${fmt(figures.greedy_32_tok_s_same_cluster)}`],
+      ["sampled_vs_greedy", "ratio", `${fmt(figures.sampled_vs_greedy)}x`],
       [`${SYSTEM_PROMPT_TOKENS}-token system prompt + 15 user tokens, miss`, "TTFT ms", fmt(figures.prefix_ttft_miss_ms)],
       [`${SYSTEM_PROMPT_TOKENS}-token system prompt + 15 user tokens, hit`, "TTFT ms", fmt(figures.prefix_ttft_hit_ms)],
       ["prefix_ttft_hit_vs_miss (goal >= 5)", "ratio", `${fmt(figures.prefix_ttft_hit_vs_miss)}x`],
