@@ -17,8 +17,8 @@ function randomPrompt(rng: SeededRandom, length: number, vocab: number): number[
 }
 
 const PIPELINING_PAIRS = 2;
-const SAMPLED: SamplingParams = { temperature: 0.8, topP: 0.95, topK: 0 };
 const SHORT_CONTEXT_PAIRS = 2;
+const SAMPLED: SamplingParams = { temperature: 0.8, topP: 0.95, topK: 0 };
 const COMPUTE_LOOP = fileURLToPath(new URL("./compute-loop.ts", import.meta.url));
 
 /**

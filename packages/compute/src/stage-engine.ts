@@ -76,7 +76,7 @@ export class StageEngine {
   private runCount = 0;
   // What one more session.run costs, in padded rows of this stage's layers (see runsByLength).
   private readonly runCostInRows: number;
-  // What one sequence's read of one past position costs, in rows (see POSITION_READ_MACS).
+  // What one sequence's read of one past position costs, in rows (see POSITION_READ_MACS_PER_HEAD_DIM).
   private readonly positionReadCostInRows: number;
 
   private constructor(
@@ -186,12 +186,7 @@ export class StageEngine {
     for (const c of chunks) {
       if (!this.adapters.has(c.adapter) && (c.adapter !== undefined || this.maxLoraRank > 0)) throw new RangeError(`unknown LoRA adapter "${c.adapter}" on this stage`);
     }
-    const byAdapter = new Map<string | undefined, number[]>();
-    chunks.forEach((c, i) => {
-      const members = byAdapter.get(c.adapter);
-      if (members) members.push(i);
-      else byAdapter.set(c.adapter, [i]);
-    });
+    const byAdapter = groupIndexes(chunks.keys(), (i) => chunks[i].adapter);
     const groups = [...byAdapter.values()]
       .flatMap((members) => runsByLength(members.map((i) => chunks[i].numTokens), this.runCostInRows).map((run) => run.map((k) => members[k])))
       .flatMap((run) => (this.sharesPast ? runsByPrefix(run, chunks, this.opts.blockSizeTokens, this.runCostInRows, this.positionReadCostInRows) : [run]));
@@ -366,16 +361,10 @@ export function runsByLength(lengths: readonly number[], runCostInRows: number):
  * per prompt.
  */
 export function runsByPrefix(run: readonly number[], chunks: readonly KvChunk[], bs: number, runCostInRows: number, positionReadCostInRows: number): number[][] {
-  const byFirstBlock = new Map<number, number[]>();
-  const rest: number[] = [];
-  for (const i of run) {
-    const c = chunks[i];
-    const first = c.startPosition >= bs ? c.blockTable[0] : NO_BLOCK;
-    if (first === NO_BLOCK) rest.push(i);
-    else if (byFirstBlock.has(first)) byFirstBlock.get(first)!.push(i);
-    else byFirstBlock.set(first, [i]);
-  }
-  if (byFirstBlock.size + (rest.length > 0 ? 1 : 0) <= 1) return [[...run]];
+  const byFirstBlock = groupIndexes(run, (i) => (chunks[i].startPosition >= bs ? chunks[i].blockTable[0] : NO_BLOCK));
+  if (byFirstBlock.size <= 1) return [[...run]];
+  const rest = byFirstBlock.get(NO_BLOCK) ?? [];
+  byFirstBlock.delete(NO_BLOCK);
   const groups: number[][] = [];
   let positionsSaved = 0;
   for (const members of byFirstBlock.values()) {
@@ -387,6 +376,17 @@ export function runsByPrefix(run: readonly number[], chunks: readonly KvChunk[],
   }
   if (rest.length > 0) groups.push(rest.sort((a, b) => a - b));
   return groups.length > 1 && positionsSaved * positionReadCostInRows > (groups.length - 1) * runCostInRows ? groups : [[...run]];
+}
+
+/** Indexes grouped by `key`, each group in the order given, groups in order of first appearance. */
+function groupIndexes<K>(indexes: Iterable<number>, key: (i: number) => K): Map<K, number[]> {
+  const groups = new Map<K, number[]>();
+  for (const i of indexes) {
+    const members = groups.get(key(i));
+    if (members) members.push(i);
+    else groups.set(key(i), [i]);
+  }
+  return groups;
 }
 
 /**

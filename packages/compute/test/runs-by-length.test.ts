@@ -2,9 +2,21 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { writeSyntheticModel, type StageWeights } from "@strata/model";
+import { writeSyntheticModel, type StageWeights, type SyntheticShape } from "@strata/model";
 import { runsByLength, runsByPrefix, StageEngine, type StageChunk } from "../src/index.ts";
 import { loadWholeModel } from "./support/greedy-kv.ts";
+
+/** A synthetic model's whole weights, written before the enclosing describe's tests and removed after. */
+function syntheticWeights(shape: SyntheticShape, seed: number): () => StageWeights {
+  const tmp = mkdtempSync(join(tmpdir(), "strata-runs-"));
+  let weights: StageWeights;
+  beforeAll(async () => {
+    await writeSyntheticModel(join(tmp, "m"), shape, seed);
+    weights = await loadWholeModel(join(tmp, "m"));
+  });
+  afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+  return () => weights;
+}
 
 describe("runsByLength", () => {
   const covers = (runs: number[][], n: number) => expect(runs.flat().sort((a, b) => a - b)).toEqual([...Array(n).keys()]);
@@ -47,13 +59,7 @@ describe("runsByLength", () => {
 // mixing a 300-token prompt chunk with decodes runs them apart, and every chunk's logits are what
 // it gets in a step of its own.
 describe("a step of mixed lengths", () => {
-  const tmp = mkdtempSync(join(tmpdir(), "strata-runs-"));
-  let weights: StageWeights;
-  beforeAll(async () => {
-    await writeSyntheticModel(join(tmp, "m"), { hiddenSize: 128, intermediateSize: 256, numLayers: 2, numHeads: 8, numKvHeads: 2, headDim: 16, vocabSize: 200, maxPositionEmbeddings: 512 }, 3);
-    weights = await loadWholeModel(join(tmp, "m"));
-  });
-  afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+  const weights = syntheticWeights({ hiddenSize: 128, intermediateSize: 256, numLayers: 2, numHeads: 8, numKvHeads: 2, headDim: 16, vocabSize: 200, maxPositionEmbeddings: 512 }, 3);
 
   it("runs a long prompt chunk apart from decodes, with each chunk's logits as in a step alone", async () => {
     const long = Array.from({ length: 300 }, (_, i) => 3 + ((i * 37) % 190));
@@ -68,12 +74,12 @@ describe("a step of mixed lengths", () => {
       { seqId: 1, startPosition: 0, numTokens: long.length, tokenIds: long, blockTable: Array.from({ length: 19 }, (_, i) => i) },
     ];
     const options = { numBlocks: 40, blockSizeTokens: 16, firstStage: true, lastStage: true };
-    const together = await StageEngine.create(weights, options);
+    const together = await StageEngine.create(weights(), options);
     await together.forward(prompts);
     const before = together.runs;
     const logits = (await together.forward(mixed)).logits!;
     expect(together.runs - before).toBe(2);
-    const alone = await StageEngine.create(weights, options);
+    const alone = await StageEngine.create(weights(), options);
     for (const c of prompts) await alone.forward([c]);
     for (const [i, c] of mixed.entries()) {
       const own = (await alone.forward([c])).logits!;
@@ -109,13 +115,7 @@ describe("runsByPrefix", () => {
 // different 1,088-token prompts in one step run as a run per prompt, each prompt read once, and
 // every chunk's logits are what the fused node (which reads every past whole) gives.
 describe("a step behind two prompts", () => {
-  const tmp = mkdtempSync(join(tmpdir(), "strata-prefix-runs-"));
-  let weights: StageWeights;
-  beforeAll(async () => {
-    await writeSyntheticModel(join(tmp, "m"), { hiddenSize: 256, intermediateSize: 256, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 64, vocabSize: 200, maxPositionEmbeddings: 2048 }, 4);
-    weights = await loadWholeModel(join(tmp, "m"));
-  });
-  afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+  const weights = syntheticWeights({ hiddenSize: 256, intermediateSize: 256, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 64, vocabSize: 200, maxPositionEmbeddings: 2048 }, 4);
 
   it("reads each prompt once for the sequences behind it, with the logits of the fused node", async () => {
     const PROMPT_BLOCKS = 68;
@@ -132,7 +132,7 @@ describe("a step behind two prompts", () => {
       behind.map((b) => ({ seqId: b.seqId, startPosition: start + 3, numTokens: 1, tokenIds: [40 + b.seqId], blockTable: table(b) })),
     ];
     const run = async (attention: "fused" | "split") => {
-      const engine = await StageEngine.create(weights, { numBlocks: 2 * PROMPT_BLOCKS + 10, blockSizeTokens: 16, firstStage: true, lastStage: true, attention });
+      const engine = await StageEngine.create(weights(), { numBlocks: 2 * PROMPT_BLOCKS + 10, blockSizeTokens: 16, firstStage: true, lastStage: true, attention });
       const out: { logits: Float32Array; runs: number; shared: number }[] = [];
       for (const step of steps) {
         const [runs, shared] = [engine.runs, engine.sharedPast.positionsRead];

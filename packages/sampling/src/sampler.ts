@@ -47,7 +47,7 @@ export function sampleToken(logits: Float32Array, params: SamplingParams, random
   for (let span = 4; ; span *= 4) {
     const threshold = span > 4096 ? -Infinity : max - span * T;
     const ids = sortedIdsAbove(logits, offset, length, threshold, k);
-    const n = Math.min(ids.length, k);
+    const n = ids.length; // at most k
     // The head holds all of the top k (or all there is: NaN logits are never in it), so what it
     // does not settle is settled at its end.
     const last = threshold === -Infinity;
