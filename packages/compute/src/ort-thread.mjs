@@ -21,7 +21,7 @@ parentPort.on("message", async (msg) => {
     try {
       const feeds = {};
       for (const [name, t] of Object.entries(msg.feeds)) feeds[name] = new ort.Tensor(t.type, t.data, t.dims);
-      const out = await session.run(feeds);
+      const out = await session.run(feeds, msg.fetch ?? session.outputNames);
       const outputs = {};
       const buffers = new Set();
       for (const [name, t] of Object.entries(out)) {

@@ -11,11 +11,11 @@ export interface RunOutput {
 export interface SessionRunner {
   /**
    * Takes ownership of the feeds' buffers (callers must not touch them afterwards), except those
-   * named in `kept`, which are fed again on later runs. `into` names outputs to write into the
-   * given tensors instead of new buffers, where the runner can (on the calling thread); either
-   * way the outputs come back in the result.
+   * named in `kept`, which are fed again on later runs. `fetch` names the outputs wanted (all
+   * when absent): onnxruntime-node 1.30 copies every output it returns into a new buffer (one
+   * preallocated for it too), so one not needed is better left in the graph.
    */
-  run(feeds: Record<string, ort.Tensor>, kept?: ReadonlySet<string>, into?: Record<string, ort.Tensor>): Promise<Record<string, RunOutput>>;
+  run(feeds: Record<string, ort.Tensor>, kept?: ReadonlySet<string>, fetch?: readonly string[]): Promise<Record<string, RunOutput>>;
   close(): Promise<void>;
 }
 
@@ -24,10 +24,10 @@ export async function createSessionRunner(graph: Uint8Array, options: ort.Infere
     const session = createNativeSession(graph, options);
     const outputs = session.outputMetadata.map((m) => m.name);
     return {
-      run: (feeds, _kept, into) => {
-        // Every output named: those not preallocated (null) are allocated by onnxruntime as usual.
+      run: (feeds, _kept, fetch) => {
+        // Every output wanted named, each allocated by onnxruntime (null).
         const fetches: Record<string, ort.Tensor | null> = {};
-        for (const name of outputs) fetches[name] = into?.[name] ?? null;
+        for (const name of fetch ?? outputs) fetches[name] = null;
         try {
           return Promise.resolve(session.run(feeds, fetches, {}));
         } catch (error) {
@@ -105,7 +105,7 @@ class ThreadSessionRunner implements SessionRunner {
     return new ThreadSessionRunner(thread);
   }
 
-  run(feeds: Record<string, ort.Tensor>, kept?: ReadonlySet<string>): Promise<Record<string, RunOutput>> {
+  run(feeds: Record<string, ort.Tensor>, kept?: ReadonlySet<string>, fetch?: readonly string[]): Promise<Record<string, RunOutput>> {
     const id = this.nextId++;
     const message: Record<string, { type: ort.Tensor.Type; data: ort.Tensor.DataType; dims: readonly number[] }> = {};
     // Feeds are built fresh for every step, so their buffers move to the thread instead of being
@@ -117,7 +117,7 @@ class ThreadSessionRunner implements SessionRunner {
     }
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
-      this.thread.postMessage({ kind: "run", id, feeds: message }, [...buffers]);
+      this.thread.postMessage({ kind: "run", id, feeds: message, fetch }, [...buffers]);
     });
   }
 

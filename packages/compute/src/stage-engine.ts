@@ -25,9 +25,22 @@ export interface StageChunk {
 
 export interface StageOutput {
   hidden?: Float32Array; // [totalTokens, hidden] packed in chunk order (all but the last stage)
-  // [chunks, vocab]: each chunk's last position (last stage). A decode step's buffer is reused by
-  // the next decode step of the same batch size: read or copy it before calling forward again.
+  // [chunks, vocab]: each chunk's last position (last stage), unless forward was told not to
+  // fetch them.
   logits?: Float32Array;
+  // [chunks]: the token of each chunk's highest logit, the lowest id among equals, as argmax in
+  // @strata/sampling picks it (last stage).
+  greedyTokens?: Int32Array;
+}
+
+/** What a last stage's forward returns beside the greedy tokens. */
+export interface ForwardWants {
+  /**
+   * The logits (default true). A step whose sequences all decode greedily and return no logits
+   * takes greedyTokens alone: fetching 16 rows of a 32,000-word vocabulary cost a 2 MB copy a step
+   * (onnxruntime-node copies every output it returns) and, beside it, ~0.7 ms of argmax in JS.
+   */
+  logits?: boolean;
 }
 
 export interface StageEngineOptions {
@@ -65,7 +78,6 @@ export class StageEngine {
   private readonly kvRow: number; // floats per token per layer
   // Each resident adapter's LoRA inputs (and the base model's zeros), built once and fed as they are.
   private readonly adapters = new Map<string | undefined, Record<string, ort.Tensor>>();
-  private readonly outputSets = new Map<number, Record<string, ort.Tensor>>();
   // Split attention reads the past a step's sequences share once for all of them (sharedPastKv).
   private readonly sharesPast: boolean;
   /**
@@ -182,7 +194,7 @@ export class StageEngine {
    * their own where padding them to one length would cost more than a run (see runsByLength);
    * outputs come back in chunk order.
    */
-  async forward(chunks: readonly StageChunk[], hidden?: Float32Array): Promise<StageOutput> {
+  async forward(chunks: readonly StageChunk[], hidden?: Float32Array, wants: ForwardWants = {}): Promise<StageOutput> {
     for (const c of chunks) {
       if (!this.adapters.has(c.adapter) && (c.adapter !== undefined || this.maxLoraRank > 0)) throw new RangeError(`unknown LoRA adapter "${c.adapter}" on this stage`);
     }
@@ -191,7 +203,8 @@ export class StageEngine {
       .flatMap((members) => runsByLength(members.map((i) => chunks[i].numTokens), this.runCostInRows).map((run) => run.map((k) => members[k])))
       .flatMap((run) => (this.sharesPast ? runsByPrefix(run, chunks, this.opts.blockSizeTokens, this.runCostInRows, this.positionReadCostInRows) : [run]));
     this.runCount += groups.length;
-    if (groups.length <= 1) return this.forwardGroup(chunks, hidden);
+    const wantLogits = wants.logits ?? true;
+    if (groups.length <= 1) return this.forwardGroup(chunks, hidden, wantLogits);
     const D = this.hiddenSize;
     const rowStart: number[] = [];
     let rows = 0;
@@ -199,15 +212,19 @@ export class StageEngine {
       rowStart.push(rows);
       rows += c.numTokens;
     }
-    const out: StageOutput = this.opts.lastStage ? { logits: new Float32Array(chunks.length * this.vocabSize) } : { hidden: new Float32Array(rows * D) };
+    const out: StageOutput = this.opts.lastStage
+      ? { greedyTokens: new Int32Array(chunks.length), logits: wantLogits ? new Float32Array(chunks.length * this.vocabSize) : undefined }
+      : { hidden: new Float32Array(rows * D) };
     for (const members of groups) {
       const part = members.map((i) => chunks[i]);
       const partHidden = hidden && concatRows(members.map((i) => hidden.subarray(rowStart[i] * D, (rowStart[i] + chunks[i].numTokens) * D)));
-      const result = await this.forwardGroup(part, partHidden);
+      const result = await this.forwardGroup(part, partHidden, wantLogits);
       let offset = 0;
       members.forEach((i, j) => {
-        if (result.logits) out.logits!.set(result.logits.subarray(j * this.vocabSize, (j + 1) * this.vocabSize), i * this.vocabSize);
-        else {
+        if (result.greedyTokens) {
+          out.greedyTokens![i] = result.greedyTokens[j];
+          out.logits?.set(result.logits!.subarray(j * this.vocabSize, (j + 1) * this.vocabSize), i * this.vocabSize);
+        } else {
           const n = chunks[i].numTokens * D;
           out.hidden!.set(result.hidden!.subarray(offset, offset + n), rowStart[i] * D);
           offset += n;
@@ -217,26 +234,7 @@ export class StageEngine {
     return out;
   }
 
-  /**
-   * Decode steps write their logits and new K/V rows into buffers kept from step to step, by
-   * batch size: read before the next step, never handed on. A fresh 2 MB of logits per step (batch
-   * 16 of a 32,000-word vocabulary) kept the last stage's V8 heap in major collections of 10-20 ms,
-   * a pipeline stall each. Prefill chunks (T > 1, any length) get new buffers as before.
-   */
-  private reusedOutputs(B: number, T: number): Record<string, ort.Tensor> | undefined {
-    if (T !== 1) return undefined;
-    let set = this.outputSets.get(B);
-    if (!set) {
-      const c = this.weights.config;
-      set = { [STAGE_IO.newKv]: new ort.Tensor("float32", new Float32Array(2 * this.layerCount * B * this.kvRow), [2 * this.layerCount * B, 1, this.kvRow]) };
-      if (this.opts.lastStage) set[STAGE_IO.logits] = new ort.Tensor("float32", new Float32Array(B * c.vocabSize), [B, c.vocabSize]);
-      this.outputSets.set(B, set);
-      if (this.outputSets.size > MAX_REUSED_OUTPUT_SETS) this.outputSets.delete(this.outputSets.keys().next().value!);
-    }
-    return set;
-  }
-
-  private async forwardGroup(chunks: readonly StageChunk[], hidden?: Float32Array): Promise<StageOutput> {
+  private async forwardGroup(chunks: readonly StageChunk[], hidden: Float32Array | undefined, wantLogits: boolean): Promise<StageOutput> {
     const { blockSizeTokens: bs, firstStage, lastStage } = this.opts;
     const D = this.hiddenSize;
     const hd = this.weights.config.headDim;
@@ -302,9 +300,15 @@ export class StageEngine {
     }
 
     if (this.maxLoraRank > 0) Object.assign(feeds, this.adapters.get(chunks[0].adapter));
-    const out = await this.session.run(feeds, LORA_FEED_NAMES, this.reusedOutputs(B, T));
+    const fetch = lastStage ? [STAGE_IO.newKv, STAGE_IO.greedyToken, ...(wantLogits ? [STAGE_IO.logits] : [])] : [STAGE_IO.newKv, STAGE_IO.hiddenOut];
+    const out = await this.session.run(feeds, LORA_FEED_NAMES, fetch);
     this.kv.scatter(chunks, T, out[STAGE_IO.newKv].data as Float32Array);
-    if (lastStage) return { logits: out[STAGE_IO.logits].data as Float32Array };
+    if (lastStage) {
+      return {
+        greedyTokens: Int32Array.from(out[STAGE_IO.greedyToken].data as BigInt64Array, Number),
+        logits: wantLogits ? (out[STAGE_IO.logits].data as Float32Array) : undefined,
+      };
+    }
     const padded = out[STAGE_IO.hiddenOut].data as Float32Array;
     return { hidden: uniform ? padded : packRows(padded, chunks, T, D) };
   }
@@ -401,9 +405,6 @@ function sharedPastBlocks(chunks: readonly KvChunk[], bs: number): number {
   while (n < limit && first[n] !== NO_BLOCK && chunks.every((c) => c.blockTable[n] === first[n])) n++;
   return n;
 }
-
-// Output buffers kept for reuse, one set per decode batch size (see StageEngine.reusedOutputs).
-const MAX_REUSED_OUTPUT_SETS = 8;
 
 function concatRows(parts: Float32Array[]): Float32Array {
   const out = new Float32Array(parts.reduce((s, p) => s + p.length, 0));

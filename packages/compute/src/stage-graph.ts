@@ -22,6 +22,9 @@ export const STAGE_IO = {
   lastIndex: "last_index", // int64 [B], rows of the flattened [B * T] batch whose logits are wanted
   hiddenOut: "hidden_out", // f32 [B, T, D], all but the last stage
   logits: "logits", // f32 [B, vocab], last stage
+  // int64 [B], last stage: each row's highest logit (the lowest id among equals), what greedy
+  // decoding takes; fetched alone, the logits never leave the graph.
+  greedyToken: "greedy_token",
   newKv: "new_kv", // f32 [2 * layers * B, T, kv_heads * head_dim] (token-major), after RoPE, same order as past_kv
 } as const;
 
@@ -160,7 +163,11 @@ export function buildStageGraph(
     const [normed] = addNorm(pendingMlp!, h, finalNorm);
     const rows = g.node("Gather", [g.node("Reshape", [normed, g.ints([-1, D])]), lastIndex], { axis: 0 }); // [B,D]
     const lmHead = g.weight("lm_head", transpose(weights.lmHead, config.vocabSize, D), [D, config.vocabSize]);
-    g.output(g.node("MatMul", [rows, lmHead]), STAGE_IO.logits, "float", ["B", config.vocabSize]);
+    const logits = g.nodeAsOutput("MatMul", [rows, lmHead], STAGE_IO.logits, "float", ["B", config.vocabSize]);
+    // TopK of 1 prefers the lower index among equal values, as argmax does; ~0.3 ms for 16 rows
+    // of 32,000 here, where ArgMax took ~0.45 ms and argmax in JS ~0.7 ms.
+    const [, top] = g.nodeMulti("TopK", [logits, g.ints([1])], 2, { axis: -1, largest: 1, sorted: 1 });
+    g.output(g.node("Reshape", [top, g.ints([-1])]), STAGE_IO.greedyToken, "int64", ["B"]);
   } else {
     g.output(g.node("Add", [pendingMlp!, h]), STAGE_IO.hiddenOut, "float", ["B", "T", D]);
   }

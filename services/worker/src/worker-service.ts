@@ -2,7 +2,7 @@ import * as grpc from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
 import { parseKvDtype, type KvDtype } from "@strata/kv";
 import { openModel } from "@strata/model";
-import { sampleToken } from "@strata/sampling";
+import { sampleToken, type SamplingParams } from "@strata/sampling";
 import { checkEventScope, type EventBus } from "@strata/events";
 import {
   AdapterInfoSchema,
@@ -321,9 +321,11 @@ export class WorkerNode {
       const totalTokens = req.seqs.reduce((sum, c) => sum + c.numTokens, 0);
       const hidden = stage.firstStage ? undefined : readF32Tensor(req.hidden, [totalTokens, stage.config.hiddenSize], `batch ${req.batchId} hidden state`);
       const chunks = stage.admit(req.seqs);
+      // Greedy steps take the graph's own argmax; only sampling or a caller's request needs the logits.
+      const wantLogits = stage.lastStage && req.seqs.some((c) => c.returnLogits || (c.sample && !isGreedy(c.sampling)));
       let output;
       try {
-        output = await stage.engine.forward(chunks, hidden);
+        output = await stage.engine.forward(chunks, hidden, { logits: wantLogits });
       } catch (error) {
         // The batch's positions were reserved but never filled: free them so nothing leaks.
         for (const c of chunks) stage.tables.free(c.seqId);
@@ -346,13 +348,13 @@ export class WorkerNode {
         this.sendOn(this.nextStage.stream(), req);
         return;
       }
-      const logits = output.logits!;
+      const { logits, greedyTokens } = output;
       const V = stage.config.vocabSize;
       const outputs = req.seqs.map((c, i) =>
         create(SequenceOutputSchema, {
           seqId: c.seqId,
-          tokenId: c.sample ? sampleToken(logits, c.sampling ?? { temperature: 0, topP: 1, topK: 0 }, c.random, i * V, V) : 0,
-          logits: c.returnLogits ? f32Tensor(logits.slice(i * V, (i + 1) * V), [V]) : undefined,
+          tokenId: !c.sample ? 0 : isGreedy(c.sampling) ? greedyTokens![i] : sampleToken(logits!, c.sampling!, c.random, i * V, V),
+          logits: c.returnLogits ? f32Tensor(logits!.slice(i * V, (i + 1) * V), [V]) : undefined,
         }),
       );
       const timing = this.stageTiming(stage, receivedUnixMs, startedUnixMs, 0);
@@ -562,4 +564,9 @@ class StageLink {
     this.client = undefined;
     this.address = "";
   }
+}
+
+/** Whether a chunk's sampling is greedy, as sampleToken reads it (no parameters: greedy). */
+function isGreedy(sampling: SamplingParams | undefined): boolean {
+  return (sampling?.temperature ?? 0) <= 0;
 }
