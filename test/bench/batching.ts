@@ -31,11 +31,21 @@ interface PipeliningLoad {
   label: string;
   systemTokens: number;
   userTokens: number;
+  newTokens: number;
   /** Context a sequence attends over halfway through its output: what the partition is planned for and the ceiling measured at. */
   midContext: number;
+  /** Untimed rounds per cluster: a round of 128-token replies warms as many steps as four of 32. */
+  warmups: number;
 }
-const CHAT_LOAD: PipeliningLoad = { label: "chat", systemTokens: SYSTEM_PROMPT_TOKENS, userTokens: 16, midContext: SYSTEM_PROMPT_TOKENS + 16 + NEW_TOKENS / 2 };
-const SHORT_LOAD: PipeliningLoad = { label: "short context", systemTokens: 0, userTokens: PROMPT_TOKENS, midContext: PROMPT_TOKENS + NEW_TOKENS / 2 };
+const CHAT_LOAD: PipeliningLoad = { label: "chat", systemTokens: SYSTEM_PROMPT_TOKENS, userTokens: 16, newTokens: NEW_TOKENS, midContext: SYSTEM_PROMPT_TOKENS + 16 + NEW_TOKENS / 2, warmups: WARMUP_ROUNDS };
+/**
+ * The chat load with 128-token replies: decoding outweighs the user turns' prefill, which fills
+ * and drains the pipeline once per burst. At 32-token replies the prefill was ~25% of a pipelined
+ * burst and gained only ~1.2x from pipelining.
+ */
+const LONG_REPLIES_LOAD: PipeliningLoad = { ...CHAT_LOAD, label: "chat, 128-token replies", newTokens: 4 * NEW_TOKENS, midContext: SYSTEM_PROMPT_TOKENS + 16 + 2 * NEW_TOKENS, warmups: 1 };
+const LONG_REPLIES_PAIRS = 1;
+const SHORT_LOAD: PipeliningLoad = { label: "short context", systemTokens: 0, userTokens: PROMPT_TOKENS, newTokens: NEW_TOKENS, midContext: PROMPT_TOKENS + NEW_TOKENS / 2, warmups: WARMUP_ROUNDS };
 
 /** Decode steps/s of one compute-loop process over `layers` layers at batch `batch`, `past` tokens in (the first `shared` in shared blocks), for `seconds`. */
 async function computeLoop(dir: string, layers: number, batch: number, past: number, shared: number, seconds: number): Promise<number> {
@@ -77,12 +87,12 @@ interface PipeliningResult {
   on: number[];
   off: number[];
   ratio: number;
-  ceiling: PipeliningCeiling;
+  ceiling?: PipeliningCeiling;
   partition: string;
 }
 
-/** Pipelining off and on clusters, alternating `pairs` times (one cluster at a time), both planned for the load; then the ceiling. */
-async function comparePipelining(ctx: BenchContext, dir: string, load: PipeliningLoad, pairs: number): Promise<PipeliningResult> {
+/** Pipelining off and on clusters, alternating `pairs` times (one cluster at a time), both planned for the load; then, if asked, the ceiling. */
+async function comparePipelining(ctx: BenchContext, dir: string, load: PipeliningLoad, pairs: number, withCeiling = true): Promise<PipeliningResult> {
   const vocab = BENCH_SHAPE.vocabSize;
   const system = load.systemTokens > 0 ? randomPrompt(new SeededRandom(7), load.systemTokens, vocab) : [];
   const prompt = (rng: SeededRandom) => (system.length ? [...system, ...randomPrompt(rng, load.userTokens + 1, vocab).slice(1)] : randomPrompt(rng, load.userTokens, vocab));
@@ -93,7 +103,7 @@ async function comparePipelining(ctx: BenchContext, dir: string, load: Pipelinin
   // One request prefills the system prompt first: requests arriving together all miss the prefix cache.
   const primed = async (cluster: LocalCluster) => {
     if (system.length) await cluster.engine.generate({ promptIds: system, maxTokens: 1, sampling: GREEDY, stopTokenIds: [] });
-    return throughputSamples(cluster, CONCURRENT, prompt, NEW_TOKENS);
+    return throughputSamples(cluster, CONCURRENT, prompt, load.newTokens, 2, load.warmups);
   };
   for (let pair = 0; pair < pairs; pair++) {
     await withCluster(ctx, { ...opts, pipelining: false }, async (cluster) => {
@@ -104,7 +114,7 @@ async function comparePipelining(ctx: BenchContext, dir: string, load: Pipelinin
       on.push(...(await primed(cluster)));
     });
   }
-  const ceiling = await pipeliningCeiling(dir, BENCH_SHAPE.numLayers / 2, CONCURRENT, load.midContext, load.systemTokens);
+  const ceiling = withCeiling ? await pipeliningCeiling(dir, BENCH_SHAPE.numLayers / 2, CONCURRENT, load.midContext, load.systemTokens) : undefined;
   return { on, off, ratio: median(on) / median(off), ceiling, partition };
 }
 
@@ -149,28 +159,32 @@ export const batching: BenchPart = {
     const shortPrompt = (rng: SeededRandom) => randomPrompt(rng, PROMPT_TOKENS, vocab);
     ctx.print(describeShape(BENCH_SHAPE));
     ctx.print(
-      `2 worker processes, 1 onnxruntime thread each; ${CONCURRENT} concurrent requests, ${NEW_TOKENS} new tokens each, greedy, 2 runs after ${WARMUP_ROUNDS} warm-up runs per cluster. ` +
+      `2 worker processes, 1 onnxruntime thread each; ${CONCURRENT} concurrent requests, ${NEW_TOKENS} new tokens each unless said, greedy, 2 runs after ${WARMUP_ROUNDS} warm-up runs per cluster (1 at 128-token replies). ` +
         `Loads: chat = a shared ${CHAT_LOAD.systemTokens}-token system prompt (prefix-cached after the warm-up) + a ${CHAT_LOAD.userTokens}-token user turn; ` +
         `short context = ${PROMPT_TOKENS}-token random prompts. Pipelining off and on clusters alternate (one cluster at a time), ` +
-        `${PIPELINING_PAIRS} pairs at the chat load, ${SHORT_CONTEXT_PAIRS} at short context; each cluster's partition planned for its load ` +
+        `${PIPELINING_PAIRS} pairs at the chat load, ${LONG_REPLIES_PAIRS} with 128-token replies, ${SHORT_CONTEXT_PAIRS} at short context; each cluster's partition planned for its load ` +
         `(micro-batches of ${CONCURRENT / 2}, the context halfway through the output); medians of all runs`,
     );
 
     const figures: Record<string, number> = {};
     const chat = await comparePipelining(ctx, dir, CHAT_LOAD, PIPELINING_PAIRS);
+    const longReplies = await comparePipelining(ctx, dir, LONG_REPLIES_LOAD, LONG_REPLIES_PAIRS, false);
     const short = await comparePipelining(ctx, dir, SHORT_LOAD, SHORT_CONTEXT_PAIRS);
     figures.pipelining_on_vs_off = chat.ratio;
     figures.pipelining_on_32_chat_tok_s = median(chat.on);
     figures.pipelining_off_32_chat_tok_s = median(chat.off);
-    figures.pipelining_ceiling_same_load = chat.ceiling.sameLoad;
-    figures.two_process_parallelism = chat.ceiling.twoProcesses;
+    figures.pipelining_ceiling_same_load = chat.ceiling!.sameLoad;
+    figures.two_process_parallelism = chat.ceiling!.twoProcesses;
+    figures.pipelining_on_vs_off_long_replies = longReplies.ratio;
+    figures.pipelining_on_long_replies_tok_s = median(longReplies.on);
+    figures.pipelining_off_long_replies_tok_s = median(longReplies.off);
     // What reading the shared system prompt once per step (split attention's shared past) gains:
     // the chat load's half-step at half the batch with that prompt in shared blocks, over the
     // same with every sequence's past in blocks of its own.
     const halfStep = (shared: number) => computeLoop(dir, BENCH_SHAPE.numLayers / 2, CONCURRENT / 2, CHAT_LOAD.midContext, shared, 4);
     figures.shared_past_step_speedup = (await halfStep(CHAT_LOAD.systemTokens)) / (await halfStep(0));
     figures.pipelining_on_vs_off_short_context = short.ratio;
-    figures.pipelining_ceiling_short_context = short.ceiling.sameLoad;
+    figures.pipelining_ceiling_short_context = short.ceiling!.sameLoad;
     figures.concurrent_32_tok_s = median(short.on);
     figures.pipelining_off_32_tok_s = median(short.off);
     await withCluster(ctx, { modelDir: dir, workers: 2, planLoad: { batch: CONCURRENT / 2, contextTokens: SHORT_LOAD.midContext } }, async (cluster) => {
@@ -209,12 +223,15 @@ export const batching: BenchPart = {
       [`${CHAT_LOAD.label}, pipelining on (2 micro-batches in flight), ${chat.partition}`, "tok/s", `${fmt(median(chat.on))}  (${chat.on.map(fmt).join(" ")})`],
       [`chat, pipelining off (1 in flight)`, "tok/s", `${fmt(median(chat.off))}  (${chat.off.map(fmt).join(" ")})`],
       ["pipelining_on_vs_off (chat; goal >= 1.6)", "ratio", `${fmt(chat.ratio)}x`],
-      ...ceilingRows(CHAT_LOAD, chat.ceiling),
+      ...ceilingRows(CHAT_LOAD, chat.ceiling!),
+      [`${LONG_REPLIES_LOAD.label}, pipelining on, ${longReplies.partition}`, "tok/s", `${fmt(median(longReplies.on))}  (${longReplies.on.map(fmt).join(" ")})`],
+      [`${LONG_REPLIES_LOAD.label}, pipelining off`, "tok/s", `${fmt(median(longReplies.off))}  (${longReplies.off.map(fmt).join(" ")})`],
+      ["pipelining_on_vs_off_long_replies", "ratio", `${fmt(longReplies.ratio)}x`],
       [`chat: ${BENCH_SHAPE.numLayers / 2}-layer half-step at batch ${CONCURRENT / 2}, system prompt read once for the batch vs once per sequence`, "ratio", `${fmt(figures.shared_past_step_speedup)}x`],
       [`short context, pipelining on, ${short.partition}`, "tok/s", `${fmt(median(short.on))}  (${short.on.map(fmt).join(" ")})`],
       [`short context, pipelining off`, "tok/s", `${fmt(median(short.off))}  (${short.off.map(fmt).join(" ")})`],
       ["pipelining_on_vs_off_short_context", "ratio", `${fmt(short.ratio)}x`],
-      ...ceilingRows(SHORT_LOAD, short.ceiling),
+      ...ceilingRows(SHORT_LOAD, short.ceiling!),
       ["short context, 1 request", "tok/s", fmt(figures.single_request_tok_s)],
       ["batch32_vs_1 (short context, pipelining on; goal >= 6)", "ratio", `${fmt(figures.batch32_vs_1)}x`],
       [`short context, 32 requests sampled (temperature ${SAMPLED.temperature}, top_p ${SAMPLED.topP}) / greedy, same cluster`, "tok/s", `${fmt(figures.sampled_32_tok_s)} / ${fmt(figures.greedy_32_tok_s_same_cluster)}`],
