@@ -44,7 +44,7 @@ const CHAT_LOAD: PipeliningLoad = { label: "chat", systemTokens: SYSTEM_PROMPT_T
  * burst and gained only ~1.2x from pipelining.
  */
 const LONG_REPLIES_LOAD: PipeliningLoad = { ...CHAT_LOAD, label: "chat, 128-token replies", newTokens: 4 * NEW_TOKENS, midContext: SYSTEM_PROMPT_TOKENS + 16 + 2 * NEW_TOKENS, warmups: 1 };
-const LONG_REPLIES_PAIRS = 1;
+const LONG_REPLIES_PAIRS = 2;
 const SHORT_LOAD: PipeliningLoad = { label: "short context", systemTokens: 0, userTokens: PROMPT_TOKENS, newTokens: NEW_TOKENS, midContext: PROMPT_TOKENS + NEW_TOKENS / 2, warmups: WARMUP_ROUNDS };
 
 /** Decode steps/s of one compute-loop process over `layers` layers at batch `batch`, `past` tokens in (the first `shared` in shared blocks), for `seconds`. */
