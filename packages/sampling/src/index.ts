@@ -1,2 +1,2 @@
-export { argmax, sampleToken, logSoftmax, GREEDY, type SamplingParams } from "./sampler.ts";
+export { argmax, isGreedy, sampleToken, logSoftmax, GREEDY, type SamplingParams } from "./sampler.ts";
 export { SeededRandom } from "./random.ts";

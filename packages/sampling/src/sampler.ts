@@ -6,6 +6,11 @@ export interface SamplingParams {
 
 export const GREEDY: SamplingParams = { temperature: 0, topP: 1, topK: 0 };
 
+/** Whether a draw takes the argmax (temperature 0 or below; no parameters at all: greedy) and needs no random. */
+export function isGreedy(params: SamplingParams | undefined): boolean {
+  return (params?.temperature ?? 0) <= 0;
+}
+
 export function argmax(logits: Float32Array, offset = 0, length = logits.length - offset): number {
   let best = 0;
   let bestValue = -Infinity;
@@ -32,7 +37,7 @@ export function argmax(logits: Float32Array, offset = 0, length = logits.length 
  * high logits over the rest, 3-4 ms where all 32,000 are within 4 temperatures of each other.
  */
 export function sampleToken(logits: Float32Array, params: SamplingParams, random: number, offset = 0, length = logits.length - offset): number {
-  if (params.temperature <= 0) return argmax(logits, offset, length);
+  if (isGreedy(params)) return argmax(logits, offset, length);
   const T = params.temperature;
   let max = -Infinity;
   for (let i = 0; i < length; i++) max = Math.max(max, logits[offset + i]);

@@ -1,7 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { toSubjectToken, type EventBus, type EvictReason } from "@strata/events";
 import { decodeRunCap, MovingMean, Scheduler, type MicroBatch, type SchedulerOptions, type SchedulerSequence, type SchedulerStats } from "@strata/scheduler";
-import { SeededRandom, type SamplingParams } from "@strata/sampling";
+import { isGreedy, SeededRandom, type SamplingParams } from "@strata/sampling";
 import { KvBlockEventSchema, SequenceChunkSchema, readF32Tensor, type KvBlockEvent, type ResultsResponse } from "@strata/proto";
 import type { BlockEvent, ExtraKey } from "@strata/kv";
 import type { PipelineClient } from "./pipeline-client.ts";
@@ -359,7 +359,7 @@ export class Engine {
       const chunks = batch.chunks.map((c) => {
         const active = this.active.get(c.seq)!;
         // One seeded draw per step that samples, in step order: a run samples as single steps would.
-        const randoms = c.sample && active.req.sampling.temperature > 0 ? Array.from({ length: steps }, () => active.rng.next()) : [];
+        const randoms = c.sample && !isGreedy(active.req.sampling) ? Array.from({ length: steps }, () => active.rng.next()) : [];
         return create(SequenceChunkSchema, {
           seqId: c.seqId,
           startPosition: c.startPosition,

@@ -2,7 +2,7 @@ import * as grpc from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
 import { parseKvDtype, type KvDtype } from "@strata/kv";
 import { openModel } from "@strata/model";
-import { sampleToken, type SamplingParams } from "@strata/sampling";
+import { isGreedy, sampleToken } from "@strata/sampling";
 import { checkEventScope, type EventBus } from "@strata/events";
 import {
   AdapterInfoSchema,
@@ -564,9 +564,4 @@ class StageLink {
     this.client = undefined;
     this.address = "";
   }
-}
-
-/** Whether a chunk's sampling is greedy, as sampleToken reads it (no parameters: greedy). */
-function isGreedy(sampling: SamplingParams | undefined): boolean {
-  return (sampling?.temperature ?? 0) <= 0;
 }
