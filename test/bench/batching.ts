@@ -11,6 +11,7 @@ const CONCURRENT = 32;
 const PROMPT_TOKENS = 16;
 const NEW_TOKENS = 32;
 const SYSTEM_PROMPT_TOKENS = 1024;
+const HISTORY_TOKENS = 1024;
 
 function randomPrompt(rng: SeededRandom, length: number, vocab: number): number[] {
   return [1, ...Array.from({ length: length - 1 }, () => 3 + Math.floor(rng.next() * (vocab - 3)))];
@@ -22,31 +23,52 @@ const SAMPLED: SamplingParams = { temperature: 0.8, topP: 0.95, topK: 0 };
 const COMPUTE_LOOP = fileURLToPath(new URL("./compute-loop.ts", import.meta.url));
 
 /**
- * The load pipelining is measured at: 32 concurrent chat requests behind one shared system prompt
- * (the prefix cache holds it after the first), each with its own user turn. Beside it, the same
- * comparison at 16-token prompts, where a step's weights, read once per micro-batch, outweigh the
- * sequences' own work.
+ * The loads pipelining is measured at, 32 concurrent requests each. How much two micro-batches of
+ * 16 gain over one of 32 depends on how much of a step's work is the sequences' own: a step reads
+ * the stage's weights (and a shared system prompt's K/V) once per micro-batch, so that part costs
+ * twice as much pipelined, while each sequence's own past costs the same either way.
  */
 interface PipeliningLoad {
   label: string;
+  /** A system prompt every request begins with (prefix-cached after the first). */
   systemTokens: number;
+  /** A history of each request's own (its conversation so far), prefix-cached before timing. */
+  historyTokens: number;
   userTokens: number;
   newTokens: number;
   /** Context a sequence attends over halfway through its output: what the partition is planned for and the ceiling measured at. */
   midContext: number;
-  /** Untimed rounds per cluster: a round of 128-token replies warms as many steps as four of 32. */
+  /** Untimed rounds per cluster. */
   warmups: number;
+  /** Each worker's KV budget, where the default 128 MiB cannot hold the load's cached prefixes. */
+  kvCacheBytes?: number;
 }
-const CHAT_LOAD: PipeliningLoad = { label: "chat", systemTokens: SYSTEM_PROMPT_TOKENS, userTokens: 16, newTokens: NEW_TOKENS, midContext: SYSTEM_PROMPT_TOKENS + 16 + NEW_TOKENS / 2, warmups: WARMUP_ROUNDS };
 /**
- * The chat load with 128-token replies: decoding outweighs the user turns' prefill, which fills
- * and drains the pipeline once per burst (~25% of a pipelined 32-token burst, gaining ~1.2x from
- * pipelining). It measured about the chat load's ratio (1.41-1.44 against 1.39-1.42, three runs):
- * stage 1's decode step, beside stage 0's, sets the pace either way.
+ * The headline load: one 1,024-token system prompt shared by all 32 requests (prefix-cached after
+ * the first), then a 16-token user turn each. Split attention reads the shared prompt once per
+ * micro-batch, so most of a step is work done once per micro-batch, which pipelining's half-size
+ * micro-batches do twice. With 128-token replies it measured about the same ratio (1.41-1.44 at
+ * stop 16): the decode lockstep, not the user turns' prefill, holds it there.
  */
-const LONG_REPLIES_LOAD: PipeliningLoad = { ...CHAT_LOAD, label: "chat, 128-token replies", newTokens: 4 * NEW_TOKENS, midContext: SYSTEM_PROMPT_TOKENS + 16 + 2 * NEW_TOKENS, warmups: 1 };
-const LONG_REPLIES_PAIRS = 2;
-const SHORT_LOAD: PipeliningLoad = { label: "short context", systemTokens: 0, userTokens: PROMPT_TOKENS, newTokens: NEW_TOKENS, midContext: PROMPT_TOKENS + NEW_TOKENS / 2, warmups: WARMUP_ROUNDS };
+const CHAT_LOAD: PipeliningLoad = { label: "chat", systemTokens: SYSTEM_PROMPT_TOKENS, historyTokens: 0, userTokens: 16, newTokens: NEW_TOKENS, midContext: SYSTEM_PROMPT_TOKENS + 16 + NEW_TOKENS / 2, warmups: WARMUP_ROUNDS };
+/**
+ * 32 conversations, each with its own 1,024-token history cached from earlier turns, each sending
+ * a 16-token user turn, as in multi-turn chat: most of a step is attention over each sequence's
+ * own past, which costs the same in one micro-batch of 32 or two of 16.
+ */
+const CONVERSATIONS_LOAD: PipeliningLoad = {
+  label: "conversations",
+  systemTokens: 0,
+  historyTokens: HISTORY_TOKENS,
+  userTokens: 16,
+  newTokens: NEW_TOKENS,
+  midContext: HISTORY_TOKENS + 16 + NEW_TOKENS / 2,
+  // The first round after the histories plans their new shapes; the second runs as the rest.
+  warmups: 1,
+  // Stage 0 holds 5 of 8 layers: 32 x 1,072 tokens x 10 KB = 351 MB of fp32 K/V.
+  kvCacheBytes: 512 * 2 ** 20,
+};
+const SHORT_LOAD: PipeliningLoad = { label: "short context", systemTokens: 0, historyTokens: 0, userTokens: PROMPT_TOKENS, newTokens: NEW_TOKENS, midContext: PROMPT_TOKENS + NEW_TOKENS / 2, warmups: WARMUP_ROUNDS };
 
 /** Decode steps/s of one compute-loop process over `layers` layers at batch `batch`, `past` tokens in (the first `shared` in shared blocks), for `seconds`. */
 async function computeLoop(dir: string, layers: number, batch: number, past: number, shared: number, seconds: number): Promise<number> {
@@ -96,14 +118,23 @@ interface PipeliningResult {
 async function comparePipelining(ctx: BenchContext, dir: string, load: PipeliningLoad, pairs: number, withCeiling = true): Promise<PipeliningResult> {
   const vocab = BENCH_SHAPE.vocabSize;
   const system = load.systemTokens > 0 ? randomPrompt(new SeededRandom(7), load.systemTokens, vocab) : [];
-  const prompt = (rng: SeededRandom) => (system.length ? [...system, ...randomPrompt(rng, load.userTokens + 1, vocab).slice(1)] : randomPrompt(rng, load.userTokens, vocab));
-  const opts = { modelDir: dir, workers: 2, planLoad: { batch: CONCURRENT / 2, contextTokens: load.midContext } };
+  const histories = load.historyTokens > 0 ? Array.from({ length: CONCURRENT }, (_, i) => randomPrompt(new SeededRandom(100 + i), load.historyTokens, vocab)) : [];
+  // A round asks for CONCURRENT prompts: with histories, one turn of each conversation.
+  let turns = 0;
+  const prompt = (rng: SeededRandom) => {
+    const userTurn = randomPrompt(rng, load.userTokens + 1, vocab).slice(1);
+    if (histories.length) return [...histories[turns++ % histories.length], ...userTurn];
+    return system.length ? [...system, ...userTurn] : randomPrompt(rng, load.userTokens, vocab);
+  };
+  const opts = { modelDir: dir, workers: 2, kvCacheBytes: load.kvCacheBytes, planLoad: { batch: CONCURRENT / 2, contextTokens: load.midContext } };
   const off: number[] = [];
   const on: number[] = [];
   let partition = "";
-  // One request prefills the system prompt first: requests arriving together all miss the prefix cache.
+  // The cached prefixes are computed before timing: the system prompt by one request (requests
+  // arriving together all miss the prefix cache), each history by a request of its own.
   const primed = async (cluster: LocalCluster) => {
-    if (system.length) await cluster.engine.generate({ promptIds: system, maxTokens: 1, sampling: GREEDY, stopTokenIds: [] });
+    const prefixes = system.length ? [system] : histories;
+    await Promise.all(prefixes.map((promptIds) => cluster.engine.generate({ promptIds, maxTokens: 1, sampling: GREEDY, stopTokenIds: [] })));
     return throughputSamples(cluster, CONCURRENT, prompt, load.newTokens, 2, load.warmups);
   };
   for (let pair = 0; pair < pairs; pair++) {
@@ -160,27 +191,29 @@ export const batching: BenchPart = {
     const shortPrompt = (rng: SeededRandom) => randomPrompt(rng, PROMPT_TOKENS, vocab);
     ctx.print(describeShape(BENCH_SHAPE));
     ctx.print(
-      `2 worker processes, 1 onnxruntime thread each; ${CONCURRENT} concurrent requests, ${NEW_TOKENS} new tokens each unless said, greedy, 2 runs after ${WARMUP_ROUNDS} warm-up runs per cluster (1 at 128-token replies). ` +
-        `Loads: chat = a shared ${CHAT_LOAD.systemTokens}-token system prompt (prefix-cached after the warm-up) + a ${CHAT_LOAD.userTokens}-token user turn; ` +
+      `2 worker processes, 1 onnxruntime thread each; ${CONCURRENT} concurrent requests, ${NEW_TOKENS} new tokens each, greedy, 2 runs per cluster after ${WARMUP_ROUNDS} warm-up runs (${CONVERSATIONS_LOAD.warmups} for conversations). ` +
+        `Loads: chat = one shared ${CHAT_LOAD.systemTokens}-token system prompt (prefix-cached) + a ${CHAT_LOAD.userTokens}-token user turn each; ` +
+        `conversations = ${CONCURRENT} histories of ${CONVERSATIONS_LOAD.historyTokens} tokens, one each, prefix-cached before timing, + a ${CONVERSATIONS_LOAD.userTokens}-token user turn (KV budget ${CONVERSATIONS_LOAD.kvCacheBytes! / 2 ** 20} MiB per worker); ` +
         `short context = ${PROMPT_TOKENS}-token random prompts. Pipelining off and on clusters alternate (one cluster at a time), ` +
-        `${PIPELINING_PAIRS} pairs at the chat load, ${LONG_REPLIES_PAIRS} with 128-token replies, ${SHORT_CONTEXT_PAIRS} at short context; each cluster's partition planned for its load ` +
+        `${PIPELINING_PAIRS} pairs at chat and at conversations, ${SHORT_CONTEXT_PAIRS} at short context; each cluster's partition planned for its load ` +
         `(micro-batches of ${CONCURRENT / 2}, the context halfway through the output); medians of all runs`,
     );
 
     const figures: Record<string, number> = {};
     const chat = await comparePipelining(ctx, dir, CHAT_LOAD, PIPELINING_PAIRS);
-    const longReplies = await comparePipelining(ctx, dir, LONG_REPLIES_LOAD, LONG_REPLIES_PAIRS, false);
+    const conversations = await comparePipelining(ctx, dir, CONVERSATIONS_LOAD, PIPELINING_PAIRS);
     const short = await comparePipelining(ctx, dir, SHORT_LOAD, SHORT_CONTEXT_PAIRS);
     figures.pipelining_on_vs_off = chat.ratio;
     figures.pipelining_on_32_chat_tok_s = median(chat.on);
     figures.pipelining_off_32_chat_tok_s = median(chat.off);
     figures.pipelining_ceiling_same_load = chat.ceiling!.sameLoad;
     figures.two_process_parallelism = chat.ceiling!.twoProcesses;
-    figures.pipelining_on_vs_off_long_replies = longReplies.ratio;
-    figures.pipelining_on_long_replies_tok_s = median(longReplies.on);
-    figures.pipelining_off_long_replies_tok_s = median(longReplies.off);
+    figures.pipelining_on_vs_off_conversations = conversations.ratio;
+    figures.pipelining_on_conversations_tok_s = median(conversations.on);
+    figures.pipelining_off_conversations_tok_s = median(conversations.off);
+    figures.pipelining_ceiling_conversations = conversations.ceiling!.sameLoad;
     // What reading the shared system prompt once per step (split attention's shared past) gains:
-    // the chat load's half-step at half the batch with that prompt in shared blocks, over the
+    // the shared-prompt load's half-step at half the batch with that prompt in shared blocks, over the
     // same with every sequence's past in blocks of its own.
     const halfStep = (shared: number) => computeLoop(dir, BENCH_SHAPE.numLayers / 2, CONCURRENT / 2, CHAT_LOAD.midContext, shared, 4);
     figures.shared_past_step_speedup = (await halfStep(CHAT_LOAD.systemTokens)) / (await halfStep(0));
@@ -222,13 +255,14 @@ export const batching: BenchPart = {
     for (const line of table([
       ["load", "figure", "value"],
       [`${CHAT_LOAD.label}, pipelining on (2 micro-batches in flight), ${chat.partition}`, "tok/s", `${fmt(median(chat.on))}  (${chat.on.map(fmt).join(" ")})`],
-      [`chat, pipelining off (1 in flight)`, "tok/s", `${fmt(median(chat.off))}  (${chat.off.map(fmt).join(" ")})`],
+      [`${CHAT_LOAD.label}, pipelining off (1 in flight)`, "tok/s", `${fmt(median(chat.off))}  (${chat.off.map(fmt).join(" ")})`],
       ["pipelining_on_vs_off (chat; goal >= 1.6)", "ratio", `${fmt(chat.ratio)}x`],
       ...ceilingRows(CHAT_LOAD, chat.ceiling!),
-      [`${LONG_REPLIES_LOAD.label}, pipelining on, ${longReplies.partition}`, "tok/s", `${fmt(median(longReplies.on))}  (${longReplies.on.map(fmt).join(" ")})`],
-      [`${LONG_REPLIES_LOAD.label}, pipelining off`, "tok/s", `${fmt(median(longReplies.off))}  (${longReplies.off.map(fmt).join(" ")})`],
-      ["pipelining_on_vs_off_long_replies", "ratio", `${fmt(longReplies.ratio)}x`],
-      [`chat: ${BENCH_SHAPE.numLayers / 2}-layer half-step at batch ${CONCURRENT / 2}, system prompt read once for the batch vs once per sequence`, "ratio", `${fmt(figures.shared_past_step_speedup)}x`],
+      [`${CONVERSATIONS_LOAD.label}, pipelining on, ${conversations.partition}`, "tok/s", `${fmt(median(conversations.on))}  (${conversations.on.map(fmt).join(" ")})`],
+      [`${CONVERSATIONS_LOAD.label}, pipelining off`, "tok/s", `${fmt(median(conversations.off))}  (${conversations.off.map(fmt).join(" ")})`],
+      ["pipelining_on_vs_off_conversations", "ratio", `${fmt(conversations.ratio)}x`],
+      ...ceilingRows(CONVERSATIONS_LOAD, conversations.ceiling!),
+      [`${CHAT_LOAD.label}: ${BENCH_SHAPE.numLayers / 2}-layer half-step at batch ${CONCURRENT / 2}, system prompt read once for the batch vs once per sequence`, "ratio", `${fmt(figures.shared_past_step_speedup)}x`],
       [`short context, pipelining on, ${short.partition}`, "tok/s", `${fmt(median(short.on))}  (${short.on.map(fmt).join(" ")})`],
       [`short context, pipelining off`, "tok/s", `${fmt(median(short.off))}  (${short.off.map(fmt).join(" ")})`],
       ["pipelining_on_vs_off_short_context", "ratio", `${fmt(short.ratio)}x`],
