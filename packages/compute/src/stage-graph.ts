@@ -187,8 +187,12 @@ interface SplitAttention {
   sharedScoresShape: string;
   sharedOutShape: string;
   sharedProbsShape: string;
-  /** [B, KV, G, T, P] and [B, KV, G * T, P]: the own past's probabilities by group, and its scores back. */
-  pastByGroupShape: string;
+  /**
+   * [B, KV, R, M, hd], [B, KV, R, M, P] and [B, KV, G * T, P]: a KV head's G * T query rows as R
+   * products of M rows each against its own past (see splitAttention), and the scores back.
+   */
+  queryRowsShape: string;
+  pastProbsShape: string;
   pastScoresShape: string;
 }
 
@@ -202,6 +206,10 @@ function splitAttentionShared(g: GraphBuilder, mask: string, sharedK: string, pa
   const T = g.node("Slice", [batchShape, g.ints([1]), g.ints([2])]);
   // Every dimension spelled out: Ps may be 0, and Reshape can infer no -1 beside a 0.
   const GT = g.node("Mul", [T, g.ints([G])]);
+  // A decode step (T of 1) multiplies the own past once per query row (R = G products of M = 1
+  // row), any other step once per KV head (R = 1, M = G * T).
+  const R = g.node("Where", [g.node("Equal", [T, g.ints([1])]), g.ints([G]), g.ints([1])]);
+  const M = g.node("Div", [GT, R]);
   return {
     H,
     KV,
@@ -211,7 +219,8 @@ function splitAttentionShared(g: GraphBuilder, mask: string, sharedK: string, pa
     sharedScoresShape: g.node("Concat", [g.ints([KV]), B, GT, Ps], { axis: 0 }),
     sharedOutShape: g.node("Concat", [g.ints([KV]), B, GT, g.ints([hd])], { axis: 0 }),
     sharedProbsShape: g.node("Concat", [g.ints([KV]), g.node("Mul", [B, GT]), Ps], { axis: 0 }),
-    pastByGroupShape: g.node("Concat", [B, g.ints([KV, G]), T, P], { axis: 0 }),
+    queryRowsShape: g.node("Concat", [B, g.ints([KV]), R, M, g.ints([hd])], { axis: 0 }),
+    pastProbsShape: g.node("Concat", [B, g.ints([KV]), R, M, P], { axis: 0 }),
     pastScoresShape: g.node("Concat", [B, g.ints([KV]), GT, P], { axis: 0 }),
   };
 }
@@ -235,20 +244,20 @@ function splitAttention(g: GraphBuilder, a: SplitAttention, qFlat: string, kFlat
   const byHead = (x: string, shape: string) => g.node("Reshape", [g.node("Transpose", [x], { perm: [1, 0, 2, 3] }), shape], { allowzero: 1 });
   const byBatch = (x: string, shape: string) => g.node("Transpose", [g.node("Reshape", [x, shape], { allowzero: 1 })], { perm: [1, 0, 2, 3] });
   const sharedScores = byBatch(g.node("FusedMatMul", [byHead(q, g.ints([KV, -1, hd])), shared.k], { transB: 1 }, undefined, MS_DOMAIN), a.sharedScoresShape);
-  // The own past is multiplied once per query head of a group, [B, KV, G, T, x] against [B, KV, 1,
-  // P, hd]: a decode step's T of 1 makes each product a matrix-vector one, which onnxruntime runs
-  // over the past where it lies. As one product per KV head ([G * T] rows), its GEMM packed (copied)
-  // the whole past K and V every layer and step: 16 sequences 1,064 tokens in on the bench model,
-  // scores 2.1 -> 0.8 ms and weighted values 1.4 -> 0.7 ms a layer; prefill chunks' products
-  // (T of 16-512) are within ~10% either way.
-  const qByGroup = g.node("Reshape", [q, g.ints([0, 0, G, -1, hd])]);
-  const pastByGroup = (x: string) => g.node("Unsqueeze", [x, g.ints([2])]);
-  const pastScores = g.node("Reshape", [g.node("FusedMatMul", [qByGroup, pastByGroup(past.k)], { transB: 1 }, undefined, MS_DOMAIN), a.pastScoresShape], { allowzero: 1 });
+  // The own past against a KV head's query rows as [B, KV, R, M, x] by [B, KV, 1, P, hd]. In a
+  // decode step each of the G rows is a product of its own (R = G, M = 1): matrix-vector products,
+  // which onnxruntime runs over the past where it lies. One GEMM of G rows per KV head packed
+  // (copied) all of past K and V every layer and step: 16 sequences 1,064 tokens in on the bench
+  // model, scores 2.1 -> 0.8 ms and weighted values 1.4 -> 0.7 ms a layer. A prefill chunk's G * T
+  // rows stay one GEMM (R = 1): as G of T rows each, its scores took 7-22% longer.
+  const queryRows = g.node("Reshape", [q, a.queryRowsShape]);
+  const pastByRows = (x: string) => g.node("Unsqueeze", [x, g.ints([2])]);
+  const pastScores = g.node("Reshape", [g.node("FusedMatMul", [queryRows, pastByRows(past.k)], { transB: 1 }, undefined, MS_DOMAIN), a.pastScoresShape], { allowzero: 1 });
   const newScores = g.node("FusedMatMul", [q, kNew], { transB: 1 }, undefined, MS_DOMAIN);
   const probs = g.node("Softmax", [g.node("Add", [g.node("Concat", [sharedScores, pastScores, newScores], { axis: -1 }), a.groupMask])], { axis: -1 });
   const [pShared, pPast, pNew] = g.nodeMulti("Split", [probs, a.keySizes], 3, { axis: -1 });
   const oShared = byBatch(g.node("MatMul", [byHead(pShared, a.sharedProbsShape), shared.v]), a.sharedOutShape);
-  const o = g.node("Add", [g.node("Add", [g.node("Reshape", [g.node("MatMul", [g.node("Reshape", [pPast, a.pastByGroupShape], { allowzero: 1 }), pastByGroup(past.v)]), g.ints([0, 0, -1, hd])]), g.node("MatMul", [pNew, vNew])]), oShared]); // [B, KV, G * T, hd]
+  const o = g.node("Add", [g.node("Add", [g.node("Reshape", [g.node("MatMul", [g.node("Reshape", [pPast, a.pastProbsShape], { allowzero: 1 }), pastByRows(past.v)]), g.ints([0, 0, -1, hd])]), g.node("MatMul", [pNew, vNew])]), oShared]); // [B, KV, G * T, hd]
   return g.node("Reshape", [g.node("Transpose", [g.node("Reshape", [o, g.ints([0, KV, G, -1, hd])])], { perm: [0, 3, 1, 2, 4] }), g.ints([0, 0, H * hd])]);
 }
 
