@@ -110,12 +110,12 @@ interface PipeliningResult {
   on: number[];
   off: number[];
   ratio: number;
-  ceiling?: PipeliningCeiling;
+  ceiling: PipeliningCeiling;
   partition: string;
 }
 
-/** Pipelining off and on clusters, alternating `pairs` times (one cluster at a time), both planned for the load; then, if asked, the ceiling. */
-async function comparePipelining(ctx: BenchContext, dir: string, load: PipeliningLoad, pairs: number, withCeiling = true): Promise<PipeliningResult> {
+/** Pipelining off and on clusters, alternating `pairs` times (one cluster at a time), both planned for the load; then the ceiling. */
+async function comparePipelining(ctx: BenchContext, dir: string, load: PipeliningLoad, pairs: number): Promise<PipeliningResult> {
   const vocab = BENCH_SHAPE.vocabSize;
   const system = load.systemTokens > 0 ? randomPrompt(new SeededRandom(7), load.systemTokens, vocab) : [];
   const histories = load.historyTokens > 0 ? Array.from({ length: CONCURRENT }, (_, i) => randomPrompt(new SeededRandom(100 + i), load.historyTokens, vocab)) : [];
@@ -146,7 +146,7 @@ async function comparePipelining(ctx: BenchContext, dir: string, load: Pipelinin
       on.push(...(await primed(cluster)));
     });
   }
-  const ceiling = withCeiling ? await pipeliningCeiling(dir, BENCH_SHAPE.numLayers / 2, CONCURRENT, load.midContext, load.systemTokens) : undefined;
+  const ceiling = await pipeliningCeiling(dir, BENCH_SHAPE.numLayers / 2, CONCURRENT, load.midContext, load.systemTokens);
   return { on, off, ratio: median(on) / median(off), ceiling, partition };
 }
 
@@ -206,19 +206,19 @@ export const batching: BenchPart = {
     figures.pipelining_on_vs_off = chat.ratio;
     figures.pipelining_on_32_chat_tok_s = median(chat.on);
     figures.pipelining_off_32_chat_tok_s = median(chat.off);
-    figures.pipelining_ceiling_same_load = chat.ceiling!.sameLoad;
-    figures.two_process_parallelism = chat.ceiling!.twoProcesses;
+    figures.pipelining_ceiling_same_load = chat.ceiling.sameLoad;
+    figures.two_process_parallelism = chat.ceiling.twoProcesses;
     figures.pipelining_on_vs_off_conversations = conversations.ratio;
     figures.pipelining_on_conversations_tok_s = median(conversations.on);
     figures.pipelining_off_conversations_tok_s = median(conversations.off);
-    figures.pipelining_ceiling_conversations = conversations.ceiling!.sameLoad;
+    figures.pipelining_ceiling_conversations = conversations.ceiling.sameLoad;
     // What reading the shared system prompt once per step (split attention's shared past) gains:
-    // the shared-prompt load's half-step at half the batch with that prompt in shared blocks, over the
+    // the chat load's half-step at half the batch with that prompt in shared blocks, over the
     // same with every sequence's past in blocks of its own.
     const halfStep = (shared: number) => computeLoop(dir, BENCH_SHAPE.numLayers / 2, CONCURRENT / 2, CHAT_LOAD.midContext, shared, 4);
     figures.shared_past_step_speedup = (await halfStep(CHAT_LOAD.systemTokens)) / (await halfStep(0));
     figures.pipelining_on_vs_off_short_context = short.ratio;
-    figures.pipelining_ceiling_short_context = short.ceiling!.sameLoad;
+    figures.pipelining_ceiling_short_context = short.ceiling.sameLoad;
     figures.concurrent_32_tok_s = median(short.on);
     figures.pipelining_off_32_tok_s = median(short.off);
     await withCluster(ctx, { modelDir: dir, workers: 2, planLoad: { batch: CONCURRENT / 2, contextTokens: SHORT_LOAD.midContext } }, async (cluster) => {
@@ -257,16 +257,16 @@ export const batching: BenchPart = {
       [`${CHAT_LOAD.label}, pipelining on (2 micro-batches in flight), ${chat.partition}`, "tok/s", `${fmt(median(chat.on))}  (${chat.on.map(fmt).join(" ")})`],
       [`${CHAT_LOAD.label}, pipelining off (1 in flight)`, "tok/s", `${fmt(median(chat.off))}  (${chat.off.map(fmt).join(" ")})`],
       ["pipelining_on_vs_off (chat; goal >= 1.6)", "ratio", `${fmt(chat.ratio)}x`],
-      ...ceilingRows(CHAT_LOAD, chat.ceiling!),
+      ...ceilingRows(CHAT_LOAD, chat.ceiling),
       [`${CONVERSATIONS_LOAD.label}, pipelining on, ${conversations.partition}`, "tok/s", `${fmt(median(conversations.on))}  (${conversations.on.map(fmt).join(" ")})`],
       [`${CONVERSATIONS_LOAD.label}, pipelining off`, "tok/s", `${fmt(median(conversations.off))}  (${conversations.off.map(fmt).join(" ")})`],
       ["pipelining_on_vs_off_conversations", "ratio", `${fmt(conversations.ratio)}x`],
-      ...ceilingRows(CONVERSATIONS_LOAD, conversations.ceiling!),
+      ...ceilingRows(CONVERSATIONS_LOAD, conversations.ceiling),
       [`${CHAT_LOAD.label}: ${BENCH_SHAPE.numLayers / 2}-layer half-step at batch ${CONCURRENT / 2}, system prompt read once for the batch vs once per sequence`, "ratio", `${fmt(figures.shared_past_step_speedup)}x`],
       [`short context, pipelining on, ${short.partition}`, "tok/s", `${fmt(median(short.on))}  (${short.on.map(fmt).join(" ")})`],
       [`short context, pipelining off`, "tok/s", `${fmt(median(short.off))}  (${short.off.map(fmt).join(" ")})`],
       ["pipelining_on_vs_off_short_context", "ratio", `${fmt(short.ratio)}x`],
-      ...ceilingRows(SHORT_LOAD, short.ceiling!),
+      ...ceilingRows(SHORT_LOAD, short.ceiling),
       ["short context, 1 request", "tok/s", fmt(figures.single_request_tok_s)],
       ["batch32_vs_1 (short context, pipelining on; goal >= 6)", "ratio", `${fmt(figures.batch32_vs_1)}x`],
       [`short context, 32 requests sampled (temperature ${SAMPLED.temperature}, top_p ${SAMPLED.topP}) / greedy, same cluster`, "tok/s", `${fmt(figures.sampled_32_tok_s)} / ${fmt(figures.greedy_32_tok_s_same_cluster)}`],
