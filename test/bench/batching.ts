@@ -17,8 +17,6 @@ function randomPrompt(rng: SeededRandom, length: number, vocab: number): number[
   return [1, ...Array.from({ length: length - 1 }, () => 3 + Math.floor(rng.next() * (vocab - 3)))];
 }
 
-const PIPELINING_PAIRS = 2;
-const SHORT_CONTEXT_PAIRS = 2;
 const SAMPLED: SamplingParams = { temperature: 0.8, topP: 0.95, topK: 0 };
 const COMPUTE_LOOP = fileURLToPath(new URL("./compute-loop.ts", import.meta.url));
 
@@ -38,8 +36,10 @@ interface PipeliningLoad {
   newTokens: number;
   /** Context a sequence attends over halfway through its output: what the partition is planned for and the ceiling measured at. */
   midContext: number;
-  /** Untimed rounds per cluster. */
+  /** Untimed rounds, then timed ones, per cluster; pairs of off and on clusters, alternating. */
   warmups: number;
+  runs: number;
+  pairs: number;
   /** Each worker's KV budget, where the default 128 MiB cannot hold the load's cached prefixes. */
   kvCacheBytes?: number;
 }
@@ -50,7 +50,7 @@ interface PipeliningLoad {
  * micro-batches do twice. With 128-token replies it measured about the same ratio (1.41-1.44 at
  * stop 16): the decode lockstep, not the user turns' prefill, holds it there.
  */
-const CHAT_LOAD: PipeliningLoad = { label: "chat", systemTokens: SYSTEM_PROMPT_TOKENS, historyTokens: 0, userTokens: 16, newTokens: NEW_TOKENS, midContext: SYSTEM_PROMPT_TOKENS + 16 + NEW_TOKENS / 2, warmups: WARMUP_ROUNDS };
+const CHAT_LOAD: PipeliningLoad = { label: "chat", systemTokens: SYSTEM_PROMPT_TOKENS, historyTokens: 0, userTokens: 16, newTokens: NEW_TOKENS, midContext: SYSTEM_PROMPT_TOKENS + 16 + NEW_TOKENS / 2, warmups: WARMUP_ROUNDS, runs: 2, pairs: 2 };
 /**
  * 32 conversations, each with its own 1,024-token history cached from earlier turns, each sending
  * a 16-token user turn, as in multi-turn chat: most of a step is attention over each sequence's
@@ -65,10 +65,13 @@ const CONVERSATIONS_LOAD: PipeliningLoad = {
   midContext: HISTORY_TOKENS + 16 + NEW_TOKENS / 2,
   // The first round after the histories plans their new shapes; the second runs as the rest.
   warmups: 1,
+  // A cluster's histories take ~20 s to prefill: one pair, three timed rounds each.
+  runs: 3,
+  pairs: 1,
   // Stage 0 holds 5 of 8 layers: 32 x 1,072 tokens x 10 KB = 351 MB of fp32 K/V.
   kvCacheBytes: 512 * 2 ** 20,
 };
-const SHORT_LOAD: PipeliningLoad = { label: "short context", systemTokens: 0, historyTokens: 0, userTokens: PROMPT_TOKENS, newTokens: NEW_TOKENS, midContext: PROMPT_TOKENS + NEW_TOKENS / 2, warmups: WARMUP_ROUNDS };
+const SHORT_LOAD: PipeliningLoad = { label: "short context", systemTokens: 0, historyTokens: 0, userTokens: PROMPT_TOKENS, newTokens: NEW_TOKENS, midContext: PROMPT_TOKENS + NEW_TOKENS / 2, warmups: WARMUP_ROUNDS, runs: 2, pairs: 2 };
 
 /** Decode steps/s of one compute-loop process over `layers` layers at batch `batch`, `past` tokens in (the first `shared` in shared blocks), for `seconds`. */
 async function computeLoop(dir: string, layers: number, batch: number, past: number, shared: number, seconds: number): Promise<number> {
@@ -114,8 +117,8 @@ interface PipeliningResult {
   partition: string;
 }
 
-/** Pipelining off and on clusters, alternating `pairs` times (one cluster at a time), both planned for the load; then the ceiling. */
-async function comparePipelining(ctx: BenchContext, dir: string, load: PipeliningLoad, pairs: number): Promise<PipeliningResult> {
+/** Pipelining off and on clusters, alternating `load.pairs` times (one cluster at a time), both planned for the load; then the ceiling. */
+async function comparePipelining(ctx: BenchContext, dir: string, load: PipeliningLoad): Promise<PipeliningResult> {
   const vocab = BENCH_SHAPE.vocabSize;
   const system = load.systemTokens > 0 ? randomPrompt(new SeededRandom(7), load.systemTokens, vocab) : [];
   const histories = load.historyTokens > 0 ? Array.from({ length: CONCURRENT }, (_, i) => randomPrompt(new SeededRandom(100 + i), load.historyTokens, vocab)) : [];
@@ -135,9 +138,9 @@ async function comparePipelining(ctx: BenchContext, dir: string, load: Pipelinin
   const primed = async (cluster: LocalCluster) => {
     const prefixes = system.length ? [system] : histories;
     await Promise.all(prefixes.map((promptIds) => cluster.engine.generate({ promptIds, maxTokens: 1, sampling: GREEDY, stopTokenIds: [] })));
-    return throughputSamples(cluster, CONCURRENT, prompt, load.newTokens, 2, load.warmups);
+    return throughputSamples(cluster, CONCURRENT, prompt, load.newTokens, load.runs, load.warmups);
   };
-  for (let pair = 0; pair < pairs; pair++) {
+  for (let pair = 0; pair < load.pairs; pair++) {
     await withCluster(ctx, { ...opts, pipelining: false }, async (cluster) => {
       off.push(...(await primed(cluster)));
     });
@@ -191,18 +194,18 @@ export const batching: BenchPart = {
     const shortPrompt = (rng: SeededRandom) => randomPrompt(rng, PROMPT_TOKENS, vocab);
     ctx.print(describeShape(BENCH_SHAPE));
     ctx.print(
-      `2 worker processes, 1 onnxruntime thread each; ${CONCURRENT} concurrent requests, ${NEW_TOKENS} new tokens each, greedy, 2 runs per cluster after ${WARMUP_ROUNDS} warm-up runs (${CONVERSATIONS_LOAD.warmups} for conversations). ` +
+      `2 worker processes, 1 onnxruntime thread each; ${CONCURRENT} concurrent requests, ${NEW_TOKENS} new tokens each, greedy, ${CHAT_LOAD.runs} timed runs per cluster after ${WARMUP_ROUNDS} warm-up runs (conversations: ${CONVERSATIONS_LOAD.runs} after ${CONVERSATIONS_LOAD.warmups}). ` +
         `Loads: chat = one shared ${CHAT_LOAD.systemTokens}-token system prompt (prefix-cached) + a ${CHAT_LOAD.userTokens}-token user turn each; ` +
         `conversations = ${CONCURRENT} histories of ${CONVERSATIONS_LOAD.historyTokens} tokens, one each, prefix-cached before timing, + a ${CONVERSATIONS_LOAD.userTokens}-token user turn (KV budget ${CONVERSATIONS_LOAD.kvCacheBytes! / 2 ** 20} MiB per worker); ` +
         `short context = ${PROMPT_TOKENS}-token random prompts. Pipelining off and on clusters alternate (one cluster at a time), ` +
-        `${PIPELINING_PAIRS} pairs at chat and at conversations, ${SHORT_CONTEXT_PAIRS} at short context; each cluster's partition planned for its load ` +
+        `${CHAT_LOAD.pairs} pairs at chat, ${CONVERSATIONS_LOAD.pairs} at conversations, ${SHORT_LOAD.pairs} at short context; each cluster's partition planned for its load ` +
         `(micro-batches of ${CONCURRENT / 2}, the context halfway through the output); medians of all runs`,
     );
 
     const figures: Record<string, number> = {};
-    const chat = await comparePipelining(ctx, dir, CHAT_LOAD, PIPELINING_PAIRS);
-    const conversations = await comparePipelining(ctx, dir, CONVERSATIONS_LOAD, PIPELINING_PAIRS);
-    const short = await comparePipelining(ctx, dir, SHORT_LOAD, SHORT_CONTEXT_PAIRS);
+    const chat = await comparePipelining(ctx, dir, CHAT_LOAD);
+    const conversations = await comparePipelining(ctx, dir, CONVERSATIONS_LOAD);
+    const short = await comparePipelining(ctx, dir, SHORT_LOAD);
     figures.pipelining_on_vs_off = chat.ratio;
     figures.pipelining_on_32_chat_tok_s = median(chat.on);
     figures.pipelining_off_32_chat_tok_s = median(chat.off);
