@@ -257,7 +257,8 @@ function splitAttention(g: GraphBuilder, a: SplitAttention, qFlat: string, kFlat
   const probs = g.node("Softmax", [g.node("Add", [g.node("Concat", [sharedScores, pastScores, newScores], { axis: -1 }), a.groupMask])], { axis: -1 });
   const [pShared, pPast, pNew] = g.nodeMulti("Split", [probs, a.keySizes], 3, { axis: -1 });
   const oShared = byBatch(g.node("MatMul", [byHead(pShared, a.sharedProbsShape), shared.v]), a.sharedOutShape);
-  const o = g.node("Add", [g.node("Add", [g.node("Reshape", [g.node("MatMul", [g.node("Reshape", [pPast, a.pastProbsShape], { allowzero: 1 }), pastByRows(past.v)]), g.ints([0, 0, -1, hd])]), g.node("MatMul", [pNew, vNew])]), oShared]); // [B, KV, G * T, hd]
+  const oPast = g.node("Reshape", [g.node("MatMul", [g.node("Reshape", [pPast, a.pastProbsShape], { allowzero: 1 }), pastByRows(past.v)]), g.ints([0, 0, -1, hd])]);
+  const o = g.node("Add", [g.node("Add", [oPast, g.node("MatMul", [pNew, vNew])]), oShared]); // [B, KV, G * T, hd]
   return g.node("Reshape", [g.node("Transpose", [g.node("Reshape", [o, g.ints([0, KV, G, -1, hd])])], { perm: [0, 3, 1, 2, 4] }), g.ints([0, 0, H * hd])]);
 }
 
