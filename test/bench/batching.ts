@@ -6,6 +6,7 @@ import { GREEDY, SeededRandom, type SamplingParams } from "@strata/sampling";
 import type { LocalCluster } from "@strata/coordinator";
 import { describeModel, describePartition, fmt, median, round, table, withCluster, WARMUP_ROUNDS, type BenchContext, type BenchPart } from "./support.ts";
 import { BENCH_SHAPE, describeShape, syntheticModelDir } from "./synthetic.ts";
+import { scrape } from "../support/prometheus.ts";
 
 const CONCURRENT = 32;
 const PROMPT_TOKENS = 16;
@@ -109,10 +110,53 @@ async function pipeliningCeiling(dir: string, layers: number, batch: number, pas
   return { wholeBatchAlone, halfBatchAlone, halfBatchBesideAnother, twoProcesses: (a + b) / halfBatchAlone, sameLoad: halfBatchBesideAnother / wholeBatchAlone };
 }
 
+/**
+ * The stages' compute over a cluster's timed rounds, from each worker's own step timings (its
+ * strata_stage_compute_seconds histogram: a step from taking its batch up to sending it on).
+ */
+interface StageWork {
+  /** Seconds the timed rounds took, end to end, and the tokens they generated. */
+  wallSeconds: number;
+  tokens: number;
+  /** Seconds each stage spent computing steps within them. */
+  stageSeconds: number[];
+}
+
+function addWork(total: StageWork, more: StageWork): void {
+  total.wallSeconds += more.wallSeconds;
+  total.tokens += more.tokens;
+  more.stageSeconds.forEach((s, i) => (total.stageSeconds[i] = (total.stageSeconds[i] ?? 0) + s));
+}
+
+function computeSeconds(work: StageWork): number {
+  return work.stageSeconds.reduce((a, b) => a + b, 0);
+}
+
+/** Stage compute per generated token, pipelining on over off. */
+function computePerTokenOnVsOff(r: { workOn: StageWork; workOff: StageWork }): number {
+  return computeSeconds(r.workOn) / r.workOn.tokens / (computeSeconds(r.workOff) / r.workOff.tokens);
+}
+
+/** Share of the stages' time spent computing: 1 when every stage computes all the time. */
+function busyShare(work: StageWork): number {
+  return computeSeconds(work) / (work.stageSeconds.length * work.wallSeconds);
+}
+
+async function stageComputeSeconds(cluster: LocalCluster): Promise<number[]> {
+  return Promise.all(cluster.workerMetricsUrls.map(async (url) => (await scrape(url)).value("strata_stage_compute_seconds_sum")));
+}
+
 interface PipeliningResult {
   on: number[];
   off: number[];
   ratio: number;
+  /**
+   * Where the ratio comes from: on / off = (on's busy share / off's) / (on's compute per token /
+   * off's), tokens over all timed rounds. Off, each stage computes about half the time; on, the
+   * stages compute side by side, and two micro-batches of half the batch take longer than one.
+   */
+  workOn: StageWork;
+  workOff: StageWork;
   ceiling: PipeliningCeiling;
   partition: string;
 }
@@ -132,45 +176,57 @@ async function comparePipelining(ctx: BenchContext, dir: string, load: Pipelinin
   const opts = { modelDir: dir, workers: 2, kvCacheBytes: load.kvCacheBytes, planLoad: { batch: CONCURRENT / 2, contextTokens: load.midContext } };
   const off: number[] = [];
   const on: number[] = [];
+  const workOff: StageWork = { wallSeconds: 0, tokens: 0, stageSeconds: [] };
+  const workOn: StageWork = { wallSeconds: 0, tokens: 0, stageSeconds: [] };
   let partition = "";
   // The cached prefixes are computed before timing: the system prompt by one request (requests
   // arriving together all miss the prefix cache), each history by a request of its own.
-  const primed = async (cluster: LocalCluster) => {
+  const primed = async (cluster: LocalCluster, work: StageWork) => {
     const prefixes = system.length ? [system] : histories;
     await Promise.all(prefixes.map((promptIds) => cluster.engine.generate({ promptIds, maxTokens: 1, sampling: GREEDY, stopTokenIds: [] })));
-    return throughputSamples(cluster, CONCURRENT, prompt, load.newTokens, load.runs, load.warmups);
+    return throughputSamples(cluster, CONCURRENT, prompt, load.newTokens, load.runs, load.warmups, GREEDY, work);
   };
   for (let pair = 0; pair < load.pairs; pair++) {
     await withCluster(ctx, { ...opts, pipelining: false }, async (cluster) => {
-      off.push(...(await primed(cluster)));
+      off.push(...(await primed(cluster, workOff)));
     });
     await withCluster(ctx, opts, async (cluster) => {
       partition = describePartition(cluster.partition);
-      on.push(...(await primed(cluster)));
+      on.push(...(await primed(cluster, workOn)));
     });
   }
   const ceiling = await pipeliningCeiling(dir, BENCH_SHAPE.numLayers / 2, CONCURRENT, load.midContext, load.systemTokens);
-  return { on, off, ratio: median(on) / median(off), ceiling, partition };
+  return { on, off, ratio: median(on) / median(off), workOn, workOff, ceiling, partition };
 }
 
 /**
  * Aggregate generated tokens/s of `count` concurrent requests, one sample per run after `warmups`
  * untimed runs. A fresh chat-load cluster's runs measured 280, 332, 312 and, the fourth cluster in
  * one process, 340, 397, 410 tok/s: one warm-up left the first timed run short of a running server's.
+ * With `work`, the timed runs' wall time and each stage's compute within them are added to it.
  */
-async function throughputSamples(cluster: LocalCluster, count: number, prompt: (rng: SeededRandom) => number[], newTokens: number, runs = 2, warmups = WARMUP_ROUNDS, sampling: SamplingParams = GREEDY): Promise<number[]> {
+async function throughputSamples(cluster: LocalCluster, count: number, prompt: (rng: SeededRandom) => number[], newTokens: number, runs = 2, warmups = WARMUP_ROUNDS, sampling: SamplingParams = GREEDY, work?: StageWork): Promise<number[]> {
   const rng = new SeededRandom(3);
+  let wallSeconds = 0;
+  let tokens = 0;
   const once = async () => {
     const prompts = Array.from({ length: count }, () => prompt(rng));
     const started = performance.now();
     const results = await Promise.all(prompts.map((promptIds) => cluster.engine.generate({ promptIds, maxTokens: newTokens, sampling, seed: 1, stopTokenIds: [] })));
     const seconds = (performance.now() - started) / 1000;
+    const generated = results.reduce((a, r) => a + r.tokenIds.length, 0);
+    wallSeconds += seconds;
+    tokens += generated;
     await cluster.waitForBlocksFreed();
-    return results.reduce((a, r) => a + r.tokenIds.length, 0) / seconds;
+    return generated / seconds;
   };
   for (let i = 0; i < warmups; i++) await once();
+  wallSeconds = 0;
+  tokens = 0;
+  const computedBefore = work ? await stageComputeSeconds(cluster) : [];
   const samples: number[] = [];
   for (let i = 0; i < runs; i++) samples.push(await once());
+  if (work) addWork(work, { wallSeconds, tokens, stageSeconds: (await stageComputeSeconds(cluster)).map((s, i) => s - computedBefore[i]) });
   return samples;
 }
 
@@ -210,11 +266,17 @@ export const batching: BenchPart = {
     figures.pipelining_on_32_chat_tok_s = median(chat.on);
     figures.pipelining_off_32_chat_tok_s = median(chat.off);
     figures.pipelining_ceiling_same_load = chat.ceiling.sameLoad;
+    figures.pipelining_busy_share_on = busyShare(chat.workOn);
+    figures.pipelining_busy_share_off = busyShare(chat.workOff);
+    figures.pipelining_compute_per_token_on_vs_off = computePerTokenOnVsOff(chat);
     figures.two_process_parallelism = chat.ceiling.twoProcesses;
     figures.pipelining_on_vs_off_conversations = conversations.ratio;
     figures.pipelining_on_conversations_tok_s = median(conversations.on);
     figures.pipelining_off_conversations_tok_s = median(conversations.off);
     figures.pipelining_ceiling_conversations = conversations.ceiling.sameLoad;
+    figures.pipelining_busy_share_on_conversations = busyShare(conversations.workOn);
+    figures.pipelining_busy_share_off_conversations = busyShare(conversations.workOff);
+    figures.pipelining_compute_per_token_on_vs_off_conversations = computePerTokenOnVsOff(conversations);
     // What reading the shared system prompt once per step (split attention's shared past) gains:
     // the chat load's half-step at half the batch with that prompt in shared blocks, over the
     // same with every sequence's past in blocks of its own.
@@ -255,15 +317,21 @@ export const batching: BenchPart = {
       [`${label}: 2 processes at batch ${CONCURRENT / 2} at once vs 1`, "ratio", `${fmt(c.twoProcesses)}x`],
       [`${label}: most pipelining can gain here at this load`, "ratio", `${fmt(c.sameLoad)}x`],
     ];
+    const workRows = ({ label }: PipeliningLoad, r: PipeliningResult) => [
+      [`${label}: share of the stages' time computing (their own step timings), on / off`, "share", `${fmt(busyShare(r.workOn))} / ${fmt(busyShare(r.workOff))}`],
+      [`${label}: stage compute per token, on vs off`, "ratio", `${fmt(computePerTokenOnVsOff(r))}x`],
+    ];
     for (const line of table([
       ["load", "figure", "value"],
       [`${CHAT_LOAD.label}, pipelining on (2 micro-batches in flight), ${chat.partition}`, "tok/s", `${fmt(median(chat.on))}  (${chat.on.map(fmt).join(" ")})`],
       [`${CHAT_LOAD.label}, pipelining off (1 in flight)`, "tok/s", `${fmt(median(chat.off))}  (${chat.off.map(fmt).join(" ")})`],
       ["pipelining_on_vs_off (chat; goal >= 1.6)", "ratio", `${fmt(chat.ratio)}x`],
+      ...workRows(CHAT_LOAD, chat),
       ...ceilingRows(CHAT_LOAD, chat.ceiling),
       [`${CONVERSATIONS_LOAD.label}, pipelining on, ${conversations.partition}`, "tok/s", `${fmt(median(conversations.on))}  (${conversations.on.map(fmt).join(" ")})`],
       [`${CONVERSATIONS_LOAD.label}, pipelining off`, "tok/s", `${fmt(median(conversations.off))}  (${conversations.off.map(fmt).join(" ")})`],
       ["pipelining_on_vs_off_conversations", "ratio", `${fmt(conversations.ratio)}x`],
+      ...workRows(CONVERSATIONS_LOAD, conversations),
       ...ceilingRows(CONVERSATIONS_LOAD, conversations.ceiling),
       [`${CHAT_LOAD.label}: ${BENCH_SHAPE.numLayers / 2}-layer half-step at batch ${CONCURRENT / 2}, system prompt read once for the batch vs once per sequence`, "ratio", `${fmt(figures.shared_past_step_speedup)}x`],
       [`short context, pipelining on, ${short.partition}`, "tok/s", `${fmt(median(short.on))}  (${short.on.map(fmt).join(" ")})`],
