@@ -45,9 +45,9 @@ async function subjects(): Promise<Subject[]> {
   await bundled.close();
   return [
     // Rounds of ~0.5 s here, within ~+-10% of each other.
-    { keySuffix: "", modelDir: synthetic, modelLine: describeShape(BENCH_SHAPE), newTokens: 32, httpRuns: 16, spreadArrivals: false, blocks: 6, settleRounds: 1, blockRounds: 4, aaControl: false },
+    { keySuffix: "", modelDir: synthetic, modelLine: describeShape(BENCH_SHAPE), newTokens: 32, httpRuns: 10, spreadArrivals: false, blocks: 3, settleRounds: 1, blockRounds: 4, aaControl: false },
     // Rounds of ~50 ms here, each swayed by when its last decode run ends (+-40%): many more.
-    { keySuffix: "_stories260k", modelDir: BUNDLED_MODEL_DIR, modelLine: bundledLine, newTokens: 64, httpRuns: 10, spreadArrivals: true, blocks: 8, settleRounds: 2, blockRounds: 8, aaControl: true },
+    { keySuffix: "_stories260k", modelDir: BUNDLED_MODEL_DIR, modelLine: bundledLine, newTokens: 64, httpRuns: 10, spreadArrivals: true, blocks: 4, settleRounds: 2, blockRounds: 8, aaControl: true },
   ];
 }
 

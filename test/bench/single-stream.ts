@@ -10,7 +10,7 @@ const MAX_TOKENS = 256;
 // 31st on (stage compute per step ~150 -> ~90 us, each hop ~200 -> ~90 us). So each cluster runs
 // thirty rounds (7,680 steps) first.
 const WARMUPS = Math.max(WARMUP_ROUNDS, 30);
-const RUNS = 7;
+const RUNS = 5;
 
 // Measured on this machine kind with the same stories260K checkpoint; not re-run here (no llama.cpp in the repo).
 const LLAMACPP_1_THREAD_TOK_S = 6137;
