@@ -250,7 +250,7 @@ export const batching: BenchPart = {
     const shortPrompt = (rng: SeededRandom) => randomPrompt(rng, PROMPT_TOKENS, vocab);
     ctx.print(describeShape(BENCH_SHAPE));
     ctx.print(
-      `2 worker processes, 1 onnxruntime thread each; ${CONCURRENT} concurrent requests, ${NEW_TOKENS} new tokens each, greedy, ${CHAT_LOAD.runs} timed runs per cluster after ${WARMUP_ROUNDS} warm-up runs (conversations: ${CONVERSATIONS_LOAD.runs} after ${CONVERSATIONS_LOAD.warmups}). ` +
+      `2 worker processes, 1 onnxruntime thread each; ${CONCURRENT} concurrent requests, ${NEW_TOKENS} new tokens each, greedy, ${CHAT_LOAD.runs} timed runs per cluster after ${CHAT_LOAD.warmups} warm-up runs (conversations: ${CONVERSATIONS_LOAD.runs} after ${CONVERSATIONS_LOAD.warmups}). ` +
         `Loads: chat = one shared ${CHAT_LOAD.systemTokens}-token system prompt (prefix-cached) + a ${CHAT_LOAD.userTokens}-token user turn each; ` +
         `conversations = ${CONCURRENT} histories of ${CONVERSATIONS_LOAD.historyTokens} tokens, one each, prefix-cached before timing, + a ${CONVERSATIONS_LOAD.userTokens}-token user turn (KV budget ${CONVERSATIONS_LOAD.kvCacheBytes! / 2 ** 20} MiB per worker); ` +
         `short context = ${PROMPT_TOKENS}-token random prompts (batch32_vs_1, sampling). Pipelining off and on clusters alternate (one cluster at a time), ` +

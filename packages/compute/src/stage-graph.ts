@@ -243,9 +243,10 @@ function splitAttention(g: GraphBuilder, a: SplitAttention, qFlat: string, kFlat
   // allowzero: a 0 in a shape is a 0 (an empty shared past), not "keep this dimension".
   const byHead = (x: string, shape: string) => g.node("Reshape", [g.node("Transpose", [x], { perm: [1, 0, 2, 3] }), shape], { allowzero: 1 });
   const byBatch = (x: string, shape: string) => g.node("Transpose", [g.node("Reshape", [x, shape], { allowzero: 1 })], { perm: [1, 0, 2, 3] });
-  // The shared past's scores as K · qᵀ ([KV, Ps, B * G * T]), so the GEMM packs the batch's few
-  // query rows, not the 2 MB of shared K: at batch 16 and 1,024 shared tokens a layer's scores
-  // took 0.42 ms against 0.64 as q · Kᵀ (0.71 vs 1.00 at batch 32), and 6-10% longer in prefill.
+  // The shared past's scores as (K · qᵀ)ᵀ, so the GEMM packs the batch's few query rows, not the
+  // shared K (1 MB a layer behind a 1,024-token prompt on the bench model): a layer's scores at
+  // batch 16 took 0.36 ms against 0.47 as q · Kᵀ in a stage's profile; a prefill step of 16 x 16
+  // tokens took as long either way (207-222 vs 208-238 ms, 5 layers).
   const queryColumns = g.node("Transpose", [byHead(q, g.ints([KV, -1, hd]))], { perm: [0, 2, 1] });
   const sharedScores = byBatch(g.node("Transpose", [g.node("MatMul", [shared.k, queryColumns])], { perm: [0, 2, 1] }), a.sharedScoresShape);
   // The own past against a KV head's query rows as [B, KV, R, M, x] by [B, KV, 1, P, hd]. In a
