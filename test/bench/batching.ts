@@ -171,8 +171,7 @@ async function comparePipelining(ctx: BenchContext, dir: string, load: Pipelinin
   let turns = 0;
   const prompt = (rng: SeededRandom) => {
     const userTurn = randomPrompt(rng, load.userTokens + 1, vocab).slice(1);
-    if (histories.length) return [...histories[turns++ % histories.length], ...userTurn];
-    return system.length ? [...system, ...userTurn] : randomPrompt(rng, load.userTokens, vocab);
+    return [...(histories.length ? histories[turns++ % histories.length] : system), ...userTurn];
   };
   const opts = { modelDir: dir, workers: 2, kvCacheBytes: load.kvCacheBytes, planLoad: { batch: CONCURRENT / 2, contextTokens: load.midContext } };
   const off: number[] = [];
@@ -207,26 +206,25 @@ async function comparePipelining(ctx: BenchContext, dir: string, load: Pipelinin
  */
 async function throughputSamples(cluster: LocalCluster, count: number, prompt: (rng: SeededRandom) => number[], newTokens: number, runs = 2, warmups = WARMUP_ROUNDS, sampling: SamplingParams = GREEDY, work?: StageWork): Promise<number[]> {
   const rng = new SeededRandom(3);
-  let wallSeconds = 0;
-  let tokens = 0;
   const once = async () => {
     const prompts = Array.from({ length: count }, () => prompt(rng));
     const started = performance.now();
     const results = await Promise.all(prompts.map((promptIds) => cluster.engine.generate({ promptIds, maxTokens: newTokens, sampling, seed: 1, stopTokenIds: [] })));
     const seconds = (performance.now() - started) / 1000;
-    const generated = results.reduce((a, r) => a + r.tokenIds.length, 0);
-    wallSeconds += seconds;
-    tokens += generated;
     await cluster.waitForBlocksFreed();
-    return generated / seconds;
+    return { seconds, tokens: results.reduce((a, r) => a + r.tokenIds.length, 0) };
   };
   for (let i = 0; i < warmups; i++) await once();
-  wallSeconds = 0;
-  tokens = 0;
   const computedBefore = work ? await stageComputeSeconds(cluster) : [];
+  const timed = { wallSeconds: 0, tokens: 0, stageSeconds: [] as number[] };
   const samples: number[] = [];
-  for (let i = 0; i < runs; i++) samples.push(await once());
-  if (work) addWork(work, { wallSeconds, tokens, stageSeconds: (await stageComputeSeconds(cluster)).map((s, i) => s - computedBefore[i]) });
+  for (let i = 0; i < runs; i++) {
+    const { seconds, tokens } = await once();
+    timed.wallSeconds += seconds;
+    timed.tokens += tokens;
+    samples.push(tokens / seconds);
+  }
+  if (work) addWork(work, { ...timed, stageSeconds: (await stageComputeSeconds(cluster)).map((s, i) => s - computedBefore[i]) });
   return samples;
 }
 
