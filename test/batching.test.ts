@@ -63,7 +63,7 @@ async function withCluster<T>(opts: Omit<ClusterOptions, "natsUrl">, fn: (c: Loc
   }
 }
 
-async function batchingChangesNothing(modelDir: string, vocab: number, kvHeads: number, headDim: number, systemTokens = 0): Promise<DescribeResponse[]> {
+async function batchingChangesNothing(modelDir: string, vocab: number, kvHeads: number, headDim: number, systemTokens = 0, computeThread = false): Promise<DescribeResponse[]> {
   const work = jobs(vocab, 32, systemTokens);
   // Each request alone: plenty of KV, one at a time.
   const alone = await withCluster({ modelDir, workers: 2, enablePrefixCaching: false }, async (cluster) => {
@@ -83,6 +83,7 @@ async function batchingChangesNothing(modelDir: string, vocab: number, kvHeads: 
       maxPrefillChunkTokens: 16,
       maxNumBatchedTokens: 64,
       pipelining: true,
+      computeThread,
     },
     async (cluster) => {
       const together = await Promise.all(work.map((job) => cluster.engine.generate({ ...job, sampling: GREEDY, stopTokenIds: [] })));
@@ -130,6 +131,13 @@ describe("batching changes nothing", () => {
     const stages = await batchingChangesNothing(syntheticDir, 256, 2, 32);
     // 2 KV heads of 32: the fused Attention node, which reads every sequence's past whole.
     expect(stages.map((s) => Number(s.kv!.sharedPastPositionsRead))).toEqual([0, 0, 0]);
+  });
+
+  it("stages computing on threads of their own: the next micro-batch queued behind a step changes nothing, with preemption", async () => {
+    // Each stage admits and queues the next micro-batch while its thread computes the one before;
+    // preemption's evictions arrive meanwhile.
+    const stages = await batchingChangesNothing(wideKvDir, 256, 2, 64, 32, true);
+    expect(stages.every((s) => Number(s.kv!.sharedPastPositionsRead) > 0)).toBe(true);
   });
 
   it("wide-K/V model behind one system prompt: the shared past read once per step changes nothing, with preemption", async () => {

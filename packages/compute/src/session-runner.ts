@@ -1,5 +1,4 @@
 import { createRequire } from "node:module";
-import { Worker } from "node:worker_threads";
 import * as ort from "onnxruntime-node";
 
 export interface RunOutput {
@@ -7,37 +6,33 @@ export interface RunOutput {
   dims: readonly number[];
 }
 
-/** Runs a stage graph: on the calling thread, or on a thread of its own (the default for workers). */
+/** Runs a stage graph on the calling thread (see ThreadedStageEngine for a stage on a thread of its own). */
 export interface SessionRunner {
   /**
-   * Takes ownership of the feeds' buffers (callers must not touch them afterwards), except those
-   * named in `kept`, which are fed again on later runs. `fetch` names the outputs wanted (all
-   * when absent): onnxruntime-node 1.30 copies every output it returns into a new buffer (one
-   * preallocated for it too), so one not needed is better left in the graph.
+   * `fetch` names the outputs wanted (all when absent): onnxruntime-node 1.30 copies every output
+   * it returns into a new buffer (one preallocated for it too), so one not needed is better left
+   * in the graph.
    */
-  run(feeds: Record<string, ort.Tensor>, kept?: ReadonlySet<string>, fetch?: readonly string[]): Promise<Record<string, RunOutput>>;
+  run(feeds: Record<string, ort.Tensor>, fetch?: readonly string[]): Promise<Record<string, RunOutput>>;
   close(): Promise<void>;
 }
 
-export async function createSessionRunner(graph: Uint8Array, options: ort.InferenceSession.SessionOptions, onThread: boolean): Promise<SessionRunner> {
-  if (!onThread) {
-    const session = createNativeSession(graph, options);
-    const outputs = session.outputMetadata.map((m) => m.name);
-    return {
-      run: (feeds, _kept, fetch) => {
-        // Every output wanted named, each allocated by onnxruntime (null).
-        const fetches: Record<string, ort.Tensor | null> = {};
-        for (const name of fetch ?? outputs) fetches[name] = null;
-        try {
-          return Promise.resolve(session.run(feeds, fetches, {}));
-        } catch (error) {
-          return Promise.reject(error instanceof Error ? error : new Error(String(error)));
-        }
-      },
-      close: async () => session.dispose(),
-    };
-  }
-  return ThreadSessionRunner.create(graph, options);
+export async function createSessionRunner(graph: Uint8Array, options: ort.InferenceSession.SessionOptions): Promise<SessionRunner> {
+  const session = createNativeSession(graph, options);
+  const outputs = session.outputMetadata.map((m) => m.name);
+  return {
+    run: (feeds, fetch) => {
+      // Every output wanted named, each allocated by onnxruntime (null).
+      const fetches: Record<string, ort.Tensor | null> = {};
+      for (const name of fetch ?? outputs) fetches[name] = null;
+      try {
+        return Promise.resolve(session.run(feeds, fetches, {}));
+      } catch (error) {
+        return Promise.reject(error instanceof Error ? error : new Error(String(error)));
+      }
+    },
+    close: async () => session.dispose(),
+  };
 }
 
 /** onnxruntime-node's native session object (what its InferenceSession wraps). */
@@ -65,68 +60,4 @@ function createNativeSession(graph: Uint8Array, options: ort.InferenceSession.Se
   const session = new nativeBinding.binding.InferenceSession();
   session.loadModel(graph.buffer, graph.byteOffset, graph.byteLength, options);
   return session;
-}
-
-interface Pending {
-  resolve(outputs: Record<string, RunOutput>): void;
-  reject(error: Error): void;
-}
-
-class ThreadSessionRunner implements SessionRunner {
-  private readonly pending = new Map<number, Pending>();
-  private nextId = 1;
-
-  private constructor(private readonly thread: Worker) {
-    thread.on("message", (msg: { kind: string; id: number; outputs?: Record<string, RunOutput>; error?: string }) => {
-      if (msg.kind !== "result") return;
-      const waiter = this.pending.get(msg.id);
-      this.pending.delete(msg.id);
-      if (msg.error !== undefined) waiter?.reject(new Error(msg.error));
-      else waiter?.resolve(msg.outputs!);
-    });
-    thread.on("error", (error) => this.failAll(error));
-    thread.on("exit", (code) => this.failAll(new Error(`onnxruntime thread exited with code ${code}`)));
-  }
-
-  static async create(graph: Uint8Array, options: ort.InferenceSession.SessionOptions): Promise<ThreadSessionRunner> {
-    const thread = new Worker(new URL("./ort-thread.mjs", import.meta.url));
-    // A thread must not keep its process alive once the stage is gone.
-    thread.unref();
-    await new Promise<void>((resolve, reject) => {
-      thread.once("message", (msg: { kind: string; message?: string }) =>
-        msg.kind === "ready" ? resolve() : reject(new Error(msg.message ?? "onnxruntime thread failed to start")),
-      );
-      thread.once("error", reject);
-      thread.postMessage({ kind: "init", graph, options });
-    }).catch(async (error) => {
-      await thread.terminate();
-      throw error;
-    });
-    return new ThreadSessionRunner(thread);
-  }
-
-  run(feeds: Record<string, ort.Tensor>, kept?: ReadonlySet<string>, fetch?: readonly string[]): Promise<Record<string, RunOutput>> {
-    const id = this.nextId++;
-    const message: Record<string, { type: ort.Tensor.Type; data: ort.Tensor.DataType; dims: readonly number[] }> = {};
-    // Feeds are built fresh for every step, so their buffers move to the thread instead of being
-    // copied (the gathered past K/V can be megabytes).
-    const buffers = new Set<ArrayBuffer>();
-    for (const [name, t] of Object.entries(feeds)) {
-      message[name] = { type: t.type, data: t.data, dims: t.dims };
-      if (!kept?.has(name) && ArrayBuffer.isView(t.data) && t.data.buffer instanceof ArrayBuffer) buffers.add(t.data.buffer);
-    }
-    return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      this.thread.postMessage({ kind: "run", id, feeds: message, fetch }, [...buffers]);
-    });
-  }
-
-  private failAll(error: Error): void {
-    for (const waiter of this.pending.values()) waiter.reject(error);
-    this.pending.clear();
-  }
-
-  async close(): Promise<void> {
-    await this.thread.terminate();
-  }
 }

@@ -31,6 +31,8 @@ export interface StageOutput {
   // [chunks]: the token of each chunk's highest logit, the lowest id among equals, as argmax in
   // @strata/sampling picks it (last stage).
   greedyTokens?: Int32Array;
+  /** When the step began computing, where it may have waited behind earlier ones (see ThreadedStageEngine). */
+  startedUnixMs?: number;
 }
 
 /** What a last stage's forward returns beside the greedy tokens. */
@@ -50,10 +52,7 @@ export interface StageEngineOptions {
   lastStage: boolean;
   device?: Device;
   intraOpThreads?: number;
-  /**
-   * Run onnxruntime on a thread of its own (default off; worker processes take --compute-thread):
-   * the event loop then keeps moving gRPC bytes while a stage computes.
-   */
+  /** The engine on a thread of its own (createStageCompute; see ThreadedStageEngine). */
   computeThread?: boolean;
   /** How the KV blocks are stored (default fp32); compute is float32 either way. */
   kvDtype?: KvDtype;
@@ -63,15 +62,32 @@ export interface StageEngineOptions {
   attention?: AttentionForm;
 }
 
+/** What a worker needs of a stage's compute: a StageEngine, on the calling thread or on one of its own. */
+export interface StageCompute {
+  /** Shared-past reads so far (see StageEngine.sharedPast), as of the last step that finished. */
+  readonly sharedPast: { readonly positionsRead: number; readonly positionReadsSaved: number };
+  /**
+   * True when forward returns before computing: steps then queue up behind each other and the
+   * caller's thread stays free meanwhile (to read and admit the next micro-batch, answer health
+   * checks and metrics scrapes, and take NATS events).
+   */
+  readonly computesAside: boolean;
+  forward(chunks: readonly StageChunk[], hidden?: Float32Array, wants?: ForwardWants): Promise<StageOutput>;
+  setAdapter(id: string, adapter: LoraAdapter): void;
+  removeAdapter(id: string): boolean;
+  close(): Promise<void>;
+}
+
 const MASKED = -1e30;
-const LORA_FEED_NAMES: ReadonlySet<string> = new Set(Object.values(LORA_IO));
 
 /**
  * Runs one stage's layers over a micro-batch. Owns the stage's KV cache (a KvStore: for every
  * layer, K and V pools shaped [numBlocks, blockSizeTokens, kvHeads, headDim] in the chosen dtype),
  * gathered into float32 for each step and written back from it.
  */
-export class StageEngine {
+export class StageEngine implements StageCompute {
+  /** Computes on the caller's thread: forward settles with its step done. */
+  readonly computesAside = false;
   readonly kv: KvStore;
   readonly hiddenSize: number;
   readonly vocabSize: number;
@@ -157,17 +173,13 @@ export class StageEngine {
     const device = opts.device ?? "cpu";
     let session: SessionRunner;
     try {
-      session = await createSessionRunner(
-        graph,
-        {
-          executionProviders: [device],
-          graphOptimizationLevel: "all",
-          executionMode: "sequential",
-          intraOpNumThreads: opts.intraOpThreads ?? 1,
-          interOpNumThreads: 1,
-        },
-        opts.computeThread ?? false,
-      );
+      session = await createSessionRunner(graph, {
+        executionProviders: [device],
+        graphOptimizationLevel: "all",
+        executionMode: "sequential",
+        intraOpNumThreads: opts.intraOpThreads ?? 1,
+        interOpNumThreads: 1,
+      });
     } catch (error) {
       if (device !== "cuda") throw error;
       throw new DeviceUnavailableError(
@@ -301,7 +313,7 @@ export class StageEngine {
 
     if (this.maxLoraRank > 0) Object.assign(feeds, this.adapters.get(chunks[0].adapter));
     const fetch = lastStage ? [STAGE_IO.newKv, STAGE_IO.greedyToken, ...(wantLogits ? [STAGE_IO.logits] : [])] : [STAGE_IO.newKv, STAGE_IO.hiddenOut];
-    const out = await this.session.run(feeds, LORA_FEED_NAMES, fetch);
+    const out = await this.session.run(feeds, fetch);
     this.kv.scatter(chunks, T, out[STAGE_IO.newKv].data as Float32Array);
     if (lastStage) {
       return {

@@ -25,7 +25,7 @@ describe("native session runner", () => {
   it("a refused run rejects with onnxruntime's reason, and the session goes on serving", async () => {
     const g = new GraphBuilder();
     g.output(g.node("Add", [g.input("a", "float", [2]), g.input("b", "float", [2])]), "sum", "float", [2]);
-    const runner = await createSessionRunner(g.toBytes("add"), { executionProviders: ["cpu"] }, false);
+    const runner = await createSessionRunner(g.toBytes("add"), { executionProviders: ["cpu"] });
     const f32 = (...v: number[]) => new ort.Tensor("float32", Float32Array.from(v), [v.length]);
     // A well-formed tensor of the wrong shape: only onnxruntime itself can refuse it.
     await expect(runner.run({ a: f32(1, 2, 3), b: f32(1, 2, 3) })).rejects.toThrow(/Got invalid dimensions for input: a/);

@@ -30,6 +30,9 @@ common options:
   --kv-cache-bytes N     KV cache budget per worker (default 128 MiB)
   --block-size N         KV block size in tokens (default 16)
   --threads N            onnxruntime intra-op threads per worker (default 1)
+  --compute-thread       each worker computes on a thread of its own, so it reads the next
+                         micro-batch and answers health checks while a step computes (for long
+                         steps; short ones lose more to the hand-offs, see the worker's flag)
   --kv-dtype D           KV cache element type: fp32, fp16, int8 or fp8 (e4m3) (default fp32)
   --max-num-seqs N       running sequences at most (default 256)
   --max-num-batched-tokens N  tokens per micro-batch at most (default 2048)
@@ -84,6 +87,7 @@ const { positionals, values } = parseArgs({
     "kv-cache-bytes": { type: "string" },
     "block-size": { type: "string" },
     threads: { type: "string", default: "1" },
+    "compute-thread": { type: "boolean", default: false },
     "max-num-seqs": { type: "string" },
     "max-num-batched-tokens": { type: "string" },
     "max-prefill-chunk": { type: "string" },
@@ -145,6 +149,7 @@ async function clusterOptions(): Promise<ClusterOptions & { tokenizer: Tokenizer
     kvCacheBytes: numberOption("kv-cache-bytes", values["kv-cache-bytes"], (n) => n > 0),
     blockSizeTokens: numberOption("block-size", values["block-size"], (n) => Number.isInteger(n) && n > 0),
     threadsPerWorker: numberOption("threads", values.threads, (n) => Number.isInteger(n) && n > 0),
+    computeThread: values["compute-thread"],
     maxNumSeqs: numberOption("max-num-seqs", values["max-num-seqs"], (n) => Number.isInteger(n) && n > 0),
     maxNumBatchedTokens: numberOption("max-num-batched-tokens", values["max-num-batched-tokens"], (n) => Number.isInteger(n) && n > 0),
     maxPrefillChunkTokens: numberOption("max-prefill-chunk", values["max-prefill-chunk"], (n) => Number.isInteger(n) && n > 0),

@@ -43,6 +43,8 @@ export interface ClusterOptions {
   blockSizeTokens?: number;
   kvCacheBytes?: number;
   threadsPerWorker?: number;
+  /** Each stage's compute on a thread of its own (see the worker's --compute-thread; default off). */
+  computeThread?: boolean;
   /** Workers' hold on a decode run's step results (see WorkerOptions.resultHoldMs; default 50 ms). */
   resultHoldMs?: number;
   maxNumSeqs?: number;
@@ -149,8 +151,10 @@ export class LocalCluster {
         ownTracings.push(workerTracing);
         workers.push(
           opts.inProcessWorkers
-            ? inProcessWorker(await startWorkerServer({ workerId: `worker-${i}`, natsUrl, intraOpThreads: opts.threadsPerWorker, tracing: workerTracing, metricsPort, resultHoldMs: opts.resultHoldMs }))
-            : await spawnWorker(i, natsUrl, opts.threadsPerWorker ?? 1, opts.log, { tracesUrl: opts.tracesUrl, metricsPort, resultHoldMs: opts.resultHoldMs }, 0),
+            ? inProcessWorker(
+                await startWorkerServer({ workerId: `worker-${i}`, natsUrl, intraOpThreads: opts.threadsPerWorker, computeThread: opts.computeThread, tracing: workerTracing, metricsPort, resultHoldMs: opts.resultHoldMs }),
+              )
+            : await spawnWorker(i, natsUrl, opts.threadsPerWorker ?? 1, opts.log, { tracesUrl: opts.tracesUrl, metricsPort, resultHoldMs: opts.resultHoldMs, computeThread: opts.computeThread }, 0),
         );
       }
       const pipeline = new PipelineClient(workers.map((w) => w.address));
@@ -313,7 +317,7 @@ async function spawnWorker(
   natsUrl: string,
   threads: number,
   log?: (line: string) => void,
-  options: { tracesUrl?: string; metricsPort?: number; resultHoldMs?: number } = {},
+  options: { tracesUrl?: string; metricsPort?: number; resultHoldMs?: number; computeThread?: boolean } = {},
   port = 0,
 ): Promise<WorkerHandle> {
   const child: ChildProcess = spawn(
@@ -335,6 +339,7 @@ async function spawnWorker(
       "--metrics-port",
       options.metricsPort === undefined ? "none" : String(options.metricsPort),
       ...(options.resultHoldMs === undefined ? [] : ["--result-hold-ms", String(options.resultHoldMs)]),
+      ...(options.computeThread ? ["--compute-thread"] : []),
     ],
     {
       cwd: REPO_ROOT,

@@ -1,6 +1,6 @@
 import { status as GrpcStatus } from "@grpc/grpc-js";
 import { StageBlockTables, blocksForKvBudget, kvBytesPerBlock, kvBytesPerElement, kvBytesPerToken, type KvDtype } from "@strata/kv";
-import { StageEngine, type Device, type StageChunk } from "@strata/compute";
+import { createStageCompute, type Device, type StageChunk, type StageCompute } from "@strata/compute";
 import { loadLoraAdapter, type ModelConfig, type ModelSource } from "@strata/model";
 import type { SequenceChunk } from "@strata/proto";
 import { StageRequestError } from "./errors.ts";
@@ -35,7 +35,7 @@ export class LoadedStage {
   private constructor(
     readonly spec: StageSpec,
     readonly config: ModelConfig,
-    readonly engine: StageEngine,
+    readonly engine: StageCompute,
     readonly tables: StageBlockTables,
     readonly kvBytesPerToken: number,
     readonly weightBytesRead: number,
@@ -105,7 +105,7 @@ export class LoadedStage {
         `kv_cache_bytes ${spec.kvCacheBytes} holds no block of ${spec.blockSizeTokens} tokens at ${kvBytesPerBlock(blockLayout)} bytes/block (${spec.kvDtype})`,
       );
     }
-    const engine = await StageEngine.create(weights, {
+    const engine = await createStageCompute(weights, {
       numBlocks,
       blockSizeTokens: spec.blockSizeTokens,
       firstStage,

@@ -44,6 +44,7 @@ import {
   type StageTiming,
 } from "@strata/proto";
 import { runStepTraceparent, wallClockMs } from "@strata/telemetry";
+import type { StageChunk, StageOutput } from "@strata/compute";
 import { errorMessage, grpcCodeFor, StageRequestError } from "./errors.ts";
 import type { StageObserver } from "./telemetry.ts";
 import { DEFAULT_BLOCK_SIZE_TOKENS, DEFAULT_KV_CACHE_BYTES, LoadedStage } from "./stage.ts";
@@ -291,15 +292,17 @@ export class WorkerNode {
   }
 
   /**
-   * Runs a batch after those queued before it. A batch that follows one that wrote to another
-   * process (hidden states on, tokens looped back, results out) starts after the event loop's
-   * next check phase: gRPC's HTTP/2 session sends what was written then, and a step's compute is
-   * synchronous, so the next micro-batch's compute would otherwise hold the previous one's bytes
-   * in this process for its whole length, and the stage that waits for them idle.
+   * Runs a batch after those queued before it. With compute on this thread, a batch that follows
+   * one that wrote to another process (hidden states on, tokens looped back, results out) starts
+   * after the event loop's next check phase: gRPC's HTTP/2 session sends what was written then,
+   * and a step's compute is synchronous, so the next micro-batch's compute would otherwise hold
+   * the previous one's bytes in this process for its whole length, and the stage that waits for
+   * them idle. A compute thread holds nothing here, and the next batch is taken as soon as this
+   * one is handed to it (see processBatch).
    */
   private enqueue(batch: () => Promise<void>): void {
     this.queue = this.queue.then(async () => {
-      if (this.wrotePeer) {
+      if (this.wrotePeer && !this.stage?.engine.computesAside) {
         this.wrotePeer = false;
         await new Promise<void>((resolve) => setImmediate(resolve));
       }
@@ -307,34 +310,54 @@ export class WorkerNode {
     });
   }
 
+  /**
+   * Checks and admits a batch and starts its step. Compute on this thread finishes the step
+   * before the next batch is taken. A compute thread (computesAside) only queues it: the next
+   * micro-batch is then read, admitted and queued behind it while it computes, so the thread goes
+   * from one step straight to the next, and steps finish in the order they were queued.
+   */
   private async processBatch(req: ForwardRequest, sender: ForwardCall, receivedUnixMs: number): Promise<void> {
-    const startedUnixMs = wallClockMs();
+    const queuedUnixMs = wallClockMs();
     const stage = this.stage;
     if (req.error) {
       this.runs.delete(req.batchId);
       return this.passOnError(req, req.error);
     }
-    let failure: StageError | undefined;
+    let step: Promise<StageOutput>;
+    let chunks: StageChunk[];
     try {
       if (!stage) throw new StageRequestError(grpc.status.FAILED_PRECONDITION, "no layers loaded on this worker");
       this.expandRunStep(req, stage.firstStage);
       const totalTokens = req.seqs.reduce((sum, c) => sum + c.numTokens, 0);
       const hidden = stage.firstStage ? undefined : readF32Tensor(req.hidden, [totalTokens, stage.config.hiddenSize], `batch ${req.batchId} hidden state`);
-      const chunks = stage.admit(req.seqs);
+      chunks = stage.admit(req.seqs);
       // Greedy steps take the graph's own argmax; only sampling or a caller's request needs the logits.
       const wantLogits = stage.lastStage && req.seqs.some((c) => c.returnLogits || (c.sample && !isGreedy(c.sampling)));
-      let output;
-      try {
-        output = await stage.engine.forward(chunks, hidden, { logits: wantLogits });
-      } catch (error) {
-        // The batch's positions were reserved but never filled: free them so nothing leaks.
-        for (const c of chunks) stage.tables.free(c.seqId);
-        throw error;
-      }
+      step = stage.engine.forward(chunks, hidden, { logits: wantLogits });
+    } catch (error) {
+      return this.failBatch(req, sender, receivedUnixMs, error);
+    }
+    const done = this.finishBatch(req, sender, receivedUnixMs, queuedUnixMs, stage, chunks, step);
+    if (!stage.engine.computesAside) await done;
+  }
+
+  /** Sends a step's output on: the hidden state to the next stage, or tokens to the coordinator and back to the first stage. */
+  private async finishBatch(req: ForwardRequest, sender: ForwardCall, receivedUnixMs: number, queuedUnixMs: number, stage: LoadedStage, chunks: StageChunk[], step: Promise<StageOutput>): Promise<void> {
+    let output: StageOutput;
+    try {
+      output = await step;
+    } catch (error) {
+      // The batch's positions were reserved but never filled: free them so nothing leaks.
+      for (const c of chunks) stage.tables.free(c.seqId);
+      return this.failBatch(req, sender, receivedUnixMs, error);
+    }
+    // A step on a compute thread may have waited there behind the one before it.
+    const startedUnixMs = output.startedUnixMs ?? queuedUnixMs;
+    try {
       if (!stage.lastStage) {
         // The request goes on as the next stage's, changed in place: building a fresh message
         // through protobuf-es's reflection cost more per step than the rest of this bookkeeping.
-        const hiddenOut = f32Tensor(output.hidden!, [totalTokens, stage.config.hiddenSize]);
+        const hiddenOut = f32Tensor(output.hidden!, [output.hidden!.length / stage.config.hiddenSize, stage.config.hiddenSize]);
         const timing = this.stageTiming(stage, receivedUnixMs, startedUnixMs, hiddenOut.data.byteLength);
         this.observer?.batchDone(req, timing);
         for (const c of req.seqs) c.tokenIds = [];
@@ -367,15 +390,17 @@ export class WorkerNode {
       this.observer?.batchDone(req, timing);
       if (runGoesOn) this.loopBack(req, outputs.map((o) => o.tokenId), sender);
     } catch (error) {
-      failure = create(StageErrorSchema, { code: grpcCodeFor(error), message: errorMessage(error), stageIndex: stage?.spec.stageIndex ?? 0 });
-      this.runs.delete(req.batchId);
+      this.failBatch(req, sender, receivedUnixMs, error);
     }
-    if (failure) {
-      this.log(`rejected batch ${req.batchId}: ${failure.message}`);
-      this.sendOn(sender, create(ForwardResponseSchema, { batchId: req.batchId, error: failure }));
-      this.passOnError(req, failure);
-      this.observer?.batchFailed(req, failure, receivedUnixMs);
-    }
+  }
+
+  private failBatch(req: ForwardRequest, sender: ForwardCall, receivedUnixMs: number, error: unknown): void {
+    const failure = create(StageErrorSchema, { code: grpcCodeFor(error), message: errorMessage(error), stageIndex: this.stage?.spec.stageIndex ?? 0 });
+    this.runs.delete(req.batchId);
+    this.log(`rejected batch ${req.batchId}: ${failure.message}`);
+    this.sendOn(sender, create(ForwardResponseSchema, { batchId: req.batchId, error: failure }));
+    this.passOnError(req, failure);
+    this.observer?.batchFailed(req, failure, receivedUnixMs);
   }
 
   /**
