@@ -29,7 +29,7 @@ export class ThreadedStageEngine implements StageCompute {
   private readonly pending = new Map<number, PendingStep>();
   private readonly adapters = new Set<string>();
   private nextId = 1;
-  private failure: Error | undefined;
+  private failed: Error | undefined;
 
   private constructor(
     private readonly thread: Worker,
@@ -46,8 +46,8 @@ export class ThreadedStageEngine implements StageCompute {
       if (reply.error) step?.reject(rebuildError(reply.error));
       else step?.resolve(reply.output!);
     });
-    thread.on("error", (error) => this.failAll(error));
-    thread.on("exit", (code) => this.failAll(new Error(`the stage's compute thread exited with code ${code}`)));
+    thread.on("error", (error) => this.failAll(new Error(`the stage's compute thread failed: ${error.message}`)));
+    thread.on("exit", (code) => this.failAll(new Error(`the stage's compute thread exited (code ${code})`)));
   }
 
   static async create(weights: StageWeights, opts: StageEngineOptions): Promise<ThreadedStageEngine> {
@@ -79,8 +79,12 @@ export class ThreadedStageEngine implements StageCompute {
     return new ThreadedStageEngine(thread, opts, weights.layerEnd - weights.layerStart);
   }
 
+  get failure(): Error | undefined {
+    return this.failed;
+  }
+
   forward(chunks: readonly StageChunk[], hidden?: Float32Array, wants: ForwardWants = {}): Promise<StageOutput> {
-    if (this.failure) return Promise.reject(this.failure);
+    if (this.failed) return Promise.reject(this.failed);
     const id = this.nextId++;
     // A compact copy moves to the thread: `hidden` may be a view into a received message's bytes.
     const ownHidden = hidden?.slice();
@@ -111,20 +115,20 @@ export class ThreadedStageEngine implements StageCompute {
 
   /** Ends the thread once the steps already asked for are done; the engine cannot run after this. */
   async close(): Promise<void> {
-    if (this.failure) return;
+    if (this.failed) return;
     const exited = new Promise<void>((resolve) => this.thread.once("exit", () => resolve()));
     this.thread.ref();
     this.thread.postMessage({ kind: "close" } satisfies EngineRequest);
-    this.failure = new Error("the stage was closed");
+    this.failed = new Error("the stage was closed");
     await exited;
   }
 
   private post(request: EngineRequest): void {
-    if (!this.failure) this.thread.postMessage(request);
+    if (!this.failed) this.thread.postMessage(request);
   }
 
   private failAll(error: Error): void {
-    this.failure ??= error;
+    this.failed ??= error;
     for (const step of this.pending.values()) step.reject(error);
     this.pending.clear();
   }

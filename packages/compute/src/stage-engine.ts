@@ -72,6 +72,8 @@ export interface StageCompute {
    * checks and metrics scrapes, and take NATS events).
    */
   readonly computesAside: boolean;
+  /** Why this engine can compute no more (its thread is gone), if so: every step then fails with it. */
+  readonly failure: Error | undefined;
   forward(chunks: readonly StageChunk[], hidden?: Float32Array, wants?: ForwardWants): Promise<StageOutput>;
   setAdapter(id: string, adapter: LoraAdapter): void;
   removeAdapter(id: string): boolean;
@@ -88,6 +90,7 @@ const MASKED = -1e30;
 export class StageEngine implements StageCompute {
   /** Computes on the caller's thread: forward settles with its step done. */
   readonly computesAside = false;
+  readonly failure = undefined;
   readonly kv: KvStore;
   readonly hiddenSize: number;
   readonly vocabSize: number;

@@ -1,6 +1,7 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type { Worker } from "node:worker_threads";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadLoraAdapter, openModel, writeSyntheticLora, writeSyntheticModel, type LoraAdapter, type ModelConfig, type StageWeights } from "@strata/model";
 import { StageEngine, ThreadedStageEngine, createStageCompute, type StageChunk, type StageCompute, type StageEngineOptions } from "../src/index.ts";
@@ -111,5 +112,19 @@ describe("a stage engine on a thread of its own", () => {
     await engine.close();
     expect((await last).greedyTokens).toEqual(g.greedyTokens);
     await expect(engine.forward([chunk(5, [4])])).rejects.toThrow(/closed/);
+  });
+
+  it("a thread that dies fails the steps waiting on it and every later one with why, and says so", async () => {
+    const engine = await createStageCompute(await stageWeights(0, 2), { numBlocks: 16, blockSizeTokens: BLOCK, firstStage: true, lastStage: true, computeThread: true });
+    const chunk = (seqId: number): StageChunk => ({ seqId, startPosition: 0, numTokens: 3, tokenIds: [1, 7, 9], blockTable: [seqId] });
+    expect(engine.failure).toBeUndefined();
+    // Steps queued on the thread, then it dies (as an out-of-memory kill would) before the last.
+    const queued = Array.from({ length: 40 }, (_, i) => engine.forward([chunk(i % 8)]));
+    await (engine as unknown as { thread: Worker }).thread.terminate();
+    await expect(queued.at(-1)).rejects.toThrow(/compute thread exited/);
+    await Promise.allSettled(queued);
+    expect(engine.failure?.message).toMatch(/compute thread exited/);
+    await expect(engine.forward([chunk(2)])).rejects.toThrow(/compute thread exited/);
+    await engine.close();
   });
 });

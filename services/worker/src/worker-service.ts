@@ -183,7 +183,8 @@ export class WorkerNode {
       unloadAdapter: (call: grpc.ServerUnaryCall<UnloadAdapterRequest, unknown>, callback: grpc.sendUnaryData<UnloadAdapterResponse>) =>
         callback(null, create(UnloadAdapterResponseSchema, { wasLoaded: this.stage?.unloadAdapter(call.request.adapterId) ?? false })),
       health: (_call: unknown, callback: grpc.sendUnaryData<unknown>) =>
-        callback(null, create(HealthResponseSchema, { serving: true, loaded: this.stage !== undefined })),
+        // A stage whose compute thread is gone is loaded but serves nothing: /ready says so.
+        callback(null, create(HealthResponseSchema, { serving: !this.stage?.engine.failure, loaded: this.stage !== undefined })),
     };
   }
 
