@@ -132,6 +132,15 @@ describe("GET /metrics after traffic", () => {
     expect(coordinator.value("strata_prefix_cache_queries_total")).toBeGreaterThanOrEqual(coordinator.value("strata_prefix_cache_hits_total"));
   });
 
+  it("reports each process's CPU time and resident memory, the coordinator's and every worker's", () => {
+    for (const [i, w] of workers.entries()) {
+      // Each worker process computed its share of the traffic in between.
+      expect(w.value("strata_process_cpu_seconds_total")).toBeGreaterThan(before[i].value("strata_process_cpu_seconds_total"));
+      expect(w.value("strata_process_resident_memory_bytes")).toBeGreaterThan(10 * 2 ** 20);
+    }
+    expect(coordinator.value("strata_process_cpu_seconds_total")).toBeGreaterThan(coordinatorBefore.value("strata_process_cpu_seconds_total"));
+  });
+
   it("follows Prometheus naming: strata_ prefix, base units, counters end in _total", () => {
     for (const s of [coordinator, ...workers]) {
       for (const [name, type] of s.types) {

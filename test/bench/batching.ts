@@ -1,4 +1,5 @@
 import { execFile } from "node:child_process";
+import { availableParallelism } from "node:os";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { BUNDLED_MODEL_DIR, openModel } from "@strata/model";
@@ -122,11 +123,14 @@ interface StageWork {
   tokens: number;
   /** Seconds each stage spent computing steps within them. */
   stageSeconds: number[];
+  /** CPU seconds the worker processes and this one (the coordinator's) used within them. */
+  cpuSeconds: number;
 }
 
 function addWork(total: StageWork, more: StageWork): void {
   total.wallSeconds += more.wallSeconds;
   total.tokens += more.tokens;
+  total.cpuSeconds += more.cpuSeconds;
   more.stageSeconds.forEach((s, i) => (total.stageSeconds[i] = (total.stageSeconds[i] ?? 0) + s));
 }
 
@@ -144,8 +148,23 @@ function busyShare(work: StageWork): number {
   return computeSeconds(work) / (work.stageSeconds.length * work.wallSeconds);
 }
 
-async function stageComputeSeconds(cluster: LocalCluster): Promise<number[]> {
-  return Promise.all(cluster.workerMetricsUrls.map(async (url) => (await scrape(url)).value("strata_stage_compute_seconds_sum")));
+/**
+ * Share of the machine's cores the cluster kept busy: its processes' CPU time over the cores'
+ * time. Pipelining on cannot gain more than its cores left idle: at the same CPU per token, all
+ * of them busy would give on's tok/s over this share.
+ */
+function cpuShare(work: StageWork): number {
+  return work.cpuSeconds / (availableParallelism() * work.wallSeconds);
+}
+
+/** Each stage's compute seconds so far, and the CPU seconds of the worker processes and this one. */
+async function clusterSeconds(cluster: LocalCluster): Promise<{ stages: number[]; cpu: number }> {
+  const scrapes = await Promise.all(cluster.workerMetricsUrls.map(scrape));
+  const own = process.cpuUsage();
+  return {
+    stages: scrapes.map((s) => s.value("strata_stage_compute_seconds_sum")),
+    cpu: scrapes.reduce((sum, s) => sum + s.value("strata_process_cpu_seconds_total"), (own.user + own.system) / 1e6),
+  };
 }
 
 interface PipeliningResult {
@@ -176,8 +195,8 @@ async function comparePipelining(ctx: BenchContext, dir: string, load: Pipelinin
   const opts = { modelDir: dir, workers: 2, kvCacheBytes: load.kvCacheBytes, planLoad: { batch: CONCURRENT / 2, contextTokens: load.midContext } };
   const off: number[] = [];
   const on: number[] = [];
-  const workOff: StageWork = { wallSeconds: 0, tokens: 0, stageSeconds: [] };
-  const workOn: StageWork = { wallSeconds: 0, tokens: 0, stageSeconds: [] };
+  const workOff: StageWork = { wallSeconds: 0, tokens: 0, stageSeconds: [], cpuSeconds: 0 };
+  const workOn: StageWork = { wallSeconds: 0, tokens: 0, stageSeconds: [], cpuSeconds: 0 };
   let partition = "";
   // The cached prefixes are computed before timing: the system prompt by one request (requests
   // arriving together all miss the prefix cache), each history by a request of its own.
@@ -215,8 +234,8 @@ async function throughputSamples(cluster: LocalCluster, count: number, prompt: (
     return { seconds, tokens: results.reduce((a, r) => a + r.tokenIds.length, 0) };
   };
   for (let i = 0; i < warmups; i++) await once();
-  const computedBefore = work ? await stageComputeSeconds(cluster) : [];
-  const timed = { wallSeconds: 0, tokens: 0, stageSeconds: [] as number[] };
+  const before = work ? await clusterSeconds(cluster) : undefined;
+  const timed = { wallSeconds: 0, tokens: 0 };
   const samples: number[] = [];
   for (let i = 0; i < runs; i++) {
     const { seconds, tokens } = await once();
@@ -224,7 +243,10 @@ async function throughputSamples(cluster: LocalCluster, count: number, prompt: (
     timed.tokens += tokens;
     samples.push(tokens / seconds);
   }
-  if (work) addWork(work, { ...timed, stageSeconds: (await stageComputeSeconds(cluster)).map((s, i) => s - computedBefore[i]) });
+  if (work && before) {
+    const after = await clusterSeconds(cluster);
+    addWork(work, { ...timed, stageSeconds: after.stages.map((s, i) => s - before.stages[i]), cpuSeconds: after.cpu - before.cpu });
+  }
   return samples;
 }
 
@@ -270,12 +292,18 @@ export const batching: BenchPart = {
     figures.pipelining_busy_share_off = busyShare(chat.workOff);
     figures.pipelining_compute_per_token_on_vs_off = computePerTokenOnVsOff(chat);
     figures.two_process_parallelism = chatCeiling.twoProcesses;
+    figures.pipelining_cpu_share_on = cpuShare(chat.workOn);
+    figures.pipelining_cpu_share_off = cpuShare(chat.workOff);
+    figures.pipelining_on_vs_off_all_cores_busy = chat.ratio / cpuShare(chat.workOn);
     figures.pipelining_on_vs_off_conversations = conversations.ratio;
     figures.pipelining_on_conversations_tok_s = median(conversations.on);
     figures.pipelining_off_conversations_tok_s = median(conversations.off);
     figures.pipelining_busy_share_on_conversations = busyShare(conversations.workOn);
     figures.pipelining_busy_share_off_conversations = busyShare(conversations.workOff);
     figures.pipelining_compute_per_token_on_vs_off_conversations = computePerTokenOnVsOff(conversations);
+    figures.pipelining_cpu_share_on_conversations = cpuShare(conversations.workOn);
+    figures.pipelining_cpu_share_off_conversations = cpuShare(conversations.workOff);
+    figures.pipelining_on_vs_off_all_cores_busy_conversations = conversations.ratio / cpuShare(conversations.workOn);
     // What reading the shared system prompt once per step (split attention's shared past) gains:
     // the chat load's half-step at half the batch with that prompt in shared blocks, over the
     // same with every sequence's past in blocks of its own.
@@ -317,6 +345,8 @@ export const batching: BenchPart = {
     const workRows = ({ label }: PipeliningLoad, r: PipeliningResult) => [
       [`${label}: share of the stages' time computing (their own step timings), on / off`, "share", `${fmt(busyShare(r.workOn))} / ${fmt(busyShare(r.workOff))}`],
       [`${label}: stage compute per token, on vs off`, "ratio", `${fmt(computePerTokenOnVsOff(r))}x`],
+      [`${label}: share of the machine's ${availableParallelism()} cores the cluster's processes used, on / off`, "share", `${fmt(cpuShare(r.workOn))} / ${fmt(cpuShare(r.workOff))}`],
+      [`${label}: on vs off had on kept every core busy at its CPU per token`, "ratio", `${fmt(r.ratio / cpuShare(r.workOn))}x`],
     ];
     for (const line of table([
       ["load", "figure", "value"],

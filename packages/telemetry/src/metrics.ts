@@ -1,6 +1,6 @@
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import type { Counter, Registry } from "prom-client";
+import { Counter, Gauge, type Registry } from "prom-client";
 
 export interface MetricsServer {
   url: string;
@@ -49,4 +49,30 @@ export function setCounterTotal<L extends string>(counter: Counter<L>, total: nu
     counter.reset();
     counter.inc(total);
   }
+}
+
+/**
+ * This process's CPU time (user and system, every thread's) and resident memory, read at scrape
+ * time, so an operator sees how much of a node's cores each stage takes (`pnpm bench batching`
+ * reads the same to say how much of the machine the pipelined stages left idle).
+ */
+export function registerProcessMetrics(registry: Registry): void {
+  const registers = [registry];
+  new Counter({
+    name: "strata_process_cpu_seconds_total",
+    help: "CPU time this process has used, user and system, all threads",
+    registers,
+    collect() {
+      const { user, system } = process.cpuUsage();
+      setCounterTotal(this, (user + system) / 1e6);
+    },
+  });
+  new Gauge({
+    name: "strata_process_resident_memory_bytes",
+    help: "Resident memory of this process",
+    registers,
+    collect() {
+      this.set(process.memoryUsage.rss());
+    },
+  });
 }

@@ -1,7 +1,7 @@
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { EventBus } from "@strata/events";
 import type { SchedulerStats } from "@strata/scheduler";
-import { setCounterTotal } from "@strata/telemetry";
+import { registerProcessMetrics, setCounterTotal } from "@strata/telemetry";
 
 /** What the metrics read from the engine at scrape time. */
 export interface EngineStatsSource {
@@ -38,6 +38,7 @@ export class CoordinatorMetrics {
 
   constructor(engine: EngineStatsSource, events?: EventBus, adapters?: AdapterStatsSource) {
     const registers = [this.registry];
+    registerProcessMetrics(this.registry);
     const stats = () => engine.stats();
     const gauge = (name: string, help: string, value: (s: SchedulerStats) => number) =>
       new Gauge({

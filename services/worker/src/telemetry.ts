@@ -2,7 +2,7 @@ import { SpanKind, SpanStatusCode } from "@opentelemetry/api";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { EventBus } from "@strata/events";
 import type { DescribeResponse, ForwardRequest, StageError, StageTiming } from "@strata/proto";
-import { extractTraceContext, parentSpanContext, setCounterTotal, type Tracing } from "@strata/telemetry";
+import { extractTraceContext, parentSpanContext, registerProcessMetrics, setCounterTotal, type Tracing } from "@strata/telemetry";
 
 /** What a WorkerNode reports about each micro-batch it handled. */
 export interface StageObserver {
@@ -58,6 +58,7 @@ export class StageTelemetry implements StageObserver {
       this.recordSpans();
     });
     this.registry.setDefaultLabels({ worker_id: workerId });
+    registerProcessMetrics(this.registry);
     this.batches = new Counter({ name: "strata_stage_batches_total", help: "Micro-batches this stage computed and sent on", labelNames: ["stage"], registers });
     this.batchErrors = new Counter({ name: "strata_stage_batch_errors_total", help: "Micro-batches this stage rejected", labelNames: ["stage"], registers });
     this.tokens = new Counter({ name: "strata_stage_tokens_total", help: "Token positions this stage computed", labelNames: ["stage"], registers });
