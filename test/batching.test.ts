@@ -92,7 +92,13 @@ async function batchingChangesNothing(modelDir: string, vocab: number, kvHeads: 
       expect(stats.blocksTotal).toBe(24);
       expect(stats.preemptions).toBeGreaterThan(0);
       expect(await cluster.waitForBlocksFreed()).toEqual([0, 0, 0]);
-      return cluster.pipeline.describeAll();
+      const stages = await cluster.pipeline.describeAll();
+      // Each stage freed the preempted sequences it held when their eviction events came.
+      for (const s of stages) {
+        expect(Number(s.kv!.preemptions)).toBeGreaterThan(0);
+        expect(Number(s.kv!.preemptions)).toBeLessThanOrEqual(stats.preemptions);
+      }
+      return stages;
     },
   );
 }

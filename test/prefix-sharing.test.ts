@@ -64,10 +64,23 @@ describe("prefix caching", () => {
     const prompt = [...prefix, 40, 41];
     const miss = await cluster.engine.generate({ promptIds: prompt, maxTokens: 20, sampling: GREEDY, stopTokenIds: [], cacheSalt: "fresh-salt" });
     const before = cluster.engine.stats().prefixHitTokens;
+    await cluster.waitForBlocksFreed();
+    const stagesBefore = await cluster.pipeline.describeAll();
+    // The miss's 3 whole prompt blocks (and any whole blocks of its answer) stay on every stage.
+    for (const s of stagesBefore) expect(s.kv!.blocksCached).toBeGreaterThanOrEqual(3);
     const hit = await cluster.engine.generate({ promptIds: prompt, maxTokens: 20, sampling: GREEDY, stopTokenIds: [], cacheSalt: "fresh-salt" });
     expect(cluster.engine.stats().prefixHitTokens - before).toBe(48);
     expect(hit.tokenIds).toEqual(miss.tokenIds);
     expect(await cluster.waitForBlocksFreed()).toEqual([0, 0, 0]);
+    // Every stage saw the hit as one: a new sequence whose first chunk began at position 48.
+    const stagesAfter = await cluster.pipeline.describeAll();
+    stagesAfter.forEach((s, i) => {
+      const was = stagesBefore[i].kv!;
+      expect(Number(s.kv!.prefixQueries - was.prefixQueries)).toBe(1);
+      expect(Number(s.kv!.prefixHits - was.prefixHits)).toBe(1);
+      expect(Number(s.kv!.prefixHitTokens - was.prefixHitTokens)).toBe(48);
+      expect(s.kv!.blocksUsed + s.kv!.blocksCached + s.kv!.blocksFree).toBe(s.kv!.blocksTotal);
+    });
   });
 
   it("a conversation's next turn matches the blocks the last answer filled, and continues it as one long request would", async () => {

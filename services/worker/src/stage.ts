@@ -174,7 +174,7 @@ export class LoadedStage {
       startPosition: c.startPosition,
       numTokens: c.numTokens,
       tokenIds: this.firstStage ? c.tokenIds : undefined,
-      blockTable: this.tables.assign(c.seqId, c.startPosition + c.numTokens, c.blockIds),
+      blockTable: this.tables.assign(c.seqId, c.startPosition + c.numTokens, c.blockIds, c.startPosition),
       adapter: c.adapter === "" ? undefined : c.adapter,
     }));
   }

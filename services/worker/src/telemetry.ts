@@ -94,10 +94,26 @@ export class StageTelemetry implements StageObserver {
         },
       });
     gauge("strata_kv_blocks_used", "KV blocks referenced by live sequences on this stage", (k) => k.blocksUsed);
-    gauge("strata_kv_blocks_free", "KV blocks holding nothing on this stage", (k) => k.blocksFree);
+    gauge("strata_kv_blocks_free", "KV blocks neither used nor cached on this stage", (k) => k.blocksFree);
+    gauge("strata_kv_blocks_cached", "KV blocks no live sequence here references that still hold a whole block of KV (prefix-hit reusable)", (k) => k.blocksCached);
     gauge("strata_kv_blocks_total", "KV blocks this stage holds", (k) => k.blocksTotal);
     gauge("strata_kv_usage_ratio", "Fraction of this stage's KV blocks in use (0 to 1)", (k) => (k.blocksTotal > 0 ? k.blocksUsed / k.blocksTotal : 0));
     gauge("strata_kv_sequences", "Sequences holding KV on this stage", (k) => k.sequences);
+    const kvCounter = (name: string, help: string, value: (k: NonNullable<DescribeResponse["kv"]>) => bigint) =>
+      new Counter({
+        name,
+        help,
+        labelNames: ["stage"],
+        registers,
+        collect() {
+          const st = kv();
+          if (st) setCounterTotal(this, Number(value(st.kv)), { stage: st.stage });
+        },
+      });
+    kvCounter("strata_stage_prefix_queries_total", "New sequences this stage admitted", (k) => k.prefixQueries);
+    kvCounter("strata_stage_prefix_hits_total", "New sequences whose first chunk started past position 0 (their prefix's KV was here)", (k) => k.prefixHits);
+    kvCounter("strata_stage_prefix_hit_tokens_total", "Positions prefix hits did not recompute on this stage", (k) => k.prefixHitTokens);
+    kvCounter("strata_stage_preemptions_total", "Sequences this stage freed for a preemption", (k) => k.preemptions);
     new Gauge({
       name: "strata_lora_adapters_resident",
       help: "LoRA adapters loaded on this stage",

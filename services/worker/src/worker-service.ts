@@ -1,6 +1,6 @@
 import * as grpc from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
-import { parseKvDtype, type KvDtype } from "@strata/kv";
+import { parseKvDtype, type EvictionReason, type KvDtype } from "@strata/kv";
 import { openModel } from "@strata/model";
 import { isGreedy, sampleToken } from "@strata/sampling";
 import { checkEventScope, type EventBus } from "@strata/events";
@@ -134,7 +134,7 @@ export class WorkerNode {
     if (scope === "") return;
     const malformed = (error: Error, subject: string) => this.log(`ignored malformed event on ${subject}: ${error.message}`);
     this.unsubscribeEvents.push(
-      events.onEvict(scope, (event) => this.stage?.tables.evict(event.seqId), malformed),
+      events.onEvict(scope, (event) => this.stage?.tables.evict(event.seqId, event.reason as EvictionReason), malformed),
       events.onAdapterInvalidate(scope, (event) => {
         if (this.stage?.unloadAdapter(event.adapterId, event.generation)) this.log(`dropped adapter ${event.adapterId} (generation ${event.generation} invalidated)`);
       }, malformed),
@@ -211,13 +211,18 @@ export class WorkerNode {
         blockSizeTokens: t.blockSizeTokens,
         blocksTotal: t.numBlocks,
         blocksUsed: t.blocksUsed,
-        blocksFree: t.numBlocks - t.blocksUsed,
+        blocksFree: t.blocksFree,
+        blocksCached: t.blocksCached,
         kvBytesPerToken: BigInt(s.kvBytesPerToken),
         sequences: t.sequenceIds().length,
         kvDtype: s.spec.kvDtype,
         sequencesEvicted: BigInt(t.sequencesEvicted),
         sharedPastPositionsRead: BigInt(s.engine.sharedPast.positionsRead),
         sharedPastPositionReadsSaved: BigInt(s.engine.sharedPast.positionReadsSaved),
+        prefixQueries: BigInt(t.prefixQueries),
+        prefixHits: BigInt(t.prefixHits),
+        prefixHitTokens: BigInt(t.prefixHitTokens),
+        preemptions: BigInt(t.preemptions),
       }),
       seqIds: t.sequenceIds(),
       maxLoraRank: s.spec.maxLoraRank,
