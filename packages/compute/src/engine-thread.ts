@@ -2,6 +2,7 @@ import { Worker } from "node:worker_threads";
 import type { LoraAdapter, StageWeights } from "@strata/model";
 import { DeviceUnavailableError, StageEngine, type ForwardWants, type StageChunk, type StageCompute, type StageEngineOptions, type StageOutput } from "./stage-engine.ts";
 import type { EngineReply, EngineRequest } from "./engine-thread-entry.ts";
+import { checkLoraAdapter } from "./lora-pack.ts";
 
 /** A StageEngine on this thread (`opts.computeThread` off) or on a thread of its own. */
 export async function createStageCompute(weights: StageWeights, opts: StageEngineOptions): Promise<StageCompute> {
@@ -65,7 +66,7 @@ export class ThreadedStageEngine implements StageCompute {
         thread.on("message", onMessage);
         thread.on("error", onError);
         thread.on("exit", onExit);
-        postWithWeights(thread, { kind: "init", weights, opts: { ...opts, computeThread: false } });
+        postWithWeights(thread, { kind: "init", weights, opts });
       });
     } catch (error) {
       await thread.terminate();
@@ -98,11 +99,8 @@ export class ThreadedStageEngine implements StageCompute {
   }
 
   setAdapter(id: string, adapter: LoraAdapter): void {
-    const maxRank = this.opts.maxLoraRank ?? 0;
     // What StageEngine.setAdapter would throw, thrown here rather than lost on the thread.
-    if (maxRank === 0) throw new RangeError("this stage was loaded without LoRA support (max LoRA rank 0)");
-    if (adapter.rank > maxRank) throw new RangeError(`adapter rank ${adapter.rank} exceeds the stage's max LoRA rank ${maxRank}`);
-    if (adapter.layers.length !== this.numLayers) throw new RangeError(`adapter has ${adapter.layers.length} layers, the stage ${this.numLayers}`);
+    checkLoraAdapter(adapter, this.numLayers, this.opts.maxLoraRank ?? 0);
     this.adapters.add(id);
     this.post({ kind: "setAdapter", id, adapter });
   }

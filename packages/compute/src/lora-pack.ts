@@ -48,14 +48,20 @@ export function loraInputShapes(c: ModelConfig, layers: number, maxRank: number)
   return shapes;
 }
 
+/** Throws a RangeError unless a stage of `layers` layers built for `maxRank` can serve `adapter`. */
+export function checkLoraAdapter(adapter: LoraAdapter, layers: number, maxRank: number): void {
+  if (maxRank === 0) throw new RangeError("this stage was loaded without LoRA support (max LoRA rank 0)");
+  if (adapter.rank > maxRank) throw new RangeError(`adapter rank ${adapter.rank} exceeds the stage's max LoRA rank ${maxRank}`);
+  if (adapter.layers.length !== layers) throw new RangeError(`adapter has ${adapter.layers.length} layers, the stage ${layers}`);
+}
+
 /**
  * An adapter (or none: zeros, the base model) as the stage graph's LoRA inputs, padded to
  * maxRank. `queryScale` is the 1/sqrt(head_dim) the graph folds into the query weights; the q
  * update is scaled the same way.
  */
 export function packLoraAdapter(c: ModelConfig, layers: number, maxRank: number, queryScale: number, adapter?: LoraAdapter): Record<LoraInput, Float32Array> {
-  if (adapter && adapter.rank > maxRank) throw new RangeError(`adapter rank ${adapter.rank} exceeds the stage's max LoRA rank ${maxRank}`);
-  if (adapter && adapter.layers.length !== layers) throw new RangeError(`adapter has ${adapter.layers.length} layers, the stage ${layers}`);
+  if (adapter) checkLoraAdapter(adapter, layers, maxRank);
   const shapes = loraInputShapes(c, layers, maxRank);
   const packed = {} as Record<LoraInput, Float32Array>;
   for (const g of LORA_GROUPS) {

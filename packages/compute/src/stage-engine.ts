@@ -144,7 +144,7 @@ export class StageEngine implements StageCompute {
 
   /** Makes an adapter (its matrices for this stage's layers) servable as `id`, replacing any before. */
   setAdapter(id: string, adapter: LoraAdapter): void {
-    if (this.maxLoraRank === 0) throw new RangeError("this stage was loaded without LoRA support (max LoRA rank 0)");
+    // Packing checks the adapter fits (checkLoraAdapter).
     this.adapters.set(id, this.loraFeeds(adapter));
   }
 

@@ -2,7 +2,7 @@ export { BlockPool, NO_BLOCK, type BlockEvent, type BlockPoolOptions, type ForkC
 export { KvCapacityError, SequenceExistsError, UnknownSequenceError } from "./errors.ts";
 export { BLOCK_HASH_BYTES, hashBlock, type ExtraKey } from "./hash.ts";
 export { blocksForBudget, kvBytesPerToken } from "./sizing.ts";
-export { StageBlockTables, BlockTableError, type EvictionReason } from "./stage-tables.ts";
+export { StageBlockTables, BlockTableError } from "./stage-tables.ts";
 export {
   ContiguousAllocator,
   KvExtentUnavailableError,

@@ -10,9 +10,6 @@ interface StageSequence {
   blocks: number[];
 }
 
-/** Why the coordinator evicted a sequence (as its eviction events say). */
-export type EvictionReason = "finished" | "aborted" | "preempted";
-
 /**
  * A stage's record of the block tables the coordinator assigned. The coordinator's BlockPool owns
  * allocation (so every stage uses the same block ids and prefix sharing holds on all of them);
@@ -116,12 +113,12 @@ export class StageBlockTables {
     return released;
   }
 
-  /** free() for an eviction event; counts the sequences it actually dropped. */
-  evict(seqId: number, reason?: EvictionReason): void {
+  /** free() for an eviction event (`preempted`: a preemption's); counts the sequences it actually dropped. */
+  evict(seqId: number, preempted = false): void {
     if (!this.seqs.has(seqId)) return;
     this.free(seqId);
     this.sequencesEvicted++;
-    if (reason === "preempted") this.preemptions++;
+    if (preempted) this.preemptions++;
   }
 
   /** Blocks referenced by at least one live sequence. */

@@ -56,10 +56,10 @@ describe("StageBlockTables", () => {
     t.assign(1, 4, [0], 0);
     t.assign(2, 4, [1], 0);
     t.assign(3, 4, [2], 0);
-    t.evict(1, "finished");
-    t.evict(2, "preempted");
-    t.evict(2, "preempted"); // events may repeat
-    t.evict(3);
+    t.evict(1);
+    t.evict(2, true);
+    t.evict(2, true); // events may repeat
+    t.evict(3, false);
     expect([t.sequencesEvicted, t.preemptions]).toEqual([3, 1]);
   });
 
@@ -84,7 +84,7 @@ describe("StageBlockTables", () => {
             const table = t.has(o.seqId) ? [...t.blockTable(o.seqId), ...o.blocks].slice(0, Math.ceil(end / BS)) : o.blocks.slice(0, Math.ceil(end / BS));
             t.assign(o.seqId, end, table, start);
           } else if (o.op === "free") t.free(o.seqId);
-          else t.evict(o.seqId, o.preempted ? "preempted" : "finished");
+          else t.evict(o.seqId, o.preempted);
           expect(t.blocksUsed + t.blocksCached + t.blocksFree).toBe(BLOCKS);
           expect(t.blocksCached).toBeGreaterThanOrEqual(0);
           expect(t.blocksFree).toBeGreaterThanOrEqual(0);

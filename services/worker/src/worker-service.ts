@@ -1,9 +1,9 @@
 import * as grpc from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
-import { parseKvDtype, type EvictionReason, type KvDtype } from "@strata/kv";
+import { parseKvDtype, type KvDtype } from "@strata/kv";
 import { openModel } from "@strata/model";
 import { isGreedy, sampleToken } from "@strata/sampling";
-import { checkEventScope, type EventBus } from "@strata/events";
+import { checkEventScope, type EventBus, type EvictReason } from "@strata/events";
 import {
   AdapterInfoSchema,
   LoadAdapterResponseSchema,
@@ -134,7 +134,7 @@ export class WorkerNode {
     if (scope === "") return;
     const malformed = (error: Error, subject: string) => this.log(`ignored malformed event on ${subject}: ${error.message}`);
     this.unsubscribeEvents.push(
-      events.onEvict(scope, (event) => this.stage?.tables.evict(event.seqId, event.reason as EvictionReason), malformed),
+      events.onEvict(scope, (event) => this.stage?.tables.evict(event.seqId, event.reason === ("preempted" satisfies EvictReason)), malformed),
       events.onAdapterInvalidate(scope, (event) => {
         if (this.stage?.unloadAdapter(event.adapterId, event.generation)) this.log(`dropped adapter ${event.adapterId} (generation ${event.generation} invalidated)`);
       }, malformed),
