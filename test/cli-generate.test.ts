@@ -103,11 +103,32 @@ describe("strata generate --plan-batch / --plan-context-tokens", () => {
     expect(lastJsonLine(int8).partition).toEqual([[0, 3], [3, 4]]);
   });
 
-  it("refuse a load that is not a positive whole number (exit 2)", async () => {
-    const [batch, context] = await Promise.all([
+  it("--plan-shared-prefix-tokens counts a shared system prompt's K/V once per micro-batch", async () => {
+    // K/V 128 floats wide (2 KV heads of 64): split attention, which reads a shared past once.
+    const wide = mkdtempSync(join(tmpdir(), "strata-plan-shared-"));
+    try {
+      writeSyntheticModel(wide, { hiddenSize: 128, intermediateSize: 256, numLayers: 4, numHeads: 2, numKvHeads: 2, headDim: 64, vocabSize: 8192, maxPositionEmbeddings: 256 }, 3);
+      const args = ["generate", "--model", wide, "--workers", "2", "--prompt", "Hi", "--max-tokens", "4", "--temperature", "0", "--json", "--plan-batch", "16", "--plan-context-tokens", "1040"];
+      const [own, shared] = await Promise.all([cli(...args), cli(...args, "--plan-shared-prefix-tokens", "1024")]);
+      // 16 pasts of 1,040 tokens each outweigh the 8,192-word head: the even split. Behind a
+      // shared 1,024-token prompt a layer reads its weights, that prompt once and 16 x 16 tokens
+      // of each sequence's own, and the head (about two layers' reads) gets a stage with one layer.
+      expect(lastJsonLine(own).partition).toEqual([[0, 2], [2, 4]]);
+      expect(lastJsonLine(shared).partition).toEqual([[0, 3], [3, 4]]);
+      expect(lastJsonLine(shared).token_ids).toEqual(lastJsonLine(own).token_ids);
+    } finally {
+      rmSync(wide, { recursive: true, force: true });
+    }
+  });
+
+  it("refuse a load that is not a positive whole number, or a shared prefix longer than its context (exit 2)", async () => {
+    const [batch, context, shared] = await Promise.all([
       cli("generate", "--plan-batch", "0", "--prompt", "Hi", "--max-tokens", "4"),
       cli("generate", "--plan-context-tokens", "1.5", "--prompt", "Hi", "--max-tokens", "4"),
+      cli("generate", "--plan-context-tokens", "512", "--plan-shared-prefix-tokens", "513", "--prompt", "Hi", "--max-tokens", "4"),
     ]);
+    expect(shared.code).toBe(2);
+    expect(shared.stderr).toMatch(/^error: --plan-shared-prefix-tokens: 513 is more than the 512 tokens of context planned for/m);
     expect(batch.code).toBe(2);
     expect(batch.stderr).toMatch(/^error: --plan-batch: "0" is not a valid value/m);
     expect(context.code).toBe(2);

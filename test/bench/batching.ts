@@ -192,7 +192,7 @@ async function comparePipelining(ctx: BenchContext, dir: string, load: Pipelinin
     const userTurn = randomPrompt(rng, load.userTokens + 1, vocab).slice(1);
     return [...(histories.length ? histories[turns++ % histories.length] : system), ...userTurn];
   };
-  const opts = { modelDir: dir, workers: 2, kvCacheBytes: load.kvCacheBytes, planLoad: { batch: CONCURRENT / 2, contextTokens: load.midContext } };
+  const opts = { modelDir: dir, workers: 2, kvCacheBytes: load.kvCacheBytes, planLoad: { batch: CONCURRENT / 2, contextTokens: load.midContext, sharedPrefixTokens: load.systemTokens } };
   const off: number[] = [];
   const on: number[] = [];
   const workOff: StageWork = { wallSeconds: 0, tokens: 0, stageSeconds: [], cpuSeconds: 0 };

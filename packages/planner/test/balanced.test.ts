@@ -7,6 +7,7 @@ import {
   layerWeightCount,
   lmHeadDecodeBytes,
   lmHeadWeightCount,
+  PartitionError,
   type LayerCostShape,
   type PlanLoad,
 } from "../src/index.ts";
@@ -35,6 +36,26 @@ describe("balancedPartition", () => {
     expect(lmHeadDecodeBytes(bench, load(64, 4000))).toBe(512 * 32000 * 4);
   });
 
+  it("counts a shared prefix's K/V once per micro-batch, each sequence's own past once per sequence", () => {
+    const weights = layerWeightCount(bench) * 4;
+    const kvPerToken = 2 * 4 * 64 * 4;
+    expect(layerDecodeBytes(bench, { ...load(16, 1056), sharedPrefixTokens: 1024 })).toBe(weights + (16 * 32 + 1024) * kvPerToken);
+    expect(layerDecodeBytes(bench, { ...load(16, 1056), sharedPrefixTokens: 0 })).toBe(layerDecodeBytes(bench, load(16, 1056)));
+    // Measured (see balancedPartition): behind a shared 1,024-token system prompt the head
+    // outweighs 4 layers' reads and [0,6) [6,8) is fastest; at the same context, each sequence's
+    // own, [0,5) [5,8).
+    expect(balancedPartition(bench, 2, { ...load(16, 1056), sharedPrefixTokens: 1024 })).toEqual([[0, 6], [6, 8]]);
+    expect(balancedPartition(bench, 2, load(16, 1056))).toEqual([[0, 5], [5, 8]]);
+    expect(balancedPartition(bench, 2, load(16, 800))).toEqual([[0, 5], [5, 8]]);
+  });
+
+  it("refuses a shared prefix longer than the context or not a whole number of tokens", () => {
+    expect(() => balancedPartition(bench, 2, { ...load(16, 100), sharedPrefixTokens: 101 })).toThrow(PartitionError);
+    expect(() => balancedPartition(bench, 2, { ...load(16, 100), sharedPrefixTokens: -1 })).toThrow(/whole number from 0 to the context/);
+    expect(() => balancedPartition(bench, 2, { ...load(16, 100), sharedPrefixTokens: 1.5 })).toThrow(PartitionError);
+    expect(balancedPartition(bench, 2, { ...load(16, 100), sharedPrefixTokens: 100 })).toHaveLength(2);
+  });
+
   it("moves layers off the last stage when the LM head is heavy, fewer the longer the context", () => {
     // Measured fastest over 2 workers at 2 micro-batches of 16 (see balancedPartition).
     expect(balancedPartition(bench, 2, load(16, 48))).toEqual([[0, 6], [6, 8]]);
@@ -49,7 +70,7 @@ describe("balancedPartition", () => {
 
   it("is the minimum over every partition of the busiest stage's cost", () => {
     for (const shape of [stories, bench, { ...bench, numLayers: 13 }]) {
-      for (const plan of [load(1, 16), load(16, 1024), load(64, 256, 1)]) {
+      for (const plan of [load(1, 16), load(16, 1024), load(64, 256, 1), { ...load(16, 1056), sharedPrefixTokens: 1024 }]) {
         for (let stages = 1; stages <= Math.min(5, shape.numLayers); stages++) {
           const best = Math.min(...allPartitions(shape.numLayers, stages).map((p) => maxStageCost(shape, p, plan)));
           expect(maxStageCost(shape, balancedPartition(shape, stages, plan), plan)).toBe(best);

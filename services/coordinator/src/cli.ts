@@ -2,7 +2,7 @@ import { parseArgs } from "node:util";
 import { serve } from "@hono/node-server";
 import { BUNDLED_MODEL_DIR, loadTokenizer, openModel, type Tokenizer } from "@strata/model";
 import { parseKvDtype, type KvDtype } from "@strata/kv";
-import { PartitionError, parsePartition, type Partition } from "@strata/planner";
+import { DEFAULT_PLAN_LOAD, PartitionError, parsePartition, type Partition } from "@strata/planner";
 import { otlpTracesUrlFromEnv, startTracing, traceSampleRatioFromEnv } from "@strata/telemetry";
 import { ChatTemplate } from "./chat-template.ts";
 import { LocalCluster, servedModelName, type ClusterOptions } from "./cluster.ts";
@@ -24,6 +24,8 @@ common options:
                          each stage reads per decode step, the LM head on the last stage)
   --plan-batch N         sequences per micro-batch the default partition is balanced for (default 16)
   --plan-context-tokens N  context per sequence it is balanced for (default 1024)
+  --plan-shared-prefix-tokens N  of that context, a prefix every sequence shares (a cached system
+                         prompt), whose K/V a stage reads once per micro-batch (default 0)
   --device cpu|cuda      onnxruntime execution provider (default cpu)
   --nats-url URL         NATS server to use when reachable (default $NATS_URL or nats://127.0.0.1:4222);
                          otherwise nats-server is started from PATH on a free port
@@ -82,6 +84,7 @@ const { positionals, values } = parseArgs({
     partition: { type: "string" },
     "plan-batch": { type: "string" },
     "plan-context-tokens": { type: "string" },
+    "plan-shared-prefix-tokens": { type: "string" },
     device: { type: "string", default: "cpu" },
     "nats-url": { type: "string" },
     "kv-cache-bytes": { type: "string" },
@@ -140,10 +143,7 @@ async function clusterOptions(): Promise<ClusterOptions & { tokenizer: Tokenizer
     modelDir,
     workers: partition?.length ?? workers,
     partition,
-    planLoad: {
-      batch: numberOption("plan-batch", values["plan-batch"], (n) => Number.isInteger(n) && n > 0),
-      contextTokens: numberOption("plan-context-tokens", values["plan-context-tokens"], (n) => Number.isInteger(n) && n > 0),
-    },
+    planLoad: planLoadOption(),
     natsUrl: values["nats-url"] ?? process.env.NATS_URL ?? "nats://127.0.0.1:4222",
     device,
     kvCacheBytes: numberOption("kv-cache-bytes", values["kv-cache-bytes"], (n) => n > 0),
@@ -161,6 +161,17 @@ async function clusterOptions(): Promise<ClusterOptions & { tokenizer: Tokenizer
     loras: (values.lora ?? []).map(loraOption),
     maxLoraRank: numberOption("max-lora-rank", values["max-lora-rank"], (n) => Number.isInteger(n) && n >= 0),
   };
+}
+
+function planLoadOption(): ClusterOptions["planLoad"] {
+  const batch = numberOption("plan-batch", values["plan-batch"], (n) => Number.isInteger(n) && n > 0);
+  const contextTokens = numberOption("plan-context-tokens", values["plan-context-tokens"], (n) => Number.isInteger(n) && n > 0);
+  const sharedPrefixTokens = numberOption("plan-shared-prefix-tokens", values["plan-shared-prefix-tokens"], (n) => Number.isInteger(n) && n >= 0);
+  const context = contextTokens ?? DEFAULT_PLAN_LOAD.contextTokens;
+  if (sharedPrefixTokens !== undefined && sharedPrefixTokens > context) {
+    throw new UsageError(`--plan-shared-prefix-tokens: ${sharedPrefixTokens} is more than the ${context} tokens of context planned for`);
+  }
+  return { batch, contextTokens, sharedPrefixTokens };
 }
 
 function loraOption(value: string): { name: string; path: string } {

@@ -4,6 +4,7 @@ import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { EventBus, isReachable, newEventScope, startNatsServer, type NatsServerProcess } from "@strata/events";
 import { BUNDLED_MODEL_DIR, openModel, type ModelConfig } from "@strata/model";
+import { defaultAttentionForm } from "@strata/compute";
 import { kvBytesPerElement } from "@strata/kv";
 import { balancedPartition, DEFAULT_PLAN_LOAD, validatePartition, type Partition } from "@strata/planner";
 import { startWorkerServer, DEFAULT_BLOCK_SIZE_TOKENS, DEFAULT_KV_CACHE_BYTES, type RunningWorker } from "@strata/worker";
@@ -33,8 +34,11 @@ export interface ClusterOptions {
   modelDir: string;
   workers: number;
   partition?: Partition;
-  /** The decode load the default partition is balanced for (see balancedPartition; default 16 sequences over 1,024 tokens). */
-  planLoad?: { batch?: number; contextTokens?: number };
+  /**
+   * The decode load the default partition is balanced for (see balancedPartition; default 16
+   * sequences over 1,024 tokens, none of them a shared prefix).
+   */
+  planLoad?: { batch?: number; contextTokens?: number; sharedPrefixTokens?: number };
   /** Use this NATS server when reachable; otherwise one is spawned on a free port. */
   natsUrl?: string;
   /** Workers as gRPC servers inside this process (tests) instead of child processes. */
@@ -129,6 +133,9 @@ export class LocalCluster {
         ...DEFAULT_PLAN_LOAD,
         batch: opts.planLoad?.batch ?? DEFAULT_PLAN_LOAD.batch,
         contextTokens: opts.planLoad?.contextTokens ?? DEFAULT_PLAN_LOAD.contextTokens,
+        // Only split attention reads a shared past once for the micro-batch; the fused form
+        // gathers it into every sequence's past.
+        sharedPrefixTokens: defaultAttentionForm(config) === "split" ? opts.planLoad?.sharedPrefixTokens : 0,
         kvBytesPerElement: kvBytesPerElement(opts.kvDtype ?? "fp32"),
       });
     const maxLoraRank = opts.maxLoraRank ?? (opts.loras?.length ? DEFAULT_MAX_LORA_RANK : 0);
