@@ -78,9 +78,11 @@ export function lmHeadDecodeBytes(s: LayerCostShape, load: PlanLoad): number {
  * at 1,040. Counting multiply-adds put 7 layers before the head at every length. With one
  * micro-batch per stage in flight, the busiest stage sets the pace. Ties go to the more even split
  * by layers. Behind a shared 1,024-token system prompt (32 tokens of each sequence's own past at
- * 1,056), whose K/V are read once per micro-batch, [0,6) [6,8) ran 738-756 tok/s where [0,5)
- * [5,8) ran 701-704: its last stage, head included, took 14.2 ms a step against the first's 11.4
- * (a 2-core Xeon); at 800 tokens of each sequence's own past, [0,5) [5,8) ran 538 against 481.
+ * 1,056), whose K/V are read once per micro-batch, this picks [0,6) [6,8): its stages' decode
+ * steps took 14.4 / 12.6 ms against [0,5) [5,8)'s 11.4 / 14.2 (a 2-core Xeon), and the two ran
+ * within 1-2% of each other (684-724 against 680-719 tok/s, 3 pairs): a layer is too coarse to
+ * balance them closer. Counted per sequence, that load planned [0,5) [5,8); at 800 tokens of each
+ * sequence's own past, where it still does, [0,5) [5,8) ran 538 tok/s against [0,6)'s 481.
  */
 export function balancedPartition(shape: LayerCostShape, numStages: number, load: PlanLoad = DEFAULT_PLAN_LOAD): Partition {
   const L = shape.numLayers;
