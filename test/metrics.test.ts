@@ -115,6 +115,31 @@ describe("GET /metrics after traffic", () => {
     expect(workers[0].value("strata_stage_hidden_state_sent_bytes_total")).toBeGreaterThan(0);
   });
 
+  it("labels each stage's steps prefill or decode, and every stage counts the same steps and positions of each", () => {
+    const delta = (w: Scrape, stage: number, name: string, phase: string) => w.value(name, { stage: String(stage), phase }) - before[stage].value(name, { stage: String(stage), phase });
+    for (const phase of ["prefill", "decode"]) {
+      const perStage = workers.map((w, stage) => ({
+        batches: delta(w, stage, "strata_stage_batches_total", phase),
+        tokens: delta(w, stage, "strata_stage_tokens_total", phase),
+        timed: delta(w, stage, "strata_stage_compute_seconds_count", phase),
+        queued: delta(w, stage, "strata_stage_queue_seconds_count", phase),
+      }));
+      for (const s of perStage) {
+        expect(s).toEqual({ ...perStage[0] });
+        expect(s.batches).toBeGreaterThan(0);
+        expect(s.timed).toBe(s.batches);
+        expect(s.queued).toBe(s.batches);
+      }
+    }
+    const positions = (stage: number, phase: string) => delta(workers[stage], stage, "strata_stage_tokens_total", phase) / delta(workers[stage], stage, "strata_stage_batches_total", phase);
+    // Prompts of several tokens: a prefill step computes more positions than a decode step of the
+    // same sequences would.
+    expect(positions(0, "prefill")).toBeGreaterThan(1);
+    // Every position computed is either kind: no step lost its label.
+    const all = workers[0].value("strata_stage_tokens_total", { stage: "0" }) - before[0].value("strata_stage_tokens_total", { stage: "0" });
+    expect(delta(workers[0], 0, "strata_stage_tokens_total", "prefill") + delta(workers[0], 0, "strata_stage_tokens_total", "decode")).toBe(all);
+  });
+
   it("counts the NATS eviction of every finished sequence, published once and received by each stage", () => {
     const published =
       coordinator.value("strata_nats_events_published_total", { kind: "kv_evict" }) - coordinatorBefore.value("strata_nats_events_published_total", { kind: "kv_evict" });

@@ -123,6 +123,10 @@ interface StageWork {
   tokens: number;
   /** Seconds each stage spent computing steps within them. */
   stageSeconds: number[];
+  /** Of those, each stage's decode steps (every sequence one position): seconds, steps and positions. */
+  decodeSeconds: number[];
+  decodeSteps: number[];
+  decodeTokens: number[];
   /** CPU seconds the worker processes and this one (the coordinator's) used within them. */
   cpuSeconds: number;
 }
@@ -131,7 +135,36 @@ function addWork(total: StageWork, more: StageWork): void {
   total.wallSeconds += more.wallSeconds;
   total.tokens += more.tokens;
   total.cpuSeconds += more.cpuSeconds;
-  more.stageSeconds.forEach((s, i) => (total.stageSeconds[i] = (total.stageSeconds[i] ?? 0) + s));
+  const add = (into: number[], from: number[]) => from.forEach((v, i) => (into[i] = (into[i] ?? 0) + v));
+  add(total.stageSeconds, more.stageSeconds);
+  add(total.decodeSeconds, more.decodeSeconds);
+  add(total.decodeSteps, more.decodeSteps);
+  add(total.decodeTokens, more.decodeTokens);
+}
+
+/** The slowest stage's mean decode step over the stages' mean: 1 when the layers split evenly. */
+function stageBalance(work: StageWork): number {
+  const steps = decodeStepMs(work);
+  return Math.max(...steps) / (steps.reduce((a, b) => a + b, 0) / steps.length);
+}
+
+/** Each stage's mean decode step, milliseconds. */
+function decodeStepMs(work: StageWork): number[] {
+  return work.decodeSeconds.map((s, i) => (1000 * s) / work.decodeSteps[i]);
+}
+
+/**
+ * On vs off in decode steps alone, at the stages' own step times: off, each generated token
+ * waits for every stage's step in turn; on, the stages step side by side, so the slowest one sets
+ * the pace. What the ratio would be with no prompts to prefill, no pipeline to fill or drain and
+ * no hops between steps; below 2 by what half-size micro-batches cost per token and by how
+ * unevenly the layers split.
+ */
+function decodePaceOnVsOff(r: { workOn: StageWork; workOff: StageWork }): number {
+  const perToken = (w: StageWork, i: number) => w.decodeSeconds[i] / w.decodeTokens[i];
+  const off = r.workOff.decodeSeconds.reduce((sum, _, i) => sum + perToken(r.workOff, i), 0);
+  const on = Math.max(...r.workOn.decodeSeconds.map((_, i) => perToken(r.workOn, i)));
+  return off / on;
 }
 
 function computeSeconds(work: StageWork): number {
@@ -157,12 +190,24 @@ function cpuShare(work: StageWork): number {
   return work.cpuSeconds / (availableParallelism() * work.wallSeconds);
 }
 
-/** Each stage's compute seconds so far, and the CPU seconds of the worker processes and this one. */
-async function clusterSeconds(cluster: LocalCluster): Promise<{ stages: number[]; cpu: number }> {
+interface ClusterSeconds {
+  stages: number[];
+  decodeSeconds: number[];
+  decodeSteps: number[];
+  decodeTokens: number[];
+  cpu: number;
+}
+
+/** Each stage's compute seconds so far (all steps, and its decode steps'), and the CPU seconds of the worker processes and this one. */
+async function clusterSeconds(cluster: LocalCluster): Promise<ClusterSeconds> {
   const scrapes = await Promise.all(cluster.workerMetricsUrls.map(scrape));
   const own = process.cpuUsage();
+  const decode = { phase: "decode" };
   return {
     stages: scrapes.map((s) => s.value("strata_stage_compute_seconds_sum")),
+    decodeSeconds: scrapes.map((s) => s.value("strata_stage_compute_seconds_sum", decode)),
+    decodeSteps: scrapes.map((s) => s.value("strata_stage_compute_seconds_count", decode)),
+    decodeTokens: scrapes.map((s) => s.value("strata_stage_tokens_total", decode)),
     cpu: scrapes.reduce((sum, s) => sum + s.value("strata_process_cpu_seconds_total"), (own.user + own.system) / 1e6),
   };
 }
@@ -195,8 +240,9 @@ async function comparePipelining(ctx: BenchContext, dir: string, load: Pipelinin
   const opts = { modelDir: dir, workers: 2, kvCacheBytes: load.kvCacheBytes, planLoad: { batch: CONCURRENT / 2, contextTokens: load.midContext, sharedPrefixTokens: load.systemTokens } };
   const off: number[] = [];
   const on: number[] = [];
-  const workOff: StageWork = { wallSeconds: 0, tokens: 0, stageSeconds: [], cpuSeconds: 0 };
-  const workOn: StageWork = { wallSeconds: 0, tokens: 0, stageSeconds: [], cpuSeconds: 0 };
+  const noWork = (): StageWork => ({ wallSeconds: 0, tokens: 0, stageSeconds: [], decodeSeconds: [], decodeSteps: [], decodeTokens: [], cpuSeconds: 0 });
+  const workOff = noWork();
+  const workOn = noWork();
   let partition = "";
   // The cached prefixes are computed before timing: the system prompt by one request (requests
   // arriving together all miss the prefix cache), each history by a request of its own.
@@ -245,7 +291,15 @@ async function throughputSamples(cluster: LocalCluster, count: number, prompt: (
   }
   if (work && before) {
     const after = await clusterSeconds(cluster);
-    addWork(work, { ...timed, stageSeconds: after.stages.map((s, i) => s - before.stages[i]), cpuSeconds: after.cpu - before.cpu });
+    const since = (key: "stages" | "decodeSeconds" | "decodeSteps" | "decodeTokens") => after[key].map((v, i) => v - before[key][i]);
+    addWork(work, {
+      ...timed,
+      stageSeconds: since("stages"),
+      decodeSeconds: since("decodeSeconds"),
+      decodeSteps: since("decodeSteps"),
+      decodeTokens: since("decodeTokens"),
+      cpuSeconds: after.cpu - before.cpu,
+    });
   }
   return samples;
 }
@@ -295,6 +349,8 @@ export const batching: BenchPart = {
     figures.pipelining_cpu_share_on = cpuShare(chat.workOn);
     figures.pipelining_cpu_share_off = cpuShare(chat.workOff);
     figures.pipelining_on_vs_off_all_cores_busy = chat.ratio / cpuShare(chat.workOn);
+    figures.pipelining_decode_pace_on_vs_off = decodePaceOnVsOff(chat);
+    figures.pipelining_stage_balance_on = stageBalance(chat.workOn);
     figures.pipelining_on_vs_off_conversations = conversations.ratio;
     figures.pipelining_on_conversations_tok_s = median(conversations.on);
     figures.pipelining_off_conversations_tok_s = median(conversations.off);
@@ -304,6 +360,8 @@ export const batching: BenchPart = {
     figures.pipelining_cpu_share_on_conversations = cpuShare(conversations.workOn);
     figures.pipelining_cpu_share_off_conversations = cpuShare(conversations.workOff);
     figures.pipelining_on_vs_off_all_cores_busy_conversations = conversations.ratio / cpuShare(conversations.workOn);
+    figures.pipelining_decode_pace_on_vs_off_conversations = decodePaceOnVsOff(conversations);
+    figures.pipelining_stage_balance_on_conversations = stageBalance(conversations.workOn);
     // What reading the shared system prompt once per step (split attention's shared past) gains:
     // the chat load's half-step at half the batch with that prompt in shared blocks, over the
     // same with every sequence's past in blocks of its own.
@@ -347,6 +405,9 @@ export const batching: BenchPart = {
       [`${label}: stage compute per token, on vs off`, "ratio", `${fmt(computePerTokenOnVsOff(r))}x`],
       [`${label}: share of the machine's ${availableParallelism()} cores the cluster's processes used, on / off`, "share", `${fmt(cpuShare(r.workOn))} / ${fmt(cpuShare(r.workOff))}`],
       [`${label}: on vs off had on kept every core busy at its CPU per token`, "ratio", `${fmt(r.ratio / cpuShare(r.workOn))}x`],
+      [`${label}: each stage's mean decode step, on / off`, "ms", decodeStepMs(r.workOn).map((on, i) => `${fmt(on)} / ${fmt(decodeStepMs(r.workOff)[i])}`).join(", ")],
+      [`${label}: on vs off in decode steps alone (off: the stages' steps in turn; on: the slowest stage's)`, "ratio", `${fmt(decodePaceOnVsOff(r))}x`],
+      [`${label}: on, the slowest stage's decode step over the stages' mean`, "ratio", `${fmt(stageBalance(r.workOn))}x`],
     ];
     for (const line of table([
       ["load", "figure", "value"],

@@ -19,7 +19,20 @@ interface DoneBatch {
   batchId: number;
   traceContext: Record<string, string>;
   tokens: number;
+  phase: StepPhase;
   timing: StageTiming;
+}
+
+/**
+ * A step's phase as the per-step series label it: "decode" when every sequence in it computes
+ * one position, "prefill" when any computes a prompt chunk (a mixed step is as slow as its
+ * prompt chunks make it). Decode step times are what an output token's latency and a pipeline's
+ * steady pace are made of; prefill steps, many times longer, would blur them.
+ */
+export type StepPhase = "prefill" | "decode";
+
+export function stepPhase(seqs: readonly { numTokens: number }[]): StepPhase {
+  return seqs.every((c) => c.numTokens === 1) ? "decode" : "prefill";
 }
 
 // How long stage spans wait to be built together: well under the span processor's export delay.
@@ -34,12 +47,12 @@ const SECONDS_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.
  */
 export class StageTelemetry implements StageObserver {
   readonly registry = new Registry();
-  private readonly batches: Counter<"stage">;
+  private readonly batches: Counter<"stage" | "phase">;
   private readonly batchErrors: Counter<"stage">;
-  private readonly tokens: Counter<"stage">;
+  private readonly tokens: Counter<"stage" | "phase">;
   private readonly hiddenBytes: Counter<"stage">;
-  private readonly computeSeconds: Histogram<"stage">;
-  private readonly queueSeconds: Histogram<"stage">;
+  private readonly computeSeconds: Histogram<"stage" | "phase">;
+  private readonly queueSeconds: Histogram<"stage" | "phase">;
   private readonly pending: DoneBatch[] = [];
   // Batches whose stage spans are still to be built (see recordSpans).
   private readonly unspanned: DoneBatch[] = [];
@@ -59,21 +72,21 @@ export class StageTelemetry implements StageObserver {
     });
     this.registry.setDefaultLabels({ worker_id: workerId });
     registerProcessMetrics(this.registry);
-    this.batches = new Counter({ name: "strata_stage_batches_total", help: "Micro-batches this stage computed and sent on", labelNames: ["stage"], registers });
+    this.batches = new Counter({ name: "strata_stage_batches_total", help: "Micro-batches this stage computed and sent on", labelNames: ["stage", "phase"], registers });
     this.batchErrors = new Counter({ name: "strata_stage_batch_errors_total", help: "Micro-batches this stage rejected", labelNames: ["stage"], registers });
-    this.tokens = new Counter({ name: "strata_stage_tokens_total", help: "Token positions this stage computed", labelNames: ["stage"], registers });
+    this.tokens = new Counter({ name: "strata_stage_tokens_total", help: "Token positions this stage computed", labelNames: ["stage", "phase"], registers });
     this.hiddenBytes = new Counter({ name: "strata_stage_hidden_state_sent_bytes_total", help: "Bytes of hidden state sent to the next stage", labelNames: ["stage"], registers });
     this.computeSeconds = new Histogram({
       name: "strata_stage_compute_seconds",
       help: "Time from the start of a batch's compute to sending it on",
-      labelNames: ["stage"],
+      labelNames: ["stage", "phase"],
       buckets: SECONDS_BUCKETS,
       registers,
     });
     this.queueSeconds = new Histogram({
       name: "strata_stage_queue_seconds",
       help: "Time a batch waited on this stage behind earlier batches",
-      labelNames: ["stage"],
+      labelNames: ["stage", "phase"],
       buckets: SECONDS_BUCKETS,
       registers,
     });
@@ -150,7 +163,7 @@ export class StageTelemetry implements StageObserver {
     // Recorded in the event loop's next check phase, all batches done by then together, not
     // inside the step that sends this batch's output on.
     const tokens = req.seqs.reduce((sum, c) => sum + c.numTokens, 0);
-    this.pending.push({ batchId: req.batchId, traceContext: req.traceContext, tokens, timing });
+    this.pending.push({ batchId: req.batchId, traceContext: req.traceContext, tokens, phase: stepPhase(req.seqs), timing });
     if (this.pending.length === 1) setImmediate(() => this.recordPending());
   }
 
@@ -159,14 +172,14 @@ export class StageTelemetry implements StageObserver {
   }
 
   private record(done: DoneBatch): void {
-    const { timing, tokens } = done;
+    const { timing, tokens, phase } = done;
     const stage = String(timing.stageIndex);
     const hiddenBytes = Number(timing.hiddenBytesSent);
-    this.batches.inc({ stage });
-    this.tokens.inc({ stage }, tokens);
+    this.batches.inc({ stage, phase });
+    this.tokens.inc({ stage, phase }, tokens);
     if (hiddenBytes > 0) this.hiddenBytes.inc({ stage }, hiddenBytes);
-    this.computeSeconds.observe({ stage }, (timing.sentUnixMs - timing.startedUnixMs) / 1000);
-    this.queueSeconds.observe({ stage }, (timing.startedUnixMs - timing.receivedUnixMs) / 1000);
+    this.computeSeconds.observe({ stage, phase }, (timing.sentUnixMs - timing.startedUnixMs) / 1000);
+    this.queueSeconds.observe({ stage, phase }, (timing.startedUnixMs - timing.receivedUnixMs) / 1000);
     // A stage span parents on its step's context; a step sent without one is not traced.
     if (!this.tracing.enabled || !done.traceContext.traceparent) return;
     this.unspanned.push(done);
