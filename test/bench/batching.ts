@@ -76,9 +76,12 @@ const CONVERSATIONS_LOAD: PipeliningLoad = {
   kvCacheBytes: 512 * 2 ** 20,
 };
 
-/** Decode steps/s of one compute-loop process over `layers` layers at batch `batch`, `past` tokens in (the first `shared` in shared blocks), for `seconds`. */
-async function computeLoop(dir: string, layers: number, batch: number, past: number, shared: number, seconds: number): Promise<number> {
-  const args = [COMPUTE_LOOP, dir, String(layers), String(batch), String(past), String(seconds), String(shared)];
+/**
+ * Decode steps/s of one compute-loop process over layers `layers` (the LM head too where they end
+ * the model) at batch `batch`, `past` tokens in (the first `shared` in shared blocks), for `seconds`.
+ */
+async function computeLoop(dir: string, layers: [number, number], batch: number, past: number, shared: number, seconds: number): Promise<number> {
+  const args = [COMPUTE_LOOP, dir, String(layers[0]), String(layers[1]), String(batch), String(past), String(seconds), String(shared)];
   const { stdout } = await promisify(execFile)(process.execPath, ["--import", "tsx", ...args], { encoding: "utf8" });
   return (JSON.parse(stdout.trim().split("\n").pop()!) as { steps_per_s: number }).steps_per_s;
 }
@@ -104,13 +107,41 @@ interface PipeliningCeiling {
  * processes at once nor half the batch is free here: a half-batch step reads the same weights
  * for half the tokens, and two processes share the memory bus.
  */
-async function pipeliningCeiling(dir: string, layers: number, batch: number, past: number, shared: number): Promise<PipeliningCeiling> {
+async function pipeliningCeiling(dir: string, numLayers: number, batch: number, past: number, shared: number): Promise<PipeliningCeiling> {
   const seconds = COMPUTE_LOOP_SECONDS;
+  const layers: [number, number] = [0, numLayers];
   const wholeBatchAlone = await computeLoop(dir, layers, batch, past, shared, seconds);
   const halfBatchAlone = await computeLoop(dir, layers, batch / 2, past, shared, seconds);
   const [a, b] = await Promise.all([computeLoop(dir, layers, batch / 2, past, shared, seconds), computeLoop(dir, layers, batch / 2, past, shared, seconds)]);
   const halfBatchBesideAnother = Math.min(a, b);
   return { wholeBatchAlone, halfBatchAlone, halfBatchBesideAnother, twoProcesses: (a + b) / halfBatchAlone, sameLoad: halfBatchBesideAnother / wholeBatchAlone };
+}
+
+/** Each planned stage's decode steps, compute loops outside any cluster (see plannedStagesCeiling). */
+interface PlannedStagesCeiling {
+  /** Each stage's step at the whole batch alone (off's steps), and at half the batch with every stage computing at once (on's), ms. */
+  wholeBatchAloneMs: number[];
+  halfBatchTogetherMs: number[];
+  /** What 2-stage pipelining can gain at most over these stages (see plannedStagesCeiling). */
+  ratio: number;
+}
+
+/**
+ * The most pipelining can gain over the stages as the cluster planned them, LM head included:
+ * off, a token waits for each stage's whole-batch step in turn; on, every stage steps at half the
+ * batch beside the others, and the slowest sets the pace. Below the half-model ceiling wherever
+ * the layers split unevenly or the head's half-batch GEMM loses more than a layer's: no schedule
+ * of these stages on this machine does better.
+ */
+async function plannedStagesCeiling(dir: string, partition: readonly (readonly [number, number])[], batch: number, past: number, shared: number): Promise<PlannedStagesCeiling> {
+  const seconds = COMPUTE_LOOP_SECONDS;
+  const ms = (stepsPerS: number) => 1000 / stepsPerS;
+  const wholeBatchAloneMs: number[] = [];
+  for (const [start, end] of partition) wholeBatchAloneMs.push(ms(await computeLoop(dir, [start, end], batch, past, shared, seconds)));
+  const halfBatchTogetherMs = (await Promise.all(partition.map(([start, end]) => computeLoop(dir, [start, end], batch / 2, past, shared, seconds)))).map(ms);
+  const off = wholeBatchAloneMs.reduce((a, b) => a + b, 0) / batch;
+  const on = Math.max(...halfBatchTogetherMs) / (batch / 2);
+  return { wholeBatchAloneMs, halfBatchTogetherMs, ratio: off / on };
 }
 
 /**
@@ -224,6 +255,8 @@ interface PipeliningResult {
   workOn: StageWork;
   workOff: StageWork;
   partition: string;
+  /** The on clusters' layer ranges. */
+  layers: [number, number][];
 }
 
 /** Pipelining off and on clusters, alternating `load.pairs` times (one cluster at a time), both planned for the load. */
@@ -244,6 +277,7 @@ async function comparePipelining(ctx: BenchContext, dir: string, load: Pipelinin
   const workOff = noWork();
   const workOn = noWork();
   let partition = "";
+  let layers: [number, number][] = [];
   // The cached prefixes are computed before timing: the system prompt by one request (requests
   // arriving together all miss the prefix cache), each history by a request of its own.
   const primed = async (cluster: LocalCluster, work: StageWork) => {
@@ -257,10 +291,11 @@ async function comparePipelining(ctx: BenchContext, dir: string, load: Pipelinin
     });
     await withCluster(ctx, opts, async (cluster) => {
       partition = describePartition(cluster.partition);
+      layers = cluster.partition;
       on.push(...(await primed(cluster, workOn)));
     });
   }
-  return { on, off, ratio: median(on) / median(off), workOn, workOff, partition };
+  return { on, off, ratio: median(on) / median(off), workOn, workOff, partition, layers };
 }
 
 /**
@@ -338,6 +373,10 @@ export const batching: BenchPart = {
     // The chat load's ceiling only: the busy shares and compute per token above measure the same
     // in the clusters themselves, for both loads.
     const chatCeiling = await pipeliningCeiling(dir, BENCH_SHAPE.numLayers / 2, CONCURRENT, CHAT_LOAD.midContext, CHAT_LOAD.systemTokens);
+    const chatStages = await plannedStagesCeiling(dir, chat.layers, CONCURRENT, CHAT_LOAD.midContext, CHAT_LOAD.systemTokens);
+    const conversationsStages = await plannedStagesCeiling(dir, conversations.layers, CONCURRENT, CONVERSATIONS_LOAD.midContext, 0);
+    figures.pipelining_ceiling_planned_stages = chatStages.ratio;
+    figures.pipelining_ceiling_planned_stages_conversations = conversationsStages.ratio;
     figures.pipelining_on_vs_off = chat.ratio;
     figures.pipelining_on_32_chat_tok_s = median(chat.on);
     figures.pipelining_off_32_chat_tok_s = median(chat.off);
@@ -365,7 +404,7 @@ export const batching: BenchPart = {
     // What reading the shared system prompt once per step (split attention's shared past) gains:
     // the chat load's half-step at half the batch with that prompt in shared blocks, over the
     // same with every sequence's past in blocks of its own.
-    const halfStep = (shared: number) => computeLoop(dir, BENCH_SHAPE.numLayers / 2, CONCURRENT / 2, CHAT_LOAD.midContext, shared, COMPUTE_LOOP_SECONDS);
+    const halfStep = (shared: number) => computeLoop(dir, [0, BENCH_SHAPE.numLayers / 2], CONCURRENT / 2, CHAT_LOAD.midContext, shared, COMPUTE_LOOP_SECONDS);
     figures.shared_past_step_speedup = (await halfStep(CHAT_LOAD.systemTokens)) / (await halfStep(0));
     // 1 request, then 32, at short context in one cluster (pipelining on), side by side.
     await withCluster(ctx, { modelDir: dir, workers: 2, planLoad: { batch: CONCURRENT / 2, contextTokens: PROMPT_TOKENS + NEW_TOKENS / 2 } }, async (cluster) => {
@@ -400,6 +439,14 @@ export const batching: BenchPart = {
       [`${label}: 2 processes at batch ${CONCURRENT / 2} at once vs 1`, "ratio", `${fmt(c.twoProcesses)}x`],
       [`${label}: most pipelining can gain here at this load`, "ratio", `${fmt(c.sameLoad)}x`],
     ];
+    const stageRows = ({ label }: PipeliningLoad, r: PipeliningResult, c: PlannedStagesCeiling) => [
+      [
+        `${label}: ${r.partition}'s decode steps outside a cluster, batch ${CONCURRENT} each alone / batch ${CONCURRENT / 2} all at once`,
+        "ms",
+        c.wholeBatchAloneMs.map((ms, i) => `${fmt(ms)} / ${fmt(c.halfBatchTogetherMs[i])}`).join(", "),
+      ],
+      [`${label}: the most pipelining can gain over those stages here (off: their steps in turn; on: the slowest)`, "ratio", `${fmt(c.ratio)}x`],
+    ];
     const workRows = ({ label }: PipeliningLoad, r: PipeliningResult) => [
       [`${label}: share of the stages' time computing (their own step timings), on / off`, "share", `${fmt(busyShare(r.workOn))} / ${fmt(busyShare(r.workOff))}`],
       [`${label}: stage compute per token, on vs off`, "ratio", `${fmt(computePerTokenOnVsOff(r))}x`],
@@ -415,11 +462,13 @@ export const batching: BenchPart = {
       [`${CHAT_LOAD.label}, pipelining off (1 in flight)`, "tok/s", `${fmt(median(chat.off))}  (${chat.off.map(fmt).join(" ")})`],
       ["pipelining_on_vs_off (chat; goal >= 1.6)", "ratio", `${fmt(chat.ratio)}x`],
       ...workRows(CHAT_LOAD, chat),
+      ...stageRows(CHAT_LOAD, chat, chatStages),
       ...ceilingRows(CHAT_LOAD, chatCeiling),
       [`${CONVERSATIONS_LOAD.label}, pipelining on, ${conversations.partition}`, "tok/s", `${fmt(median(conversations.on))}  (${conversations.on.map(fmt).join(" ")})`],
       [`${CONVERSATIONS_LOAD.label}, pipelining off`, "tok/s", `${fmt(median(conversations.off))}  (${conversations.off.map(fmt).join(" ")})`],
       ["pipelining_on_vs_off_conversations", "ratio", `${fmt(conversations.ratio)}x`],
       ...workRows(CONVERSATIONS_LOAD, conversations),
+      ...stageRows(CONVERSATIONS_LOAD, conversations, conversationsStages),
       [`${CHAT_LOAD.label}: ${BENCH_SHAPE.numLayers / 2}-layer half-step at batch ${CONCURRENT / 2}, system prompt read once for the batch vs once per sequence`, "ratio", `${fmt(figures.shared_past_step_speedup)}x`],
       ["short context, 1 request", "tok/s", fmt(figures.single_request_tok_s)],
       ["short context, 32 requests, same cluster", "tok/s", fmt(figures.concurrent_32_tok_s)],
