@@ -137,6 +137,17 @@ describe("strata generate --plan-batch / --plan-context-tokens", () => {
 });
 
 describe("strata generate refuses bad input clearly", () => {
+  it("a KV budget given both in bytes and as a memory fraction, or a fraction outside (0, 1], is a usage error (exit 2)", async () => {
+    const [both, zero] = await Promise.all([
+      cli("generate", "--kv-cache-bytes", "1000000", "--kv-memory-fraction", "0.1", "--prompt", "Hi", "--max-tokens", "4"),
+      cli("generate", "--kv-memory-fraction", "0", "--prompt", "Hi", "--max-tokens", "4"),
+    ]);
+    expect(both.code).toBe(2);
+    expect(both.stderr).toMatch(/^error: --kv-cache-bytes and --kv-memory-fraction each set the KV budget: give one/m);
+    expect(zero.code).toBe(2);
+    expect(zero.stderr).toMatch(/^error: --kv-memory-fraction: "0" is not a valid value/m);
+  });
+
   it("a partition that skips or overruns layers is a usage error (exit 2)", async () => {
     const [gap, overrun] = await Promise.all([
       cli("generate", "--partition", "0-2,3-5", "--prompt", "Hi", "--max-tokens", "4"),

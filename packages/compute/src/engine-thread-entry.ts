@@ -12,7 +12,7 @@ export type EngineRequest =
   | { kind: "close" };
 
 export type EngineReply =
-  | { kind: "ready" }
+  | { kind: "ready"; numBlocks: number }
   | { kind: "failed"; error: { name: string; message: string } }
   | {
       kind: "stepDone";
@@ -41,7 +41,7 @@ async function handle(request: EngineRequest): Promise<void> {
     case "init":
       try {
         engine = await StageEngine.create(request.weights, request.opts);
-        port.postMessage({ kind: "ready" } satisfies EngineReply);
+        port.postMessage({ kind: "ready", numBlocks: engine.numBlocks } satisfies EngineReply);
       } catch (error) {
         port.postMessage({ kind: "failed", error: describe(error) } satisfies EngineReply);
       }

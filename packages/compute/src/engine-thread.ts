@@ -1,6 +1,6 @@
 import { Worker } from "node:worker_threads";
 import type { LoraAdapter, StageWeights } from "@strata/model";
-import { DeviceUnavailableError, StageEngine, type ForwardWants, type StageChunk, type StageCompute, type StageEngineOptions, type StageOutput } from "./stage-engine.ts";
+import { DeviceUnavailableError, KvBudgetError, StageEngine, type ForwardWants, type StageChunk, type StageCompute, type StageEngineOptions, type StageOutput } from "./stage-engine.ts";
 import type { EngineReply, EngineRequest } from "./engine-thread-entry.ts";
 import { checkLoraAdapter } from "./lora-pack.ts";
 
@@ -36,6 +36,7 @@ export class ThreadedStageEngine implements StageCompute {
     private readonly thread: Worker,
     private readonly opts: StageEngineOptions,
     private readonly numLayers: number,
+    readonly numBlocks: number,
   ) {
     thread.on("message", (reply: EngineReply) => {
       if (reply.kind !== "stepDone") return;
@@ -56,11 +57,17 @@ export class ThreadedStageEngine implements StageCompute {
     // An idle thread must not keep its process alive (see forward).
     thread.unref();
     let onMessage = (_reply: EngineReply) => {};
+    let numBlocks = 0;
     let onExit = (_code: number) => {};
     let onError = (_error: Error) => {};
     try {
       await new Promise<void>((resolve, reject) => {
-        onMessage = (reply) => (reply.kind === "ready" ? resolve() : reply.kind === "failed" ? reject(rebuildError(reply.error)) : undefined);
+        onMessage = (reply) => {
+          if (reply.kind === "ready") {
+            numBlocks = reply.numBlocks;
+            resolve();
+          } else if (reply.kind === "failed") reject(rebuildError(reply.error));
+        };
         onExit = (code) => reject(new Error(`the stage's compute thread exited with code ${code} while loading`));
         onError = reject;
         thread.on("message", onMessage);
@@ -77,7 +84,7 @@ export class ThreadedStageEngine implements StageCompute {
       thread.off("exit", onExit);
       thread.off("error", onError);
     }
-    return new ThreadedStageEngine(thread, opts, weights.layerEnd - weights.layerStart);
+    return new ThreadedStageEngine(thread, opts, weights.layerEnd - weights.layerStart, numBlocks);
   }
 
   get failure(): Error | undefined {
@@ -159,7 +166,14 @@ function postWithWeights(thread: Worker, request: EngineRequest & { kind: "init"
 }
 
 function rebuildError(e: { name: string; message: string }): Error {
-  const error = e.name === "DeviceUnavailableError" ? new DeviceUnavailableError(e.message) : e.name === "RangeError" ? new RangeError(e.message) : new Error(e.message);
+  const error =
+    e.name === "DeviceUnavailableError"
+      ? new DeviceUnavailableError(e.message)
+      : e.name === "KvBudgetError"
+        ? new KvBudgetError(e.message)
+        : e.name === "RangeError"
+          ? new RangeError(e.message)
+          : new Error(e.message);
   if (error.name !== e.name) error.name = e.name;
   return error;
 }

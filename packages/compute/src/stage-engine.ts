@@ -1,9 +1,10 @@
 import * as ort from "onnxruntime-node";
-import { NO_BLOCK, type KvDtype } from "@strata/kv";
+import { NO_BLOCK, blocksForKvBudget, kvBytesPerBlock, type KvDtype } from "@strata/kv";
 import { toRotateHalfLayout, type LoraAdapter, type StageWeights } from "@strata/model";
 import { layerWeightCount } from "@strata/planner";
 import { LORA_IO, loraInputShapes, packLoraAdapter, type LoraInput } from "./lora-pack.ts";
 import { KvStore, type KvChunk } from "./kv-store.ts";
+import { availableMemoryBytes } from "./host-memory.ts";
 import { createSessionRunner, type SessionRunner } from "./session-runner.ts";
 import { buildStageGraph, defaultAttentionForm, pastKvPoolInput, sharedPastKvPoolInput, STAGE_IO, type AttentionForm } from "./stage-graph.ts";
 
@@ -11,6 +12,11 @@ export type Device = "cpu" | "cuda";
 
 export class DeviceUnavailableError extends Error {
   override name = "DeviceUnavailableError";
+}
+
+/** A KV budget (kvMemoryFraction of the memory available) that holds no whole block. */
+export class KvBudgetError extends Error {
+  override name = "KvBudgetError";
 }
 
 /** One sequence's share of a micro-batch, with the physical blocks that hold its KV on this stage. */
@@ -46,7 +52,14 @@ export interface ForwardWants {
 }
 
 export interface StageEngineOptions {
-  numBlocks: number;
+  /** KV blocks to allocate; without it, kvMemoryFraction sizes the cache. */
+  numBlocks?: number;
+  /**
+   * Instead of numBlocks: this fraction (0 to 1) of the memory the host has available
+   * (availableMemoryBytes) once the stage's compute session is built, its weights in it, in whole
+   * blocks of the stage's layers and dtype.
+   */
+  kvMemoryFraction?: number;
   blockSizeTokens: number;
   firstStage: boolean;
   lastStage: boolean;
@@ -74,6 +87,8 @@ export interface StageCompute {
   readonly computesAside: boolean;
   /** Why this engine can compute no more (its thread is gone), if so: every step then fails with it. */
   readonly failure: Error | undefined;
+  /** KV blocks the stage's cache holds. */
+  readonly numBlocks: number;
   forward(chunks: readonly StageChunk[], hidden?: Float32Array, wants?: ForwardWants): Promise<StageOutput>;
   setAdapter(id: string, adapter: LoraAdapter): void;
   removeAdapter(id: string): boolean;
@@ -81,6 +96,27 @@ export interface StageCompute {
 }
 
 const MASKED = -1e30;
+
+function checkKvSizing(opts: StageEngineOptions): void {
+  if (opts.numBlocks === undefined && opts.kvMemoryFraction === undefined) throw new RangeError("a stage engine needs numBlocks or kvMemoryFraction");
+  const fraction = opts.kvMemoryFraction;
+  if (fraction !== undefined && !(fraction > 0 && fraction <= 1)) throw new RangeError(`kvMemoryFraction must be more than 0 and at most 1, got ${fraction}`);
+}
+
+/** Whole KV blocks of the stage's layers in opts.kvMemoryFraction of the memory available now. */
+function kvBlocksForMemoryFraction(weights: StageWeights, opts: StageEngineOptions): number {
+  const fraction = opts.kvMemoryFraction!;
+  const c = weights.config;
+  const layout = { numLayers: weights.layerEnd - weights.layerStart, numKvHeads: c.numKvHeads, headDim: c.headDim, blockSizeTokens: opts.blockSizeTokens, kvDtype: opts.kvDtype ?? "fp32" };
+  const available = availableMemoryBytes();
+  const blocks = blocksForKvBudget(Math.floor(fraction * available), layout);
+  if (blocks < 1) {
+    throw new KvBudgetError(
+      `kv_memory_fraction ${fraction} of the host's available memory (${available} bytes) holds no block of ${layout.blockSizeTokens} tokens at ${kvBytesPerBlock(layout)} bytes/block (${layout.kvDtype})`,
+    );
+  }
+  return blocks;
+}
 
 /**
  * Runs one stage's layers over a micro-batch. Owns the stage's KV cache (a KvStore: for every
@@ -114,6 +150,7 @@ export class StageEngine implements StageCompute {
     private readonly session: SessionRunner,
     private readonly weights: StageWeights,
     private readonly opts: StageEngineOptions,
+    readonly numBlocks: number,
   ) {
     const c = weights.config;
     this.hiddenSize = c.hiddenSize;
@@ -121,7 +158,7 @@ export class StageEngine implements StageCompute {
     this.kvRow = c.numKvHeads * c.headDim;
     this.kv = new KvStore({
       numLayers: weights.layerEnd - weights.layerStart,
-      numBlocks: opts.numBlocks,
+      numBlocks,
       blockSizeTokens: opts.blockSizeTokens,
       numKvHeads: c.numKvHeads,
       headDim: c.headDim,
@@ -171,6 +208,7 @@ export class StageEngine implements StageCompute {
   }
 
   static async create(weights: StageWeights, opts: StageEngineOptions): Promise<StageEngine> {
+    checkKvSizing(opts);
     const rotated = toRotateHalfLayout(weights);
     const graph = buildStageGraph(rotated, { firstStage: opts.firstStage, lastStage: opts.lastStage, maxLoraRank: opts.maxLoraRank, attention: opts.attention });
     const device = opts.device ?? "cpu";
@@ -191,7 +229,8 @@ export class StageEngine implements StageCompute {
           `(ONNXRUNTIME_NODE_INSTALL=cuda12 pnpm rebuild onnxruntime-node), or use --device cpu`,
       );
     }
-    return new StageEngine(session, rotated, opts);
+    // Measured with the session built: onnxruntime holds its own copy of the weights by then.
+    return new StageEngine(session, rotated, opts, opts.numBlocks ?? kvBlocksForMemoryFraction(weights, opts));
   }
 
   /** Ends the compute thread, if any; the engine cannot run after this. */

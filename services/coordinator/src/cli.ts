@@ -30,6 +30,8 @@ common options:
   --nats-url URL         NATS server to use when reachable (default $NATS_URL or nats://127.0.0.1:4222);
                          otherwise nats-server is started from PATH on a free port
   --kv-cache-bytes N     KV cache budget per worker (default 128 MiB)
+  --kv-memory-fraction F instead: each worker's KV cache is this fraction (0 to 1) of the memory
+                         its host has available once its weights are loaded
   --block-size N         KV block size in tokens (default 16)
   --threads N            onnxruntime intra-op threads per worker (default 1)
   --compute-thread       each worker computes on a thread of its own, so it reads the next
@@ -85,6 +87,7 @@ const { positionals, values } = parseArgs({
     "plan-batch": { type: "string" },
     "plan-context-tokens": { type: "string" },
     "plan-shared-prefix-tokens": { type: "string" },
+    "kv-memory-fraction": { type: "string" },
     device: { type: "string", default: "cpu" },
     "nats-url": { type: "string" },
     "kv-cache-bytes": { type: "string" },
@@ -146,7 +149,7 @@ async function clusterOptions(): Promise<ClusterOptions & { tokenizer: Tokenizer
     planLoad: planLoadOption(),
     natsUrl: values["nats-url"] ?? process.env.NATS_URL ?? "nats://127.0.0.1:4222",
     device,
-    kvCacheBytes: numberOption("kv-cache-bytes", values["kv-cache-bytes"], (n) => n > 0),
+    ...kvBudgetOption(),
     blockSizeTokens: numberOption("block-size", values["block-size"], (n) => Number.isInteger(n) && n > 0),
     threadsPerWorker: numberOption("threads", values.threads, (n) => Number.isInteger(n) && n > 0),
     computeThread: values["compute-thread"],
@@ -161,6 +164,13 @@ async function clusterOptions(): Promise<ClusterOptions & { tokenizer: Tokenizer
     loras: (values.lora ?? []).map(loraOption),
     maxLoraRank: numberOption("max-lora-rank", values["max-lora-rank"], (n) => Number.isInteger(n) && n >= 0),
   };
+}
+
+function kvBudgetOption(): Pick<ClusterOptions, "kvCacheBytes" | "kvMemoryFraction"> {
+  const kvCacheBytes = numberOption("kv-cache-bytes", values["kv-cache-bytes"], (n) => n > 0);
+  const kvMemoryFraction = numberOption("kv-memory-fraction", values["kv-memory-fraction"], (n) => n > 0 && n <= 1);
+  if (kvCacheBytes !== undefined && kvMemoryFraction !== undefined) throw new UsageError("--kv-cache-bytes and --kv-memory-fraction each set the KV budget: give one");
+  return { kvCacheBytes, kvMemoryFraction };
 }
 
 function planLoadOption(): ClusterOptions["planLoad"] {

@@ -46,6 +46,12 @@ export interface ClusterOptions {
   device?: string;
   blockSizeTokens?: number;
   kvCacheBytes?: number;
+  /**
+   * Instead of kvCacheBytes: each worker's KV cache is this fraction (0 to 1) of the memory its
+   * host has available once it has loaded its weights, so workers on different hosts, or with
+   * different layers, get what their own memory allows; the scheduler admits against the tightest.
+   */
+  kvMemoryFraction?: number;
   threadsPerWorker?: number;
   /** Each stage's compute on a thread of its own (see the worker's --compute-thread; default off). */
   computeThread?: boolean;
@@ -140,6 +146,10 @@ export class LocalCluster {
       });
     const maxLoraRank = opts.maxLoraRank ?? (opts.loras?.length ? DEFAULT_MAX_LORA_RANK : 0);
     validatePartition(partition, config.numLayers);
+    if (opts.kvMemoryFraction !== undefined) {
+      if (opts.kvCacheBytes !== undefined) throw new RangeError("give a KV budget in bytes or as a fraction of available memory, not both");
+      if (!(opts.kvMemoryFraction > 0 && opts.kvMemoryFraction <= 1)) throw new RangeError(`kvMemoryFraction must be more than 0 and at most 1, got ${opts.kvMemoryFraction}`);
+    }
 
     let ownNats: NatsServerProcess | undefined;
     let natsUrl = opts.natsUrl;
@@ -174,6 +184,7 @@ export class LocalCluster {
         partition,
         blockSizeTokens: opts.blockSizeTokens ?? DEFAULT_BLOCK_SIZE_TOKENS,
         kvCacheBytes: opts.kvCacheBytes ?? DEFAULT_KV_CACHE_BYTES,
+        kvMemoryFraction: opts.kvMemoryFraction,
         device: opts.device ?? "cpu",
         kvDtype: opts.kvDtype ?? "fp32",
         maxLoraRank,

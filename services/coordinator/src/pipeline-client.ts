@@ -59,6 +59,8 @@ export interface LoadOptions {
   partition: Partition;
   blockSizeTokens: number;
   kvCacheBytes: number;
+  /** When set, each stage sizes its KV cache as this fraction of its host's available memory instead. */
+  kvMemoryFraction?: number;
   device: string;
   kvDtype?: string;
   /** Largest LoRA rank the stages will serve (0: no adapter support). */
@@ -142,6 +144,7 @@ export class PipelineClient {
           kvDtype: opts.kvDtype ?? "fp32",
           blockSizeTokens: opts.blockSizeTokens,
           kvCacheBytes: BigInt(opts.kvCacheBytes),
+          kvMemoryFraction: opts.kvMemoryFraction ?? 0,
           nextStageAddress: this.addresses[i + 1] ?? "",
           // The last of several stages sends decode runs' next steps back to the first.
           firstStageAddress: i === this.stubs.length - 1 && i > 0 ? this.addresses[0] : "",

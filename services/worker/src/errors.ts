@@ -1,5 +1,5 @@
 import { status as GrpcStatus } from "@grpc/grpc-js";
-import { DeviceUnavailableError } from "@strata/compute";
+import { DeviceUnavailableError, KvBudgetError } from "@strata/compute";
 import { KvCapacityError, UnknownSequenceError } from "@strata/kv";
 import { LayerRangeError, ModelFormatError } from "@strata/model";
 import { TensorShapeError } from "@strata/proto";
@@ -21,7 +21,7 @@ export function grpcCodeFor(error: unknown): GrpcStatus {
   if (error instanceof TensorShapeError || error instanceof LayerRangeError) return GrpcStatus.INVALID_ARGUMENT;
   if (error instanceof ModelFormatError || error instanceof DeviceUnavailableError) return GrpcStatus.FAILED_PRECONDITION;
   if (error instanceof UnknownSequenceError) return GrpcStatus.NOT_FOUND;
-  if (error instanceof KvCapacityError) return GrpcStatus.RESOURCE_EXHAUSTED;
+  if (error instanceof KvCapacityError || error instanceof KvBudgetError) return GrpcStatus.RESOURCE_EXHAUSTED;
   return GrpcStatus.INTERNAL;
 }
 

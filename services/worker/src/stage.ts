@@ -15,6 +15,8 @@ export interface StageSpec {
   numStages: number;
   blockSizeTokens: number;
   kvCacheBytes: number;
+  /** When above 0, sizes the KV cache instead of kvCacheBytes (see StageEngineOptions.kvMemoryFraction). */
+  kvMemoryFraction: number;
   device: Device;
   kvDtype: KvDtype;
   intraOpThreads: number;
@@ -98,15 +100,17 @@ export class LoadedStage {
     const bytesPerToken = kvBytesPerToken(numLayers, config.numKvHeads, config.headDim, kvBytesPerElement(spec.kvDtype));
     // Exact block bytes of the dtype, int8 / fp8 scales included.
     const blockLayout = { numLayers, numKvHeads: config.numKvHeads, headDim: config.headDim, blockSizeTokens: spec.blockSizeTokens, kvDtype: spec.kvDtype };
-    const numBlocks = blocksForKvBudget(spec.kvCacheBytes, blockLayout);
-    if (numBlocks < 1) {
+    const byFraction = spec.kvMemoryFraction > 0;
+    const numBlocks = byFraction ? undefined : blocksForKvBudget(spec.kvCacheBytes, blockLayout);
+    if (numBlocks !== undefined && numBlocks < 1) {
       throw new StageRequestError(
         GrpcStatus.INVALID_ARGUMENT,
         `kv_cache_bytes ${spec.kvCacheBytes} holds no block of ${spec.blockSizeTokens} tokens at ${kvBytesPerBlock(blockLayout)} bytes/block (${spec.kvDtype})`,
       );
     }
+    // With a fraction, the engine measures the memory left once its session is built.
     const engine = await createStageCompute(weights, {
-      numBlocks,
+      ...(byFraction ? { kvMemoryFraction: spec.kvMemoryFraction } : { numBlocks }),
       blockSizeTokens: spec.blockSizeTokens,
       firstStage,
       lastStage,
@@ -116,7 +120,7 @@ export class LoadedStage {
       kvDtype: spec.kvDtype,
       maxLoraRank: spec.maxLoraRank,
     });
-    const tables = new StageBlockTables(numBlocks, spec.blockSizeTokens);
+    const tables = new StageBlockTables(engine.numBlocks, spec.blockSizeTokens);
     return new LoadedStage(spec, config, engine, tables, bytesPerToken, source.bytesRead());
   }
 

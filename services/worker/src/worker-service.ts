@@ -240,6 +240,9 @@ export class WorkerNode {
       if (device !== "cpu" && device !== "cuda") {
         throw new StageRequestError(grpc.status.INVALID_ARGUMENT, `device "${req.device}" is not one of cpu, cuda`);
       }
+      if (!(req.kvMemoryFraction >= 0 && req.kvMemoryFraction <= 1)) {
+        throw new StageRequestError(grpc.status.INVALID_ARGUMENT, `kv_memory_fraction ${req.kvMemoryFraction} is not between 0 and 1`);
+      }
       if (req.eventScope !== "") {
         try {
           checkEventScope(req.eventScope);
@@ -258,6 +261,7 @@ export class WorkerNode {
             numStages: req.numStages,
             blockSizeTokens: req.blockSizeTokens || DEFAULT_BLOCK_SIZE_TOKENS,
             kvCacheBytes: Number(req.kvCacheBytes) || DEFAULT_KV_CACHE_BYTES,
+            kvMemoryFraction: req.kvMemoryFraction,
             device,
             kvDtype: kvDtypeOf(req.kvDtype),
             intraOpThreads: this.opts.intraOpThreads ?? 1,
