@@ -146,12 +146,17 @@ export class StageEngine implements StageCompute {
   // What one sequence's read of one past position costs, in rows (see POSITION_READ_MACS_PER_HEAD_DIM).
   private readonly positionReadCostInRows: number;
 
+  // The stage's shape only: its weights live in onnxruntime's session, and a reference to the
+  // arrays they came from here would keep a second copy of them for the engine's lifetime.
+  private readonly weights: Pick<StageWeights, "config" | "layerStart" | "layerEnd">;
+
   private constructor(
     private readonly session: SessionRunner,
-    private readonly weights: StageWeights,
+    weights: StageWeights,
     private readonly opts: StageEngineOptions,
     readonly numBlocks: number,
   ) {
+    this.weights = { config: weights.config, layerStart: weights.layerStart, layerEnd: weights.layerEnd };
     const c = weights.config;
     this.hiddenSize = c.hiddenSize;
     this.vocabSize = c.vocabSize;

@@ -1,14 +1,16 @@
-import { totalmem } from "node:os";
 import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { tmpdir, totalmem } from "node:os";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { kvBytesPerBlock } from "@strata/kv";
 import { openModel, writeSyntheticModel, type StageWeights } from "@strata/model";
 import { availableMemoryBytes, cgroupHeadroomBytes, createStageCompute, memAvailableBytes, StageEngine } from "../src/index.ts";
 
-// A stage's KV cache sized from its host's memory (the workers' kv_memory_fraction): whole blocks
-// of the stage's own layers in that fraction of what is available once its session is built.
+// A stage engine's memory: its KV cache sized from its host's (the workers' kv_memory_fraction),
+// whole blocks of the stage's own layers in that fraction of what is available once its session
+// is built; and no second copy of its weights beside the session's.
 
 describe("available memory", () => {
   it("reads MemAvailable from /proc/meminfo", () => {
@@ -83,5 +85,34 @@ describe("a stage engine sized by kvMemoryFraction", () => {
     const sized = await StageEngine.create(w, { ...opts, numBlocks: 7 });
     expect(sized.numBlocks).toBe(7);
     await sized.close();
+  });
+});
+
+describe("a stage engine's memory", () => {
+  it("keeps no copy of the weight arrays it was built from: onnxruntime's session holds them", async () => {
+    setFlagsFromString("--expose-gc");
+    const gc = runInNewContext("gc") as () => void;
+    const tmp = mkdtempSync(join(tmpdir(), "strata-engine-weights-"));
+    try {
+      await writeSyntheticModel(tmp, { hiddenSize: 64, intermediateSize: 160, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 16, vocabSize: 96, maxPositionEmbeddings: 64 }, 3);
+      const source = await openModel(tmp);
+      let weights: StageWeights | undefined = await source.loadStage({ layerStart: 0, layerEnd: 2, withEmbedding: true, withHead: true });
+      await source.close();
+      // An MLP matrix, which the engine's rotate-half layout takes as it is.
+      const mlp = new WeakRef(weights.layers[0].wGate);
+      const engine = await StageEngine.create(weights, { numBlocks: 4, blockSizeTokens: 16, firstStage: true, lastStage: true });
+      weights = undefined;
+      for (let i = 0; i < 5 && mlp.deref(); i++) {
+        await new Promise((resolve) => setTimeout(resolve, 10));
+        gc();
+      }
+      expect(mlp.deref()).toBeUndefined();
+      // Still computes from the session's own copy.
+      const out = await engine.forward([{ seqId: 1, startPosition: 0, numTokens: 2, tokenIds: [3, 4], blockTable: [0] }]);
+      expect(out.greedyTokens).toHaveLength(1);
+      await engine.close();
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
   });
 });
