@@ -57,7 +57,8 @@ export interface StageEngineOptions {
   /**
    * Instead of numBlocks: this fraction (0 to 1) of the memory the host has available
    * (availableMemoryBytes) once the stage's compute session is built, its weights in it, in whole
-   * blocks of the stage's layers and dtype.
+   * blocks of the stage's layers and dtype. The loader's arrays may not be collected yet then, so
+   * the budget errs low by up to a few copies of the stage's weights.
    */
   kvMemoryFraction?: number;
   blockSizeTokens: number;
