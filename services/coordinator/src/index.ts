@@ -1,4 +1,4 @@
-export { LocalCluster, servedModelName, type ClusterOptions } from "./cluster.ts";
+export { LocalCluster, gcOnComputeThreads, servedModelName, type ClusterOptions } from "./cluster.ts";
 export { AdapterManager } from "./adapters.ts";
 export { Engine, ContextLengthError, RequestValidationError, RequestAbortedError, requestExtraKeys, type AdapterRef, type GenerateRequest, type GenerateResult, type FinishReason } from "./engine.ts";
 export { PipelineClient, StageFailure, type WorkerStub } from "./pipeline-client.ts";
