@@ -4,7 +4,7 @@ import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { BUNDLED_MODEL_DIR, openModel } from "@strata/model";
 import { GREEDY, SeededRandom, type SamplingParams } from "@strata/sampling";
-import type { LocalCluster } from "@strata/coordinator";
+import { gcOnComputeThreads, type LocalCluster } from "@strata/coordinator";
 import { describeModel, describePartition, fmt, median, round, table, withCluster, WARMUP_ROUNDS, type BenchContext, type BenchPart } from "./support.ts";
 import { BENCH_SHAPE, describeShape, syntheticModelDir } from "./synthetic.ts";
 import { scrape } from "../support/prometheus.ts";
@@ -80,9 +80,11 @@ const CONVERSATIONS_LOAD: PipeliningLoad = {
  * Decode steps/s of one compute-loop process over layers `layers` (the LM head too where they end
  * the model) at batch `batch`, `past` tokens in (the first `shared` in shared blocks), for `seconds`.
  */
-async function computeLoop(dir: string, layers: [number, number], batch: number, past: number, shared: number, seconds: number): Promise<number> {
+async function computeLoop(dir: string, layers: [number, number], batch: number, past: number, shared: number, seconds: number, clusterWorkers: number): Promise<number> {
   const args = [COMPUTE_LOOP, dir, String(layers[0]), String(layers[1]), String(batch), String(past), String(seconds), String(shared)];
-  const { stdout } = await promisify(execFile)(process.execPath, ["--import", "tsx", ...args], { encoding: "utf8" });
+  // With the garbage collection a cluster of `clusterWorkers` workers gives its worker processes.
+  const gc = gcOnComputeThreads({ workers: clusterWorkers }) ? ["--single-threaded-gc"] : [];
+  const { stdout } = await promisify(execFile)(process.execPath, [...gc, "--import", "tsx", ...args], { encoding: "utf8" });
   return (JSON.parse(stdout.trim().split("\n").pop()!) as { steps_per_s: number }).steps_per_s;
 }
 
@@ -110,9 +112,9 @@ interface PipeliningCeiling {
 async function pipeliningCeiling(dir: string, numLayers: number, batch: number, past: number, shared: number): Promise<PipeliningCeiling> {
   const seconds = COMPUTE_LOOP_SECONDS;
   const layers: [number, number] = [0, numLayers];
-  const wholeBatchAlone = await computeLoop(dir, layers, batch, past, shared, seconds);
-  const halfBatchAlone = await computeLoop(dir, layers, batch / 2, past, shared, seconds);
-  const [a, b] = await Promise.all([computeLoop(dir, layers, batch / 2, past, shared, seconds), computeLoop(dir, layers, batch / 2, past, shared, seconds)]);
+  const wholeBatchAlone = await computeLoop(dir, layers, batch, past, shared, seconds, 2);
+  const halfBatchAlone = await computeLoop(dir, layers, batch / 2, past, shared, seconds, 2);
+  const [a, b] = await Promise.all([computeLoop(dir, layers, batch / 2, past, shared, seconds, 2), computeLoop(dir, layers, batch / 2, past, shared, seconds, 2)]);
   const halfBatchBesideAnother = Math.min(a, b);
   return { wholeBatchAlone, halfBatchAlone, halfBatchBesideAnother, twoProcesses: (a + b) / halfBatchAlone, sameLoad: halfBatchBesideAnother / wholeBatchAlone };
 }
@@ -137,8 +139,8 @@ async function plannedStagesCeiling(dir: string, partition: readonly (readonly [
   const seconds = COMPUTE_LOOP_SECONDS;
   const ms = (stepsPerS: number) => 1000 / stepsPerS;
   const wholeBatchAloneMs: number[] = [];
-  for (const [start, end] of partition) wholeBatchAloneMs.push(ms(await computeLoop(dir, [start, end], batch, past, shared, seconds)));
-  const halfBatchTogetherMs = (await Promise.all(partition.map(([start, end]) => computeLoop(dir, [start, end], batch / 2, past, shared, seconds)))).map(ms);
+  for (const [start, end] of partition) wholeBatchAloneMs.push(ms(await computeLoop(dir, [start, end], batch, past, shared, seconds, partition.length)));
+  const halfBatchTogetherMs = (await Promise.all(partition.map(([start, end]) => computeLoop(dir, [start, end], batch / 2, past, shared, seconds, partition.length)))).map(ms);
   const off = wholeBatchAloneMs.reduce((a, b) => a + b, 0) / batch;
   const on = Math.max(...halfBatchTogetherMs) / (batch / 2);
   return { wholeBatchAloneMs, halfBatchTogetherMs, ratio: off / on };
@@ -404,7 +406,7 @@ export const batching: BenchPart = {
     // What reading the shared system prompt once per step (split attention's shared past) gains:
     // the chat load's half-step at half the batch with that prompt in shared blocks, over the
     // same with every sequence's past in blocks of its own.
-    const halfStep = (shared: number) => computeLoop(dir, [0, BENCH_SHAPE.numLayers / 2], CONCURRENT / 2, CHAT_LOAD.midContext, shared, COMPUTE_LOOP_SECONDS);
+    const halfStep = (shared: number) => computeLoop(dir, [0, BENCH_SHAPE.numLayers / 2], CONCURRENT / 2, CHAT_LOAD.midContext, shared, COMPUTE_LOOP_SECONDS, 2);
     figures.shared_past_step_speedup = (await halfStep(CHAT_LOAD.systemTokens)) / (await halfStep(0));
     // 1 request, then 32, at short context in one cluster (pipelining on), side by side.
     await withCluster(ctx, { modelDir: dir, workers: 2, planLoad: { batch: CONCURRENT / 2, contextTokens: PROMPT_TOKENS + NEW_TOKENS / 2 } }, async (cluster) => {
