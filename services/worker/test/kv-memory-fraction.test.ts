@@ -1,23 +1,18 @@
 import * as grpc from "@grpc/grpc-js";
-import { create } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BUNDLED_MODEL_DIR } from "@strata/model";
-import { LoadRequestSchema, WorkerService, grpcChannelOptions, grpcClientConstructor, type DescribeResponse, type LoadResponse } from "@strata/proto";
+import type { DescribeResponse } from "@strata/proto";
 import { startWorkerServer, type RunningWorker } from "../src/index.ts";
+import { loadStage, workerStub, type WorkerStub } from "./support/worker-client.ts";
 
 // LoadRequest.kv_memory_fraction over gRPC: a fraction outside [0, 1] is the caller's error, one
 // that buys no block is the host's shortfall, and one that buys blocks sizes the stage's cache.
 
-const WorkerClient = grpcClientConstructor(WorkerService);
-interface Stub extends grpc.Client {
-  load(req: unknown): grpc.ClientReadableStream<LoadResponse>;
-}
-
 let worker: RunningWorker;
-let stub: Stub;
+let stub: WorkerStub;
 beforeAll(async () => {
   worker = await startWorkerServer({ workerId: "kv-fraction-test" });
-  stub = new WorkerClient(worker.address, grpc.credentials.createInsecure(), grpcChannelOptions) as unknown as Stub;
+  stub = workerStub(worker.address);
 });
 afterAll(async () => {
   stub?.close();
@@ -25,15 +20,7 @@ afterAll(async () => {
 });
 
 function load(kvMemoryFraction: number): Promise<DescribeResponse> {
-  return new Promise((resolve, reject) => {
-    const call = stub.load(create(LoadRequestSchema, { modelDir: BUNDLED_MODEL_DIR, layerStart: 0, layerEnd: 5, stageIndex: 0, numStages: 1, kvMemoryFraction }));
-    let ready: DescribeResponse | undefined;
-    call.on("data", (msg: LoadResponse) => {
-      if (msg.event.case === "ready") ready = msg.event.value;
-    });
-    call.on("error", reject);
-    call.on("end", () => (ready ? resolve(ready) : reject(new Error("load ended without ready"))));
-  });
+  return loadStage(stub, { modelDir: BUNDLED_MODEL_DIR, layerStart: 0, layerEnd: 5, stageIndex: 0, numStages: 1, kvMemoryFraction });
 }
 
 describe("a stage's KV cache as a fraction of available memory", () => {

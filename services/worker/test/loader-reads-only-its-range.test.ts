@@ -1,19 +1,10 @@
 import { statSync } from "node:fs";
 import { join } from "node:path";
-import * as grpc from "@grpc/grpc-js";
-import { create } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BUNDLED_HF_MODEL_DIR, BUNDLED_MODEL_DIR } from "@strata/model";
-import {
-  DescribeRequestSchema,
-  LoadRequestSchema,
-  WorkerService,
-  grpcChannelOptions,
-  grpcClientConstructor,
-  type DescribeResponse,
-  type LoadResponse,
-} from "@strata/proto";
+import type { DescribeResponse } from "@strata/proto";
 import { startWorkerServer, type RunningWorker } from "../src/index.ts";
+import { describeWorker as describeOver, loadStage, workerStub, type WorkerStub } from "./support/worker-client.ts";
 
 // A worker loading one layer range reads that range's bytes from the weight file and not the rest:
 // a middle stage of stories260K reads one layer's tensors, not the embedding, not the other layers.
@@ -25,18 +16,12 @@ const LAYER_FLOATS = D + D * D + KV * D + KV * D + D * D + D + 3 * FF * D;
 const LAYER_BYTES = LAYER_FLOATS * 4; // 181,760
 const EMBEDDING_BYTES = 512 * D * 4; // 131,072
 
-const WorkerClient = grpcClientConstructor(WorkerService);
-interface Stub extends grpc.Client {
-  load(req: unknown): grpc.ClientReadableStream<LoadResponse>;
-  describe(req: unknown, cb: (err: grpc.ServiceError | null, res: DescribeResponse) => void): void;
-}
-
 let worker: RunningWorker;
-let stub: Stub;
+let stub: WorkerStub;
 beforeAll(async () => {
   // No NATS: a lone worker serves Load and Describe without one.
   worker = await startWorkerServer({ workerId: "loader-test" });
-  stub = new WorkerClient(worker.address, grpc.credentials.createInsecure(), grpcChannelOptions) as unknown as Stub;
+  stub = workerStub(worker.address);
 });
 afterAll(async () => {
   stub?.close();
@@ -44,19 +29,11 @@ afterAll(async () => {
 });
 
 function load(modelDir: string, layerStart: number, layerEnd: number): Promise<DescribeResponse> {
-  return new Promise((resolve, reject) => {
-    const call = stub.load(create(LoadRequestSchema, { modelDir, layerStart, layerEnd, stageIndex: 1, numStages: 3, device: "cpu", blockSizeTokens: 16, kvCacheBytes: 1n << 20n }));
-    let ready: DescribeResponse | undefined;
-    call.on("data", (msg: LoadResponse) => {
-      if (msg.event.case === "ready") ready = msg.event.value;
-    });
-    call.on("error", reject);
-    call.on("end", () => (ready ? resolve(ready) : reject(new Error("load ended without ready"))));
-  });
+  return loadStage(stub, { modelDir, layerStart, layerEnd, stageIndex: 1, numStages: 3, device: "cpu", blockSizeTokens: 16, kvCacheBytes: 1n << 20n });
 }
 
 function describeWorker(): Promise<DescribeResponse> {
-  return new Promise((resolve, reject) => stub.describe(create(DescribeRequestSchema, {}), (err, res) => (err ? reject(err) : resolve(res))));
+  return describeOver(stub);
 }
 
 describe("a worker reads only its layer range", () => {
