@@ -256,7 +256,6 @@ interface PipeliningResult {
    */
   workOn: StageWork;
   workOff: StageWork;
-  partition: string;
   /** The on clusters' layer ranges. */
   layers: [number, number][];
 }
@@ -278,7 +277,6 @@ async function comparePipelining(ctx: BenchContext, dir: string, load: Pipelinin
   const noWork = (): StageWork => ({ wallSeconds: 0, tokens: 0, stageSeconds: [], decodeSeconds: [], decodeSteps: [], decodeTokens: [], cpuSeconds: 0 });
   const workOff = noWork();
   const workOn = noWork();
-  let partition = "";
   let layers: [number, number][] = [];
   // The cached prefixes are computed before timing: the system prompt by one request (requests
   // arriving together all miss the prefix cache), each history by a request of its own.
@@ -292,12 +290,11 @@ async function comparePipelining(ctx: BenchContext, dir: string, load: Pipelinin
       off.push(...(await primed(cluster, workOff)));
     });
     await withCluster(ctx, opts, async (cluster) => {
-      partition = describePartition(cluster.partition);
       layers = cluster.partition;
       on.push(...(await primed(cluster, workOn)));
     });
   }
-  return { on, off, ratio: median(on) / median(off), workOn, workOff, partition, layers };
+  return { on, off, ratio: median(on) / median(off), workOn, workOff, layers };
 }
 
 /**
@@ -443,7 +440,7 @@ export const batching: BenchPart = {
     ];
     const stageRows = ({ label }: PipeliningLoad, r: PipeliningResult, c: PlannedStagesCeiling) => [
       [
-        `${label}: ${r.partition}'s decode steps outside a cluster, batch ${CONCURRENT} each alone / batch ${CONCURRENT / 2} all at once`,
+        `${label}: ${describePartition(r.layers)}'s decode steps outside a cluster, batch ${CONCURRENT} each alone / batch ${CONCURRENT / 2} all at once`,
         "ms",
         c.wholeBatchAloneMs.map((ms, i) => `${fmt(ms)} / ${fmt(c.halfBatchTogetherMs[i])}`).join(", "),
       ],
@@ -460,13 +457,13 @@ export const batching: BenchPart = {
     ];
     for (const line of table([
       ["load", "figure", "value"],
-      [`${CHAT_LOAD.label}, pipelining on (2 micro-batches in flight), ${chat.partition}`, "tok/s", `${fmt(median(chat.on))}  (${chat.on.map(fmt).join(" ")})`],
+      [`${CHAT_LOAD.label}, pipelining on (2 micro-batches in flight), ${describePartition(chat.layers)}`, "tok/s", `${fmt(median(chat.on))}  (${chat.on.map(fmt).join(" ")})`],
       [`${CHAT_LOAD.label}, pipelining off (1 in flight)`, "tok/s", `${fmt(median(chat.off))}  (${chat.off.map(fmt).join(" ")})`],
       ["pipelining_on_vs_off (chat; goal >= 1.6)", "ratio", `${fmt(chat.ratio)}x`],
       ...workRows(CHAT_LOAD, chat),
       ...stageRows(CHAT_LOAD, chat, chatStages),
       ...ceilingRows(CHAT_LOAD, chatCeiling),
-      [`${CONVERSATIONS_LOAD.label}, pipelining on, ${conversations.partition}`, "tok/s", `${fmt(median(conversations.on))}  (${conversations.on.map(fmt).join(" ")})`],
+      [`${CONVERSATIONS_LOAD.label}, pipelining on, ${describePartition(conversations.layers)}`, "tok/s", `${fmt(median(conversations.on))}  (${conversations.on.map(fmt).join(" ")})`],
       [`${CONVERSATIONS_LOAD.label}, pipelining off`, "tok/s", `${fmt(median(conversations.off))}  (${conversations.off.map(fmt).join(" ")})`],
       ["pipelining_on_vs_off_conversations", "ratio", `${fmt(conversations.ratio)}x`],
       ...workRows(CONVERSATIONS_LOAD, conversations),

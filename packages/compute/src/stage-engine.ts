@@ -98,10 +98,14 @@ export interface StageCompute {
 
 const MASKED = -1e30;
 
+/** Throws a RangeError unless `fraction` is a share of memory a KV cache can be sized by: (0, 1]. */
+export function checkKvMemoryFraction(fraction: number): void {
+  if (!(fraction > 0 && fraction <= 1)) throw new RangeError(`kvMemoryFraction must be more than 0 and at most 1, got ${fraction}`);
+}
+
 function checkKvSizing(opts: StageEngineOptions): void {
   if (opts.numBlocks === undefined && opts.kvMemoryFraction === undefined) throw new RangeError("a stage engine needs numBlocks or kvMemoryFraction");
-  const fraction = opts.kvMemoryFraction;
-  if (fraction !== undefined && !(fraction > 0 && fraction <= 1)) throw new RangeError(`kvMemoryFraction must be more than 0 and at most 1, got ${fraction}`);
+  if (opts.kvMemoryFraction !== undefined) checkKvMemoryFraction(opts.kvMemoryFraction);
 }
 
 /** Whole KV blocks of the stage's layers in opts.kvMemoryFraction of the memory available now. */

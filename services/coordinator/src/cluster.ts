@@ -4,7 +4,7 @@ import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { EventBus, isReachable, newEventScope, startNatsServer, type NatsServerProcess } from "@strata/events";
 import { BUNDLED_MODEL_DIR, openModel, type ModelConfig } from "@strata/model";
-import { defaultAttentionForm } from "@strata/compute";
+import { checkKvMemoryFraction, defaultAttentionForm } from "@strata/compute";
 import { kvBytesPerElement } from "@strata/kv";
 import { balancedPartition, DEFAULT_PLAN_LOAD, validatePartition, type Partition } from "@strata/planner";
 import { startWorkerServer, DEFAULT_BLOCK_SIZE_TOKENS, DEFAULT_KV_CACHE_BYTES, type RunningWorker } from "@strata/worker";
@@ -148,7 +148,7 @@ export class LocalCluster {
     validatePartition(partition, config.numLayers);
     if (opts.kvMemoryFraction !== undefined) {
       if (opts.kvCacheBytes !== undefined) throw new RangeError("give a KV budget in bytes or as a fraction of available memory, not both");
-      if (!(opts.kvMemoryFraction > 0 && opts.kvMemoryFraction <= 1)) throw new RangeError(`kvMemoryFraction must be more than 0 and at most 1, got ${opts.kvMemoryFraction}`);
+      checkKvMemoryFraction(opts.kvMemoryFraction);
     }
 
     let ownNats: NatsServerProcess | undefined;
