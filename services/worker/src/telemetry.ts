@@ -90,8 +90,18 @@ export class StageTelemetry implements StageObserver {
       buckets: SECONDS_BUCKETS,
       registers,
     });
+    // One describe() per scrape, which every stage series below reads: prom-client collects all
+    // of a scrape's metrics within one turn of the event loop.
+    let scraped: DescribeResponse | undefined;
+    const described = () => {
+      if (!scraped) {
+        scraped = this.describe();
+        setImmediate(() => (scraped = undefined));
+      }
+      return scraped;
+    };
     const kv = () => {
-      const d = this.describe();
+      const d = described();
       return d.loaded && d.kv ? { stage: String(d.stageIndex), kv: d.kv } : undefined;
     };
     const gauge = (name: string, help: string, value: (k: NonNullable<DescribeResponse["kv"]>) => number) =>
@@ -134,7 +144,7 @@ export class StageTelemetry implements StageObserver {
       registers,
       collect() {
         this.reset();
-        const d = describe();
+        const d = described();
         if (d.loaded) this.set({ stage: String(d.stageIndex) }, d.adapters.length);
       },
     });
