@@ -121,6 +121,17 @@ describe("strata generate --plan-batch / --plan-context-tokens", () => {
     }
   });
 
+  it("--plan-shared-prefix-tokens says so where the model's attention cannot read a shared past once", async () => {
+    // stories260K's K/V are 32 floats wide: fused attention, which gathers a shared past into
+    // every sequence's, so the flag cannot change the plan; the run goes on with a message.
+    const args = ["generate", "--workers", "2", "--prompt", "Hi", "--max-tokens", "4", "--temperature", "0", "--json", "--plan-context-tokens", "128"];
+    const [plain, shared] = await Promise.all([cli(...args), cli(...args, "--plan-shared-prefix-tokens", "64")]);
+    expect(shared.stderr).toMatch(/^planning without the shared prefix: this model's attention \(4 KV heads of 8\) gathers a shared past into every sequence's/m);
+    expect(plain.stderr).not.toMatch(/shared prefix/);
+    expect(lastJsonLine(shared).partition).toEqual(lastJsonLine(plain).partition);
+    expect(lastJsonLine(shared).token_ids).toEqual(lastJsonLine(plain).token_ids);
+  });
+
   it("refuse a load that is not a positive whole number, or a shared prefix longer than its context (exit 2)", async () => {
     const [batch, context, shared] = await Promise.all([
       cli("generate", "--plan-batch", "0", "--prompt", "Hi", "--max-tokens", "4"),

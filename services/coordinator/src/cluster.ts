@@ -133,6 +133,12 @@ export class LocalCluster {
     const source = await openModel(opts.modelDir);
     const config = source.config;
     await source.close();
+    const splitAttention = defaultAttentionForm(config) === "split";
+    if (!opts.partition && !splitAttention && (opts.planLoad?.sharedPrefixTokens ?? 0) > 0) {
+      opts.log?.(
+        `planning without the shared prefix: this model's attention (${config.numKvHeads} KV heads of ${config.headDim}) gathers a shared past into every sequence's, so it costs per sequence`,
+      );
+    }
     const partition =
       opts.partition ??
       balancedPartition(config, opts.workers, {
@@ -141,7 +147,7 @@ export class LocalCluster {
         contextTokens: opts.planLoad?.contextTokens ?? DEFAULT_PLAN_LOAD.contextTokens,
         // Only split attention reads a shared past once for the micro-batch; the fused form
         // gathers it into every sequence's past.
-        sharedPrefixTokens: defaultAttentionForm(config) === "split" ? opts.planLoad?.sharedPrefixTokens : 0,
+        sharedPrefixTokens: splitAttention ? opts.planLoad?.sharedPrefixTokens : 0,
         kvBytesPerElement: kvBytesPerElement(opts.kvDtype ?? "fp32"),
       });
     const maxLoraRank = opts.maxLoraRank ?? (opts.loras?.length ? DEFAULT_MAX_LORA_RANK : 0);
