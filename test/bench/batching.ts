@@ -40,9 +40,8 @@ interface PipeliningLoad {
   newTokens: number;
   /** Context a sequence attends over halfway through its output: what the partition is planned for (and the chat ceiling measured at). */
   midContext: number;
-  /** Untimed rounds, then timed ones, per cluster; pairs of off and on clusters, alternating. */
+  /** Untimed rounds per cluster, then timed pairs of rounds, one on each cluster (see comparePipelining). */
   warmups: number;
-  runs: number;
   pairs: number;
   /** Each worker's KV budget, where the default 128 MiB cannot hold the load's cached prefixes. */
   kvCacheBytes?: number;
@@ -54,7 +53,7 @@ interface PipeliningLoad {
  * micro-batches do twice. With 128-token replies it measured about the same ratio (1.41-1.44 at
  * stop 16): the decode lockstep, not the user turns' prefill, holds it there.
  */
-const CHAT_LOAD: PipeliningLoad = { label: "chat", systemTokens: SYSTEM_PROMPT_TOKENS, historyTokens: 0, userTokens: 16, newTokens: NEW_TOKENS, midContext: SYSTEM_PROMPT_TOKENS + 16 + NEW_TOKENS / 2, warmups: 3, runs: 2, pairs: 2 };
+const CHAT_LOAD: PipeliningLoad = { label: "chat", systemTokens: SYSTEM_PROMPT_TOKENS, historyTokens: 0, userTokens: 16, newTokens: NEW_TOKENS, midContext: SYSTEM_PROMPT_TOKENS + 16 + NEW_TOKENS / 2, warmups: 3, pairs: 6 };
 /**
  * 32 conversations, each with its own 768-token history cached from earlier turns, each sending
  * a 16-token user turn, as in multi-turn chat: most of a step is attention over each sequence's
@@ -69,9 +68,8 @@ const CONVERSATIONS_LOAD: PipeliningLoad = {
   midContext: HISTORY_TOKENS + 16 + NEW_TOKENS / 2,
   // The first round after the histories plans their new shapes; the second runs as the rest.
   warmups: 1,
-  // A cluster's histories take ~15-35 s to prefill: one pair, two timed rounds each.
-  runs: 2,
-  pairs: 1,
+  // A cluster's histories take ~15-35 s to prefill, once per cluster; a round takes ~3 s.
+  pairs: 3,
   // Stage 0 holds 5 of 8 layers: 32 x 816 tokens x 10 KB = 267 MB of fp32 K/V.
   kvCacheBytes: 512 * 2 ** 20,
 };
@@ -246,8 +244,10 @@ async function clusterSeconds(cluster: LocalCluster): Promise<ClusterSeconds> {
 }
 
 interface PipeliningResult {
+  /** Each timed round's tok/s, in the order they ran: on[i] and off[i] are one pair. */
   on: number[];
   off: number[];
+  /** The median over pairs of each pair's on / off. */
   ratio: number;
   /**
    * Where the ratio comes from: on / off = (on's busy share / off's) / (on's compute per token /
@@ -256,85 +256,101 @@ interface PipeliningResult {
    */
   workOn: StageWork;
   workOff: StageWork;
-  /** The on clusters' layer ranges. */
+  /** The on cluster's layer ranges. */
   layers: [number, number][];
 }
 
-/** Pipelining off and on clusters, alternating `load.pairs` times (one cluster at a time), both planned for the load. */
+/**
+ * A pipelining-off and a pipelining-on cluster, both planned for the load and both up at once,
+ * their timed rounds interleaved in pairs (off then on, then on then off, ...), one cluster
+ * computing at a time. This host's speed drifts by 20% and more over tens of seconds (the same
+ * decode step took 14 to 37 ms within one round): a pair's two rounds, seconds apart, see the
+ * same machine, where clusters run one after the other (as this bench did until stop 21) saw
+ * different ones.
+ */
 async function comparePipelining(ctx: BenchContext, dir: string, load: PipeliningLoad): Promise<PipeliningResult> {
   const vocab = BENCH_SHAPE.vocabSize;
   const system = load.systemTokens > 0 ? randomPrompt(new SeededRandom(7), load.systemTokens, vocab) : [];
   const histories = load.historyTokens > 0 ? Array.from({ length: CONCURRENT }, (_, i) => randomPrompt(new SeededRandom(100 + i), load.historyTokens, vocab)) : [];
   // A round asks for CONCURRENT prompts: with histories, one turn of each conversation.
-  let turns = 0;
-  const prompt = (rng: SeededRandom) => {
-    const userTurn = randomPrompt(rng, load.userTokens + 1, vocab).slice(1);
-    return [...(histories.length ? histories[turns++ % histories.length] : system), ...userTurn];
+  const prompter = () => {
+    let turns = 0;
+    return (rng: SeededRandom) => {
+      const userTurn = randomPrompt(rng, load.userTokens + 1, vocab).slice(1);
+      return [...(histories.length ? histories[turns++ % histories.length] : system), ...userTurn];
+    };
   };
   const opts = { modelDir: dir, workers: 2, kvCacheBytes: load.kvCacheBytes, planLoad: { batch: CONCURRENT / 2, contextTokens: load.midContext, sharedPrefixTokens: load.systemTokens } };
-  const off: number[] = [];
-  const on: number[] = [];
   const noWork = (): StageWork => ({ wallSeconds: 0, tokens: 0, stageSeconds: [], decodeSeconds: [], decodeSteps: [], decodeTokens: [], cpuSeconds: 0 });
-  const workOff = noWork();
-  const workOn = noWork();
-  let layers: [number, number][] = [];
-  // The cached prefixes are computed before timing: the system prompt by one request (requests
-  // arriving together all miss the prefix cache), each history by a request of its own.
-  const primed = async (cluster: LocalCluster, work: StageWork) => {
-    const prefixes = system.length ? [system] : histories;
-    await Promise.all(prefixes.map((promptIds) => cluster.engine.generate({ promptIds, maxTokens: 1, sampling: GREEDY, stopTokenIds: [] })));
-    return throughputSamples(cluster, CONCURRENT, prompt, load.newTokens, load.runs, load.warmups, GREEDY, work);
-  };
-  for (let pair = 0; pair < load.pairs; pair++) {
-    await withCluster(ctx, { ...opts, pipelining: false }, async (cluster) => {
-      off.push(...(await primed(cluster, workOff)));
-    });
-    await withCluster(ctx, opts, async (cluster) => {
-      layers = cluster.partition;
-      on.push(...(await primed(cluster, workOn)));
-    });
-  }
-  return { on, off, ratio: median(on) / median(off), workOn, workOff, layers };
+  return withCluster(ctx, { ...opts, pipelining: false }, (offCluster) =>
+    withCluster(ctx, opts, async (onCluster) => {
+      // The same prompts, round for round, on both clusters.
+      const off = { cluster: offCluster, rounds: new ThroughputRounds(offCluster, CONCURRENT, prompter(), load.newTokens, GREEDY), work: noWork(), samples: [] as number[] };
+      const on = { cluster: onCluster, rounds: new ThroughputRounds(onCluster, CONCURRENT, prompter(), load.newTokens, GREEDY), work: noWork(), samples: [] as number[] };
+      for (const side of [off, on]) {
+        // The cached prefixes are computed before timing: the system prompt by one request
+        // (requests arriving together all miss the prefix cache), each history by a request of its own.
+        const prefixes = system.length ? [system] : histories;
+        await Promise.all(prefixes.map((promptIds) => side.cluster.engine.generate({ promptIds, maxTokens: 1, sampling: GREEDY, stopTokenIds: [] })));
+        for (let i = 0; i < load.warmups; i++) await side.rounds.next();
+      }
+      for (let pair = 0; pair < load.pairs; pair++) {
+        for (const side of pair % 2 === 0 ? [off, on] : [on, off]) side.samples.push(await side.rounds.next(side.work));
+      }
+      const ratios = on.samples.map((tokS, i) => tokS / off.samples[i]);
+      return { on: on.samples, off: off.samples, ratio: median(ratios), workOn: on.work, workOff: off.work, layers: onCluster.partition };
+    }),
+  );
 }
 
 /**
- * Aggregate generated tokens/s of `count` concurrent requests, one sample per run after `warmups`
- * untimed runs. A fresh chat-load cluster's runs measured 280, 332, 312 and, the fourth cluster in
- * one process, 340, 397, 410 tok/s: one warm-up left the first timed run short of a running server's.
- * With `work`, the timed runs' wall time and each stage's compute within them are added to it.
+ * Rounds of `count` concurrent requests on one cluster, each round's aggregate generated tokens/s.
+ * A fresh chat-load cluster's rounds measured 280, 332, 312 and, the fourth cluster in one
+ * process, 340, 397, 410 tok/s: one warm-up left the first timed round short of a running server's.
  */
-async function throughputSamples(cluster: LocalCluster, count: number, prompt: (rng: SeededRandom) => number[], newTokens: number, runs = 2, warmups = WARMUP_ROUNDS, sampling: SamplingParams = GREEDY, work?: StageWork): Promise<number[]> {
-  const rng = new SeededRandom(3);
-  const once = async () => {
-    const prompts = Array.from({ length: count }, () => prompt(rng));
+class ThroughputRounds {
+  private readonly rng = new SeededRandom(3);
+
+  constructor(
+    private readonly cluster: LocalCluster,
+    private readonly count: number,
+    private readonly prompt: (rng: SeededRandom) => number[],
+    private readonly newTokens: number,
+    private readonly sampling: SamplingParams,
+  ) {}
+
+  /** One round's tok/s; with `work`, its wall time, tokens and each stage's compute within it are added there. */
+  async next(work?: StageWork): Promise<number> {
+    const prompts = Array.from({ length: this.count }, () => this.prompt(this.rng));
+    const before = work ? await clusterSeconds(this.cluster) : undefined;
     const started = performance.now();
-    const results = await Promise.all(prompts.map((promptIds) => cluster.engine.generate({ promptIds, maxTokens: newTokens, sampling, seed: 1, stopTokenIds: [] })));
+    const results = await Promise.all(prompts.map((promptIds) => this.cluster.engine.generate({ promptIds, maxTokens: this.newTokens, sampling: this.sampling, seed: 1, stopTokenIds: [] })));
     const seconds = (performance.now() - started) / 1000;
-    await cluster.waitForBlocksFreed();
-    return { seconds, tokens: results.reduce((a, r) => a + r.tokenIds.length, 0) };
-  };
-  for (let i = 0; i < warmups; i++) await once();
-  const before = work ? await clusterSeconds(cluster) : undefined;
-  const timed = { wallSeconds: 0, tokens: 0 };
+    const tokens = results.reduce((a, r) => a + r.tokenIds.length, 0);
+    if (work && before) {
+      const after = await clusterSeconds(this.cluster);
+      const since = (key: "stages" | "decodeSeconds" | "decodeSteps" | "decodeTokens") => after[key].map((v, i) => v - before[key][i]);
+      addWork(work, {
+        wallSeconds: seconds,
+        tokens,
+        stageSeconds: since("stages"),
+        decodeSeconds: since("decodeSeconds"),
+        decodeSteps: since("decodeSteps"),
+        decodeTokens: since("decodeTokens"),
+        cpuSeconds: after.cpu - before.cpu,
+      });
+    }
+    await this.cluster.waitForBlocksFreed();
+    return tokens / seconds;
+  }
+}
+
+/** Each round's tok/s, `runs` rounds after `warmups` untimed ones. */
+async function throughputSamples(cluster: LocalCluster, count: number, prompt: (rng: SeededRandom) => number[], newTokens: number, runs = 2, warmups = WARMUP_ROUNDS, sampling: SamplingParams = GREEDY): Promise<number[]> {
+  const rounds = new ThroughputRounds(cluster, count, prompt, newTokens, sampling);
+  for (let i = 0; i < warmups; i++) await rounds.next();
   const samples: number[] = [];
-  for (let i = 0; i < runs; i++) {
-    const { seconds, tokens } = await once();
-    timed.wallSeconds += seconds;
-    timed.tokens += tokens;
-    samples.push(tokens / seconds);
-  }
-  if (work && before) {
-    const after = await clusterSeconds(cluster);
-    const since = (key: "stages" | "decodeSeconds" | "decodeSteps" | "decodeTokens") => after[key].map((v, i) => v - before[key][i]);
-    addWork(work, {
-      ...timed,
-      stageSeconds: since("stages"),
-      decodeSeconds: since("decodeSeconds"),
-      decodeSteps: since("decodeSteps"),
-      decodeTokens: since("decodeTokens"),
-      cpuSeconds: after.cpu - before.cpu,
-    });
-  }
+  for (let i = 0; i < runs; i++) samples.push(await rounds.next());
   return samples;
 }
 
@@ -358,12 +374,13 @@ export const batching: BenchPart = {
     const shortPrompt = (rng: SeededRandom) => randomPrompt(rng, PROMPT_TOKENS, vocab);
     ctx.print(describeShape(BENCH_SHAPE));
     ctx.print(
-      `2 worker processes, 1 onnxruntime thread each; ${CONCURRENT} concurrent requests, ${NEW_TOKENS} new tokens each, greedy, ${CHAT_LOAD.runs} timed runs per cluster after ${CHAT_LOAD.warmups} warm-up runs (conversations: ${CONVERSATIONS_LOAD.runs} after ${CONVERSATIONS_LOAD.warmups}). ` +
+      `2 worker processes, 1 onnxruntime thread each; ${CONCURRENT} concurrent requests, ${NEW_TOKENS} new tokens each, greedy. ` +
         `Loads: chat = one shared ${CHAT_LOAD.systemTokens}-token system prompt (prefix-cached) + a ${CHAT_LOAD.userTokens}-token user turn each; ` +
         `conversations = ${CONCURRENT} histories of ${CONVERSATIONS_LOAD.historyTokens} tokens, one each, prefix-cached before timing, + a ${CONVERSATIONS_LOAD.userTokens}-token user turn (KV budget ${CONVERSATIONS_LOAD.kvCacheBytes! / 2 ** 20} MiB per worker); ` +
-        `short context = ${PROMPT_TOKENS}-token random prompts (batch32_vs_1, sampling). Pipelining off and on clusters alternate (one cluster at a time), ` +
+        `short context = ${PROMPT_TOKENS}-token random prompts (batch32_vs_1, sampling). A pipelining-off and a pipelining-on cluster are up at once, ` +
+        `each warmed by ${CHAT_LOAD.warmups} rounds (conversations: ${CONVERSATIONS_LOAD.warmups}), then their timed rounds interleave in pairs, one cluster computing at a time: ` +
         `${CHAT_LOAD.pairs} pairs at chat, ${CONVERSATIONS_LOAD.pairs} at conversations; each cluster's partition planned for its load ` +
-        `(micro-batches of ${CONCURRENT / 2}, the context halfway through the output); medians of all runs`,
+        `(micro-batches of ${CONCURRENT / 2}, the context halfway through the output); on vs off is the median of the pairs' ratios`,
     );
 
     const figures: Record<string, number> = {};
