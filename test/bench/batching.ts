@@ -179,6 +179,22 @@ function stageBalance(work: StageWork): number {
   return Math.max(...steps) / (steps.reduce((a, b) => a + b, 0) / steps.length);
 }
 
+/**
+ * Each stage's compute in steps that prefill (any sequence computing a prompt chunk) per timed
+ * round, milliseconds. A round's prompts go through every layer but the LM head only at their last
+ * position, so a partition balanced for decode leaves its layer-heavy stages with most of the
+ * prefill, which pipelining then overlaps little.
+ */
+function prefillMsPerRound(work: StageWork, rounds: number): number[] {
+  return work.stageSeconds.map((s, i) => (1000 * (s - work.decodeSeconds[i])) / rounds);
+}
+
+/** The busiest stage's share of its compute spent in prefill steps. */
+function prefillShareOfBusiestStage(work: StageWork): number {
+  const busiest = work.stageSeconds.indexOf(Math.max(...work.stageSeconds));
+  return (work.stageSeconds[busiest] - work.decodeSeconds[busiest]) / work.stageSeconds[busiest];
+}
+
 /** Each stage's mean decode step, milliseconds. */
 function decodeStepMs(work: StageWork): number[] {
   return work.decodeSeconds.map((s, i) => (1000 * s) / work.decodeSteps[i]);
@@ -406,6 +422,7 @@ export const batching: BenchPart = {
     figures.pipelining_on_vs_off_all_cores_busy = chat.ratio / cpuShare(chat.workOn);
     figures.pipelining_decode_pace_on_vs_off = decodePaceOnVsOff(chat);
     figures.pipelining_stage_balance_on = stageBalance(chat.workOn);
+    figures.pipelining_prefill_share_on = prefillShareOfBusiestStage(chat.workOn);
     figures.pipelining_on_vs_off_conversations = conversations.ratio;
     figures.pipelining_on_conversations_tok_s = median(conversations.on);
     figures.pipelining_off_conversations_tok_s = median(conversations.off);
@@ -417,6 +434,7 @@ export const batching: BenchPart = {
     figures.pipelining_on_vs_off_all_cores_busy_conversations = conversations.ratio / cpuShare(conversations.workOn);
     figures.pipelining_decode_pace_on_vs_off_conversations = decodePaceOnVsOff(conversations);
     figures.pipelining_stage_balance_on_conversations = stageBalance(conversations.workOn);
+    figures.pipelining_prefill_share_on_conversations = prefillShareOfBusiestStage(conversations.workOn);
     // What reading the shared system prompt once per step (split attention's shared past) gains:
     // the chat load's half-step at half the batch with that prompt in shared blocks, over the
     // same with every sequence's past in blocks of its own.
@@ -469,8 +487,14 @@ export const batching: BenchPart = {
       [`${label}: share of the machine's ${availableParallelism()} cores the cluster's processes used, on / off`, "share", `${fmt(cpuShare(r.workOn))} / ${fmt(cpuShare(r.workOff))}`],
       [`${label}: on vs off had on kept every core busy at its CPU per token`, "ratio", `${fmt(r.ratio / cpuShare(r.workOn))}x`],
       [`${label}: each stage's mean decode step, on / off`, "ms", decodeStepMs(r.workOn).map((on, i) => `${fmt(on)} / ${fmt(decodeStepMs(r.workOff)[i])}`).join(", ")],
+      [
+        `${label}: each stage's compute in prefill steps per round, on / off`,
+        "ms",
+        prefillMsPerRound(r.workOn, r.on.length).map((on, i) => `${fmt(on)} / ${fmt(prefillMsPerRound(r.workOff, r.off.length)[i])}`).join(", "),
+      ],
       [`${label}: on vs off in decode steps alone (off: the stages' steps in turn; on: the slowest stage's)`, "ratio", `${fmt(decodePaceOnVsOff(r))}x`],
       [`${label}: on, the slowest stage's decode step over the stages' mean`, "ratio", `${fmt(stageBalance(r.workOn))}x`],
+      [`${label}: on, the busiest stage's compute in prefill steps`, "share", fmt(prefillShareOfBusiestStage(r.workOn))],
     ];
     for (const line of table([
       ["load", "figure", "value"],
