@@ -277,6 +277,9 @@ interface PipeliningResult {
   off: number[];
   /** The median over pairs of each pair's on / off. */
   ratio: number;
+  /** Each timed round's mean time from its start to its requests' first tokens, ms. */
+  firstTokenMsOn: number[];
+  firstTokenMsOff: number[];
   /**
    * Where the ratio comes from: on / off = (on's busy share / off's) / (on's compute per token /
    * off's), tokens over all timed rounds. Off, each stage computes about half the time; on, the
@@ -313,8 +316,9 @@ async function comparePipelining(ctx: BenchContext, dir: string, load: Pipelinin
   return withCluster(ctx, { ...opts, pipelining: false }, (offCluster) =>
     withCluster(ctx, opts, async (onCluster) => {
       // The same prompts, round for round, on both clusters.
-      const off = { cluster: offCluster, rounds: new ThroughputRounds(offCluster, CONCURRENT, prompter(), load.newTokens, GREEDY), work: noWork(), samples: [] as number[] };
-      const on = { cluster: onCluster, rounds: new ThroughputRounds(onCluster, CONCURRENT, prompter(), load.newTokens, GREEDY), work: noWork(), samples: [] as number[] };
+      const measured = (cluster: LocalCluster) => ({ cluster, rounds: new ThroughputRounds(cluster, CONCURRENT, prompter(), load.newTokens, GREEDY), work: noWork(), samples: [] as number[], firstTokenMs: [] as number[] });
+      const off = measured(offCluster);
+      const on = measured(onCluster);
       for (const side of [off, on]) {
         // The cached prefixes are computed before timing: the system prompt by one request
         // (requests arriving together all miss the prefix cache), each history by a request of its own.
@@ -323,10 +327,13 @@ async function comparePipelining(ctx: BenchContext, dir: string, load: Pipelinin
         for (let i = 0; i < load.warmups; i++) await side.rounds.next();
       }
       for (let pair = 0; pair < load.pairs; pair++) {
-        for (const side of pair % 2 === 0 ? [off, on] : [on, off]) side.samples.push(await side.rounds.next(side.work));
+        for (const side of pair % 2 === 0 ? [off, on] : [on, off]) {
+          side.samples.push(await side.rounds.next(side.work));
+          side.firstTokenMs.push(side.rounds.meanFirstTokenMs);
+        }
       }
       const ratios = on.samples.map((tokS, i) => tokS / off.samples[i]);
-      return { on: on.samples, off: off.samples, ratio: median(ratios), workOn: on.work, workOff: off.work, layers: onCluster.partition };
+      return { on: on.samples, off: off.samples, ratio: median(ratios), firstTokenMsOn: on.firstTokenMs, firstTokenMsOff: off.firstTokenMs, workOn: on.work, workOff: off.work, layers: onCluster.partition };
     }),
   );
 }
@@ -338,6 +345,8 @@ async function comparePipelining(ctx: BenchContext, dir: string, load: Pipelinin
  */
 class ThroughputRounds {
   private readonly rng = new SeededRandom(3);
+  /** The last round's mean time from its start to each request's first token, ms. */
+  meanFirstTokenMs = 0;
 
   constructor(
     private readonly cluster: LocalCluster,
@@ -352,8 +361,14 @@ class ThroughputRounds {
     const prompts = Array.from({ length: this.count }, () => this.prompt(this.rng));
     const before = work ? await clusterSeconds(this.cluster) : undefined;
     const started = performance.now();
-    const results = await Promise.all(prompts.map((promptIds) => this.cluster.engine.generate({ promptIds, maxTokens: this.newTokens, sampling: this.sampling, seed: 1, stopTokenIds: [] })));
+    const firstTokenMs = prompts.map(() => 0);
+    const results = await Promise.all(
+      prompts.map((promptIds, i) =>
+        this.cluster.engine.generate({ promptIds, maxTokens: this.newTokens, sampling: this.sampling, seed: 1, stopTokenIds: [], onToken: () => (firstTokenMs[i] ||= performance.now() - started) }),
+      ),
+    );
     const seconds = (performance.now() - started) / 1000;
+    this.meanFirstTokenMs = firstTokenMs.reduce((a, b) => a + b, 0) / firstTokenMs.length;
     const tokens = results.reduce((a, r) => a + r.tokenIds.length, 0);
     if (work && before) {
       const after = await clusterSeconds(this.cluster);
@@ -436,6 +451,8 @@ export const batching: BenchPart = {
     figures.pipelining_stage_balance_on = stageBalance(chat.workOn);
     figures.pipelining_prefill_share_on = prefillShareOfBusiestStage(chat.workOn);
     figures.pipelining_busiest_stage_bound = busiestStageBound(chat);
+    figures.pipelining_ttft_mean_ms_on = median(chat.firstTokenMsOn);
+    figures.pipelining_ttft_mean_ms_off = median(chat.firstTokenMsOff);
     figures.pipelining_on_vs_off_conversations = conversations.ratio;
     figures.pipelining_on_conversations_tok_s = median(conversations.on);
     figures.pipelining_off_conversations_tok_s = median(conversations.off);
@@ -449,6 +466,8 @@ export const batching: BenchPart = {
     figures.pipelining_stage_balance_on_conversations = stageBalance(conversations.workOn);
     figures.pipelining_prefill_share_on_conversations = prefillShareOfBusiestStage(conversations.workOn);
     figures.pipelining_busiest_stage_bound_conversations = busiestStageBound(conversations);
+    figures.pipelining_ttft_mean_ms_on_conversations = median(conversations.firstTokenMsOn);
+    figures.pipelining_ttft_mean_ms_off_conversations = median(conversations.firstTokenMsOff);
     // What reading the shared system prompt once per step (split attention's shared past) gains:
     // the chat load's half-step at half the batch with that prompt in shared blocks, over the
     // same with every sequence's past in blocks of its own.
@@ -509,6 +528,7 @@ export const batching: BenchPart = {
       [`${label}: on vs off in decode steps alone (off: the stages' steps in turn; on: the slowest stage's)`, "ratio", `${fmt(decodePaceOnVsOff(r))}x`],
       [`${label}: on, the slowest stage's decode step over the stages' mean`, "ratio", `${fmt(stageBalance(r.workOn))}x`],
       [`${label}: on, the busiest stage's compute in prefill steps`, "share", fmt(prefillShareOfBusiestStage(r.workOn))],
+      [`${label}: mean time to a request's first token in a round, on / off (medians over rounds)`, "ms", `${fmt(median(r.firstTokenMsOn))} / ${fmt(median(r.firstTokenMsOff))}`],
       [`${label}: on vs off had on's busiest stage never waited (stage compute per token: off's stages in turn, on's busiest)`, "ratio", `${fmt(busiestStageBound(r))}x`],
     ];
     for (const line of table([

@@ -162,9 +162,10 @@ export class Scheduler {
     // While the pipeline fills (every running sequence in flight with a prompt chunk, a
     // recompute's too, none decoding yet), micro-batches of half the size: the next stage starts
     // on the first one after half the prefill, and the rest of a burst joins the micro-batches as
-    // their first tokens come back. 32 chat requests arriving together over 2 stages ran ~1-2%
-    // faster a round, 11 of 12 rounds. A few requests are left together: the rest would wait a
-    // whole cycle for little.
+    // their first tokens come back. Of 32 chat requests arriving together over 2 stages, the mean
+    // time to first token fell 13-21% (345 -> 301, 421 -> 333 ms), the last as late as before;
+    // rounds as fast, within 2%. A few requests are left together: the rest would wait a whole
+    // cycle for little.
     const filling = depth > 1 && steadyCap >= MIN_SPLIT_FILL_BATCH && this.running.every((seq) => seq.inFlight && seq.tokenIds.length - seq.computed > 1);
     const seqCap = filling ? Math.max(1, Math.ceil(steadyCap / 2)) : steadyCap;
     // Blocks this batch's chunks write. A prompt whose cached prefix holds one waits for the
