@@ -186,7 +186,12 @@ function stageBalance(work: StageWork): number {
  * prefill, which pipelining then overlaps little.
  */
 function prefillMsPerRound(work: StageWork, rounds: number): number[] {
-  return work.stageSeconds.map((s, i) => (1000 * (s - work.decodeSeconds[i])) / rounds);
+  return prefillSeconds(work).map((s) => (1000 * s) / rounds);
+}
+
+/** Each stage's compute in steps that prefill: all its steps' less its decode steps'. */
+function prefillSeconds(work: StageWork): number[] {
+  return work.stageSeconds.map((s, i) => s - work.decodeSeconds[i]);
 }
 
 /**
@@ -204,7 +209,7 @@ function busiestStageBound(r: { workOn: StageWork; workOff: StageWork }): number
 /** The busiest stage's share of its compute spent in prefill steps. */
 function prefillShareOfBusiestStage(work: StageWork): number {
   const busiest = work.stageSeconds.indexOf(Math.max(...work.stageSeconds));
-  return (work.stageSeconds[busiest] - work.decodeSeconds[busiest]) / work.stageSeconds[busiest];
+  return prefillSeconds(work)[busiest] / work.stageSeconds[busiest];
 }
 
 /** Each stage's mean decode step, milliseconds. */
