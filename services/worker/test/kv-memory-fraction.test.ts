@@ -2,25 +2,17 @@ import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BUNDLED_MODEL_DIR } from "@strata/model";
 import type { DescribeResponse } from "@strata/proto";
-import { startWorkerServer, type RunningWorker } from "../src/index.ts";
-import { loadStage, workerStub, type WorkerStub } from "./support/worker-client.ts";
+import { loadStage, useWorker } from "./support/worker-client.ts";
 
 // LoadRequest.kv_memory_fraction over gRPC: a fraction outside [0, 1] is the caller's error, one
 // that buys no block is the host's shortfall, and one that buys blocks sizes the stage's cache.
 
-let worker: RunningWorker;
-let stub: WorkerStub;
-beforeAll(async () => {
-  worker = await startWorkerServer({ workerId: "kv-fraction-test" });
-  stub = workerStub(worker.address);
-});
-afterAll(async () => {
-  stub?.close();
-  await worker?.close();
-});
+const worker = useWorker("kv-fraction-test");
+beforeAll(worker.start);
+afterAll(worker.stop);
 
 function load(kvMemoryFraction: number): Promise<DescribeResponse> {
-  return loadStage(stub, { modelDir: BUNDLED_MODEL_DIR, layerStart: 0, layerEnd: 5, stageIndex: 0, numStages: 1, kvMemoryFraction });
+  return loadStage(worker.stub(), { modelDir: BUNDLED_MODEL_DIR, layerStart: 0, layerEnd: 5, stageIndex: 0, numStages: 1, kvMemoryFraction });
 }
 
 describe("a stage's KV cache as a fraction of available memory", () => {

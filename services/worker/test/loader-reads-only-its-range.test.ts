@@ -3,8 +3,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BUNDLED_HF_MODEL_DIR, BUNDLED_MODEL_DIR } from "@strata/model";
 import type { DescribeResponse } from "@strata/proto";
-import { startWorkerServer, type RunningWorker } from "../src/index.ts";
-import { describeWorker as describeOver, loadStage, workerStub, type WorkerStub } from "./support/worker-client.ts";
+import { describeWorker as describeOver, loadStage, useWorker } from "./support/worker-client.ts";
 
 // A worker loading one layer range reads that range's bytes from the weight file and not the rest:
 // a middle stage of stories260K reads one layer's tensors, not the embedding, not the other layers.
@@ -16,24 +15,16 @@ const LAYER_FLOATS = D + D * D + KV * D + KV * D + D * D + D + 3 * FF * D;
 const LAYER_BYTES = LAYER_FLOATS * 4; // 181,760
 const EMBEDDING_BYTES = 512 * D * 4; // 131,072
 
-let worker: RunningWorker;
-let stub: WorkerStub;
-beforeAll(async () => {
-  // No NATS: a lone worker serves Load and Describe without one.
-  worker = await startWorkerServer({ workerId: "loader-test" });
-  stub = workerStub(worker.address);
-});
-afterAll(async () => {
-  stub?.close();
-  await worker?.close();
-});
+const worker = useWorker("loader-test");
+beforeAll(worker.start);
+afterAll(worker.stop);
 
 function load(modelDir: string, layerStart: number, layerEnd: number): Promise<DescribeResponse> {
-  return loadStage(stub, { modelDir, layerStart, layerEnd, stageIndex: 1, numStages: 3, device: "cpu", blockSizeTokens: 16, kvCacheBytes: 1n << 20n });
+  return loadStage(worker.stub(), { modelDir, layerStart, layerEnd, stageIndex: 1, numStages: 3, device: "cpu", blockSizeTokens: 16, kvCacheBytes: 1n << 20n });
 }
 
 function describeWorker(): Promise<DescribeResponse> {
-  return describeOver(stub);
+  return describeOver(worker.stub());
 }
 
 describe("a worker reads only its layer range", () => {

@@ -1,6 +1,7 @@
 import * as grpc from "@grpc/grpc-js";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { DescribeRequestSchema, LoadRequestSchema, WorkerService, grpcChannelOptions, grpcClientConstructor, type DescribeResponse, type LoadResponse } from "@strata/proto";
+import { startWorkerServer, type RunningWorker } from "../../src/index.ts";
 
 // A plain gRPC client of one worker, for tests that drive its Load and Describe directly.
 
@@ -30,4 +31,24 @@ export function loadStage(stub: WorkerStub, request: MessageInitShape<typeof Loa
 
 export function describeWorker(stub: WorkerStub): Promise<DescribeResponse> {
   return new Promise((resolve, reject) => stub.describe(create(DescribeRequestSchema, {}), (err, res) => (err ? reject(err) : resolve(res))));
+}
+
+/**
+ * A lone worker (no NATS: it serves Load and Describe without one) and a client of it, for a test
+ * file's beforeAll / afterAll, as useNats is for a NATS server.
+ */
+export function useWorker(workerId: string): { stub(): WorkerStub; start(): Promise<void>; stop(): Promise<void> } {
+  let worker: RunningWorker | undefined;
+  let stub: WorkerStub | undefined;
+  return {
+    stub: () => stub!,
+    start: async () => {
+      worker = await startWorkerServer({ workerId });
+      stub = workerStub(worker.address);
+    },
+    stop: async () => {
+      stub?.close();
+      await worker?.close();
+    },
+  };
 }
