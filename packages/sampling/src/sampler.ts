@@ -29,78 +29,196 @@ export function argmax(logits: Float32Array, offset = 0, length = logits.length 
  * (the coordinator's seeded generator), so the same seed gives the same tokens wherever this runs.
  *
  * The draw walks the distribution in order of logit (highest first, ties by lower id), within the
- * top k when top_k is set and the smallest head whose mass reaches top_p when top_p is set. Only
- * the head the walk reaches is sorted: tokens within 4 temperatures of the top logit first, then
- * 4x as far, and so on (all of them past 4,096); with top_k, only the k highest are selected.
- * Sorting the whole vocabulary with a comparator took 11-14 ms a sequence at 32,000 tokens, ~200
- * ms a 16-sequence step on the last stage beside ~20 ms of compute; now 0.4-0.9 ms with a few
- * high logits over the rest, 3-4 ms where all 32,000 are within 4 temperatures of each other.
+ * top k when top_k is set and the smallest head whose mass reaches top_p when top_p is set. With
+ * top_k, only the k highest are selected and sorted. Without it, nothing is sorted but the one or
+ * two narrow bands the draw and the top_p edge fall in (see drawByBands). Sorting every token the
+ * walk reaches cost 3-4 ms a row where all of a 32,000-token vocabulary lay within a few
+ * temperatures of the top (a synthetic model's flat logits, or a high temperature), ~55 ms a
+ * 16-sequence step on the last stage beside ~20 ms of compute; the bands' walk takes 1-1.5 ms,
+ * half of it the exp of every logit.
  */
 export function sampleToken(logits: Float32Array, params: SamplingParams, random: number, offset = 0, length = logits.length - offset): number {
   if (isGreedy(params)) return argmax(logits, offset, length);
-  const T = params.temperature;
   let max = -Infinity;
-  for (let i = 0; i < length; i++) max = Math.max(max, logits[offset + i]);
-  const weight = (id: number) => Math.exp((logits[offset + id] - max) / T);
-  const k = params.topK > 0 ? Math.min(params.topK, length) : length;
-  const nucleus = params.topP > 0 && params.topP < 1;
-  // With top_k off, every token's weight (kept, by id) and their mass, summed in id order (the
-  // sorted order's sum differs from it only in its last bits).
-  let allTotal = 0;
-  const allWeights = k === length ? new Float64Array(length) : undefined;
-  if (allWeights) for (let i = 0; i < length; i++) allTotal += allWeights[i] = weight(i);
-  for (let span = 4; ; span *= 4) {
-    const threshold = span > 4096 ? -Infinity : max - span * T;
-    const ids = sortedIdsAbove(logits, offset, length, threshold, k);
-    const n = ids.length; // at most k
-    // The head holds all of the top k (or all there is: NaN logits are never in it), so what it
-    // does not settle is settled at its end.
-    const last = threshold === -Infinity;
-    const whole = n === k || last;
-    if (k < length && !whole) continue;
-    const weights = new Float64Array(n);
-    let headTotal = 0;
-    for (let i = 0; i < n; i++) headTotal += weights[i] = allWeights ? allWeights[ids[i]] : weight(ids[i]);
-    const total = k < length ? headTotal : allTotal;
-    let kept = k;
-    if (nucleus) {
-      // Nucleus: keep the smallest head of the sorted list whose mass reaches top_p.
-      let mass = 0;
-      for (let i = 0; i < n && kept === k; i++) {
-        mass += weights[i] / total;
-        if (mass >= params.topP) kept = i + 1;
-      }
-      if (kept === k && !whole) continue;
-    }
-    let keptTotal = total;
-    if (kept < k) {
-      keptTotal = 0;
-      for (let i = 0; i < kept; i++) keptTotal += weights[i];
-    }
-    let target = random * keptTotal;
-    for (let i = 0; i < Math.min(kept, n); i++) {
-      target -= weights[i];
-      if (target < 0) return ids[i];
-    }
-    if (kept <= n) return ids[kept - 1];
-    if (last) return n > 0 ? ids[n - 1] : argmax(logits, offset, length);
-  }
+  for (let i = 0; i < length; i++) if (logits[offset + i] > max) max = logits[offset + i];
+  // No finite top to weigh the rest against (every logit NaN or -Infinity, or one +Infinity).
+  if (!Number.isFinite(max)) return argmax(logits, offset, length);
+  const row = { logits, offset, length, max, invT: 1 / params.temperature };
+  const topP = params.topP > 0 && params.topP < 1 ? params.topP : 1;
+  if (params.topK > 0 && params.topK < length) return drawFromHead(row, topKIds(row, params.topK), topP, random);
+  return drawByBands(row, topP, random);
+}
+
+interface LogitRow {
+  logits: Float32Array;
+  offset: number;
+  length: number;
+  max: number; // the highest logit, finite
+  invT: number; // 1 / temperature
+}
+
+/** A token's weight: exp((logit - max) / temperature), 0 for NaN. */
+function weightOf(row: LogitRow, id: number): number {
+  const w = Math.exp((row.logits[row.offset + id] - row.max) * row.invT);
+  return w === w ? w : 0;
 }
 
 /**
- * Ids of the logits at or above `threshold`, highest first, ties by lower id, at most `limit` of
- * them: sorted as float64 keys (the logit's order bits, then the id) by the typed array's own
- * numeric sort, no comparator; past `limit`, only the `limit` first are selected and sorted.
+ * The k highest logits' ids, sorted: keys are built only for the logits within 4 temperatures of
+ * the top, else 4x as far, and so on (all of them past 4,096), until k are in.
  */
-function sortedIdsAbove(logits: Float32Array, offset: number, length: number, threshold: number, limit = length): Uint32Array {
+function topKIds(row: LogitRow, k: number): Uint32Array {
+  for (let span = 4; ; span *= 4) {
+    const threshold = span > 4096 ? -Infinity : row.max - span / row.invT;
+    const ids = sortedByLogit(row.logits, row.offset, row.length, threshold, k);
+    if (ids.length === k || threshold === -Infinity) return ids;
+  }
+}
+
+/** The draw over `ids` (highest logit first): the smallest head of them reaching top_p, then its inverse CDF. */
+function drawFromHead(row: LogitRow, ids: Uint32Array, topP: number, random: number): number {
+  const n = ids.length;
+  if (n === 0) return argmax(row.logits, row.offset, row.length);
+  const weights = new Float64Array(n);
+  let total = 0;
+  for (let i = 0; i < n; i++) total += weights[i] = weightOf(row, ids[i]);
+  let kept = n;
+  let keptTotal = total;
+  if (topP < 1) {
+    keptTotal = 0;
+    for (let i = 0; i < n; i++) {
+      keptTotal += weights[i];
+      if (keptTotal >= topP * total) {
+        kept = i + 1;
+        break;
+      }
+    }
+  }
+  let target = random * keptTotal;
+  for (let i = 0; i < kept; i++) {
+    target -= weights[i];
+    if (target < 0) return ids[i];
+  }
+  return ids[kept - 1];
+}
+
+// Bands of a logit's distance below the top, in temperatures: BANDS_PER_TEMPERATURE to one
+// temperature, the last band everything past BAND_LIMIT temperatures (weights under e^-40, beside
+// the top token's 1).
+const BANDS_PER_TEMPERATURE = 16;
+const BAND_LIMIT = 40;
+const BANDS = BAND_LIMIT * BANDS_PER_TEMPERATURE + 1;
+
+/**
+ * The draw over the whole row, in logit order without sorting it: each token falls in a band by
+ * its distance below the top (a band holds only lower logits than the band before it), and the
+ * walk steps over whole bands by their summed weight. Only the band the top_p edge falls in and
+ * the band the draw lands in are sorted, to walk them token by token. The result is the sorted
+ * walk's, but for sums grouped by band, which differ from a token-by-token sum in their last bits.
+ */
+function drawByBands(row: LogitRow, topP: number, random: number): number {
+  const { logits, offset, length, max, invT } = row;
+  const { bandOf, weights, bandMass } = bandScratch(length);
+  let total = 0;
+  for (let i = 0; i < length; i++) {
+    const below = (max - logits[offset + i]) * invT;
+    if (!(below >= 0)) {
+      bandOf[i] = BANDS; // NaN: never drawn
+      continue;
+    }
+    const w = Math.exp(-below);
+    const band = below < BAND_LIMIT ? Math.floor(below * BANDS_PER_TEMPERATURE) : BANDS - 1;
+    weights[i] = w;
+    bandOf[i] = band;
+    bandMass[band] += w;
+    total += w;
+  }
+  // The top_p edge: the band where the mass reaches it, and within it, the last token kept.
+  let edgeBand = BANDS; // none: every token is kept
+  let edgeIds: Uint32Array | undefined;
+  let keptTotal = total;
+  if (topP < 1) {
+    let mass = 0;
+    for (let band = 0; band < BANDS && edgeBand === BANDS; band++) {
+      if (mass + bandMass[band] < topP * total) mass += bandMass[band];
+      else edgeBand = band;
+    }
+    if (edgeBand < BANDS) {
+      const ids = bandIds(row, bandOf, edgeBand);
+      let kept = ids.length;
+      for (let i = 0; i < ids.length; i++) {
+        mass += weights[ids[i]];
+        if (mass >= topP * total) {
+          kept = i + 1;
+          break;
+        }
+      }
+      edgeIds = ids.subarray(0, kept);
+      keptTotal = mass;
+    }
+  }
+  let target = random * keptTotal;
+  let lastBand = -1;
+  for (let band = 0; band < BANDS; band++) {
+    if (band === edgeBand) return walk(edgeIds!, weights, target);
+    if (bandMass[band] === 0) continue;
+    lastBand = band;
+    if (target < bandMass[band]) return walk(bandIds(row, bandOf, band), weights, target);
+    target -= bandMass[band];
+  }
+  // Rounding left the draw past the last band's summed weight: its lowest token.
+  const ids = bandIds(row, bandOf, lastBand);
+  return ids[ids.length - 1];
+}
+
+// drawByBands' arrays, kept from row to row: a draw runs to its end before the next begins, and
+// fresh ones (320 KB a 32,000-token row) cost more than their filling.
+let scratch = { bandOf: new Uint16Array(0), weights: new Float64Array(0), bandMass: new Float64Array(BANDS) };
+
+function bandScratch(length: number): typeof scratch {
+  if (scratch.bandOf.length < length) scratch = { bandOf: new Uint16Array(length), weights: new Float64Array(length), bandMass: scratch.bandMass };
+  scratch.bandMass.fill(0);
+  return scratch;
+}
+
+/** The inverse CDF within `ids` (in walk order) for what is left of the draw. */
+function walk(ids: Uint32Array, weights: Float64Array, target: number): number {
+  for (let i = 0; i < ids.length; i++) {
+    target -= weights[ids[i]];
+    if (target < 0) return ids[i];
+  }
+  return ids[ids.length - 1];
+}
+
+/** The ids in `band`, highest logit first, ties by lower id. */
+function bandIds(row: LogitRow, bandOf: Uint16Array, band: number): Uint32Array {
+  let count = 0;
+  for (let i = 0; i < row.length; i++) if (bandOf[i] === band) count++;
+  const ids = new Uint32Array(count);
+  count = 0;
+  for (let i = 0; i < row.length; i++) if (bandOf[i] === band) ids[count++] = i;
+  return sortedByLogit(row.logits, row.offset, row.length, ids);
+}
+
+/**
+ * The ids of the logits at or above `from` (a threshold, or the ids to look at), highest first,
+ * ties by lower id, NaN logits left out, at most `limit` of them: sorted as float64 keys (the
+ * logit's order bits, then the id) by the typed array's own numeric sort, no comparator; past
+ * `limit`, only the `limit` first are selected and sorted.
+ */
+function sortedByLogit(logits: Float32Array, offset: number, length: number, from: number | Uint32Array, limit = Infinity): Uint32Array {
+  const ids = typeof from === "number" ? undefined : from;
+  const threshold = typeof from === "number" ? from : -Infinity;
   const idBits = Math.max(1, 32 - Math.clz32(length - 1));
-  if (idBits > 21) return sortedIdsByComparator(logits, offset, length, threshold).subarray(0, limit);
+  const n = ids ? ids.length : length;
+  if (idBits > 21) return sortedByComparator(logits, offset, ids ?? Uint32Array.from({ length }, (_, i) => i), threshold).subarray(0, limit);
   const bits = new Uint32Array(logits.buffer, logits.byteOffset + 4 * offset, length);
-  const keys = new Float64Array(length);
+  const keys = new Float64Array(n);
   const idScale = 2 ** idBits;
   let count = 0;
-  for (let i = 0; i < length; i++) {
-    if (!(logits[offset + i] >= threshold)) continue;
+  for (let j = 0; j < n; j++) {
+    const i = ids ? ids[j] : j;
+    if (!(logits[offset + i] >= threshold)) continue; // NaN too
     const b = bits[i];
     // Float bits to an unsigned order ascending with the value, turned to descending.
     const ascending = b & 0x80000000 ? ~b >>> 0 : (b | 0x80000000) >>> 0;
@@ -114,9 +232,9 @@ function sortedIdsAbove(logits: Float32Array, offset: number, length: number, th
     return radixSortedIds(head, idScale);
   }
   head.sort();
-  const ids = new Uint32Array(head.length);
-  for (let j = 0; j < head.length; j++) ids[j] = head[j] % idScale;
-  return ids;
+  const sorted = new Uint32Array(head.length);
+  for (let j = 0; j < head.length; j++) sorted[j] = head[j] % idScale;
+  return sorted;
 }
 
 // From this many keys, two counting passes over 16-bit digits beat the typed array's sort
@@ -124,7 +242,7 @@ function sortedIdsAbove(logits: Float32Array, offset: number, length: number, th
 const RADIX_FROM = 2048;
 
 /**
- * The ids of `keys` (as sortedIdsAbove builds them, in id order) in key order: a stable LSD radix
+ * The ids of `keys` (as sortedByLogit builds them, in id order) in key order: a stable LSD radix
  * sort of their 32-bit logit order, so equal logits keep id order.
  */
 function radixSortedIds(keys: Float64Array, idScale: number): Uint32Array {
@@ -176,11 +294,10 @@ function selectSmallest(a: Float64Array, n: number): void {
   }
 }
 
-function sortedIdsByComparator(logits: Float32Array, offset: number, length: number, threshold: number): Uint32Array {
-  const ids: number[] = [];
-  for (let i = 0; i < length; i++) if (logits[offset + i] >= threshold) ids.push(i);
-  ids.sort((a, b) => logits[offset + b] - logits[offset + a] || a - b);
-  return Uint32Array.from(ids);
+function sortedByComparator(logits: Float32Array, offset: number, ids: Uint32Array, threshold: number): Uint32Array {
+  const kept = Array.from(ids).filter((i) => logits[offset + i] >= threshold);
+  kept.sort((a, b) => logits[offset + b] - logits[offset + a] || a - b);
+  return Uint32Array.from(kept);
 }
 
 /** Log-softmax of one row, for logprobs. */

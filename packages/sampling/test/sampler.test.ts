@@ -76,6 +76,20 @@ describe("sampler", () => {
     expect(draws).toBe(4 * 3 * 5 * 20);
   });
 
+  it("draws what sorting draws on a flat 32,000-token row, where the walk crosses many bands and the top_p edge falls inside one", () => {
+    const rng = new SeededRandom(11);
+    const row = Float32Array.from({ length: 32000 }, () => rng.next() * 4 - 2);
+    for (const p of [{ temperature: 0.8, topP: 0.95, topK: 0 }, { temperature: 1, topP: 1, topK: 0 }, { temperature: 2, topP: 0.3, topK: 0 }]) {
+      const draws = [0, 0.5, 0.999999, ...Array.from({ length: 7 }, () => rng.next())];
+      for (const r of draws) expect(sampleToken(row, p, r), `${JSON.stringify(p)}, draw ${r}`).toBe(sortedReference(row, p, r));
+    }
+  });
+
+  it("takes the +Infinity logit, the lowest id among several", () => {
+    const row = new Float32Array([0, Infinity, 3, Infinity]);
+    for (const r of [0, 0.5, 0.99]) expect(sampleToken(row, { temperature: 1, topP: 0.9, topK: 0 }, r)).toBe(1);
+  });
+
   it("returns a token for a row with NaN logits instead of searching for the rest of it", () => {
     const row = new Float32Array([0.5, NaN, 2, NaN]);
     for (const p of [{ temperature: 1, topP: 1, topK: 0 }, { temperature: 1, topP: 0.9, topK: 3 }]) expect([0, 2]).toContain(sampleToken(row, p, 0.99));
