@@ -32,7 +32,7 @@ export function argmax(logits: Float32Array, offset = 0, length = logits.length 
  * top k when top_k is set and the smallest head whose mass reaches top_p when top_p is set. With
  * top_k, only the k highest are selected and sorted. Without it, nothing is sorted but the one or
  * two narrow bands the draw and the top_p edge fall in (see drawByBands). Sorting every token the
- * walk reaches cost 3-4 ms a row where all of a 32,000-token vocabulary lay within a few
+ * walk reaches cost 3-4.5 ms a row where all of a 32,000-token vocabulary lay within a few
  * temperatures of the top (a synthetic model's flat logits, or a high temperature), ~55 ms a
  * 16-sequence step on the last stage beside ~20 ms of compute; the bands' walk takes 1-1.5 ms,
  * half of it the exp of every logit.
