@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BUNDLED_MODEL_DIR } from "@strata/model";
-import { LocalCluster, RequestAbortedError, type GenerateRequest, type GenerateResult } from "@strata/coordinator";
+import { LocalCluster, RequestAbortedError, StageFailure, type GenerateRequest, type GenerateResult } from "@strata/coordinator";
 import { SeededRandom } from "@strata/sampling";
 import { GREEDY, useNats } from "./support/cluster.ts";
 
@@ -13,7 +13,9 @@ import { GREEDY, useNats } from "./support/cluster.ts";
 // meanwhile must still reach the stages.
 //
 // Afterwards, each request runs again alone: a finished one must have produced exactly that
-// output, an aborted one a prefix of it. And every stage must be back to no block in use.
+// output, an aborted one a prefix of it. And every stage must be back to no block in use. A
+// second soak does the same over worker processes and crashes each of them once: requests that
+// were in the cluster while a stage was down may fail, with the stage's failure; none other may.
 
 const SOAK_SECONDS = Number(process.env.STRATA_SOAK_SECONDS ?? 10);
 const BLOCK_SIZE = 16;
@@ -43,6 +45,8 @@ interface Outcome {
   streamed: number[];
   result?: GenerateResult;
   error?: Error;
+  submittedMs: number;
+  settledMs: number;
 }
 
 function soakRequest(rng: SeededRandom, systemPrompts: number[][]): SoakRequest {
@@ -63,9 +67,10 @@ function soakRequest(rng: SeededRandom, systemPrompts: number[][]): SoakRequest 
   return { req, abortAfter: rng.next() < 0.15 ? Math.floor(rng.next() * maxTokens) : undefined };
 }
 
-async function run(request: SoakRequest): Promise<Outcome> {
+async function run(cluster: LocalCluster, request: SoakRequest): Promise<Outcome> {
   const streamed: number[] = [];
   const abort = new AbortController();
+  const submittedMs = performance.now();
   const generation = cluster.engine.generate({
     ...request.req,
     signal: abort.signal,
@@ -76,63 +81,116 @@ async function run(request: SoakRequest): Promise<Outcome> {
   });
   if (request.abortAfter === 0) abort.abort();
   try {
-    return { streamed, result: await generation };
+    const result = await generation;
+    return { streamed, result, submittedMs, settledMs: performance.now() };
   } catch (error) {
-    return { streamed, error: error as Error };
+    return { streamed, error: error as Error, submittedMs, settledMs: performance.now() };
+  }
+}
+
+/**
+ * Requests from `rng` for `seconds`, one at a time or in bursts, each awaited in the background;
+ * `at(fraction)` runs once the soak is that far through (0 to 1), for each fraction it names.
+ */
+async function soak(cluster: LocalCluster, rng: SeededRandom, seconds: number, at: Map<number, () => Promise<void>> = new Map()): Promise<{ requests: SoakRequest[]; outcomes: Outcome[] }> {
+  const systemPrompts = [32, 48, 64].map((n) => Array.from({ length: n }, () => 260 + Math.floor(rng.next() * 200)));
+  const requests: SoakRequest[] = [];
+  const outcomes: Promise<Outcome>[] = [];
+  const events: Promise<void>[] = [];
+  const started = performance.now();
+  const pending = [...at.keys()].sort((a, b) => a - b);
+  while (performance.now() < started + seconds * 1000) {
+    const burst = rng.next() < 0.1 ? 4 + Math.floor(rng.next() * 8) : 1;
+    for (let i = 0; i < burst; i++) {
+      const request = soakRequest(rng, systemPrompts);
+      requests.push(request);
+      outcomes.push(run(cluster, request));
+    }
+    while (pending.length > 0 && performance.now() >= started + pending[0] * seconds * 1000) events.push(at.get(pending.shift()!)!());
+    await new Promise((resolve) => setTimeout(resolve, -Math.log(1 - rng.next()) * 25));
+  }
+  const settled = await Promise.all(outcomes);
+  await Promise.all(events);
+  return { requests, outcomes: settled };
+}
+
+/** Every stage back to no block in use and no sequence, and nothing left in the engine. */
+async function expectNothingHeld(cluster: LocalCluster): Promise<void> {
+  expect(await cluster.waitForBlocksFreed(30_000)).toEqual([0, 0]);
+  for (const d of await cluster.pipeline.describeAll()) {
+    expect(d.kv!.sequences).toBe(0);
+    expect(d.kv!.blocksFree + d.kv!.blocksCached).toBe(d.kv!.blocksTotal);
+  }
+  expect(cluster.engine.numRunning).toBe(0);
+  expect(cluster.engine.numWaiting).toBe(0);
+}
+
+/** Each request again, alone: a finished one's output, and what any of them streamed, must match. */
+async function expectEachAsAlone(cluster: LocalCluster, requests: SoakRequest[], outcomes: Outcome[]): Promise<void> {
+  for (const [i, request] of requests.entries()) {
+    const alone = await cluster.engine.generate(request.req);
+    const soaked = outcomes[i];
+    const label = `request ${i}: ${JSON.stringify({ ...request.req, promptIds: request.req.promptIds.length })}, abort after ${request.abortAfter}`;
+    if (soaked.result) {
+      expect(soaked.result.tokenIds, label).toEqual(alone.tokenIds);
+      expect(soaked.result.finishReason, label).toBe(alone.finishReason);
+    }
+    expect(soaked.streamed, label).toEqual(alone.tokenIds.slice(0, soaked.streamed.length));
   }
 }
 
 describe(`soak (${SOAK_SECONDS} s; STRATA_SOAK_SECONDS sets it)`, () => {
   it("random arrivals, bursts, salts, sampling, stop tokens and aborts under preemption and a NATS restart: every output is the request's alone, and no block leaks", { timeout: 60_000 + SOAK_SECONDS * 6_000 }, async () => {
-    const rng = new SeededRandom(2026);
-    const systemPrompts = [32, 48, 64].map((n) => Array.from({ length: n }, () => 260 + Math.floor(rng.next() * 200)));
     const before = cluster.engine.stats();
-    const requests: SoakRequest[] = [];
-    const outcomes: Promise<Outcome>[] = [];
-    const deadline = performance.now() + SOAK_SECONDS * 1000;
-    let restarted: Promise<void> | undefined;
-    while (performance.now() < deadline) {
-      const burst = rng.next() < 0.1 ? 4 + Math.floor(rng.next() * 8) : 1;
-      for (let i = 0; i < burst; i++) {
-        const request = soakRequest(rng, systemPrompts);
-        requests.push(request);
-        outcomes.push(run(request));
-      }
-      if (!restarted && performance.now() > deadline - (SOAK_SECONDS * 1000) / 2) restarted = nats.server().restart();
-      await new Promise((resolve) => setTimeout(resolve, -Math.log(1 - rng.next()) * 25));
-    }
-    const results = await Promise.all(outcomes);
-    await restarted;
+    const restart = new Map([[0.5, () => nats.server().restart()]]);
+    const { requests, outcomes } = await soak(cluster, new SeededRandom(2026), SOAK_SECONDS, restart);
     const after = cluster.engine.stats();
 
     // The load did what it is for.
-    const aborted = results.filter((r) => r.error instanceof RequestAbortedError).length;
-    expect(results.filter((r) => r.error && !(r.error instanceof RequestAbortedError)).map((r) => r.error!.message)).toEqual([]);
-    expect(aborted).toBeGreaterThan(0);
+    expect(outcomes.filter((r) => r.error && !(r.error instanceof RequestAbortedError)).map((r) => r.error!.message)).toEqual([]);
+    expect(outcomes.filter((r) => r.error instanceof RequestAbortedError).length).toBeGreaterThan(0);
     expect(after.preemptions - before.preemptions).toBeGreaterThan(0);
     expect(after.prefixHitTokens - before.prefixHitTokens).toBeGreaterThan(0);
     expect(requests.some((r) => r.req.seed !== undefined && r.abortAfter === undefined)).toBe(true);
 
-    // Nothing held once traffic stops.
+    await expectNothingHeld(cluster);
+    await expectEachAsAlone(cluster, requests, outcomes);
     expect(await cluster.waitForBlocksFreed(30_000)).toEqual([0, 0]);
-    for (const d of await cluster.pipeline.describeAll()) {
-      expect(d.kv!.sequences).toBe(0);
-      expect(d.kv!.blocksFree + d.kv!.blocksCached).toBe(d.kv!.blocksTotal);
-    }
-    expect(cluster.engine.numRunning).toBe(0);
-    expect(cluster.engine.numWaiting).toBe(0);
+  });
 
-    // Each request again, alone.
-    for (const [i, request] of requests.entries()) {
-      const alone = await cluster.engine.generate(request.req);
-      const soaked = results[i];
-      const label = `request ${i}: ${JSON.stringify({ ...request.req, promptIds: request.req.promptIds.length })}, abort after ${request.abortAfter}`;
-      if (soaked.result) {
-        expect(soaked.result.tokenIds, label).toEqual(alone.tokenIds);
-        expect(soaked.result.finishReason, label).toBe(alone.finishReason);
+  it("over worker processes, each crashed once mid-soak and reloaded: only requests in the cluster while a stage was down fail, with the stage's failure; the rest are each request's alone, and no block leaks", { timeout: 90_000 + SOAK_SECONDS * 6_000 }, async () => {
+    const processes = await LocalCluster.start({ modelDir: BUNDLED_MODEL_DIR, workers: 2, natsUrl: nats.url(), blockSizeTokens: BLOCK_SIZE, kvCacheBytes: KV_CACHE_BYTES });
+    try {
+      // What `strata start` does: reload a stage whose worker came back empty, free stale sequences.
+      processes.watchStages(() => {}, 500);
+      const outages: { fromMs: number; toMs: number }[] = [];
+      const crash = (worker: number) => async () => {
+        const fromMs = performance.now();
+        await processes.crashWorker(worker);
+        const loaded = async () => (await processes.pipeline.describeAll().catch(() => [])).filter((d) => d.loaded).length === 2;
+        while (!(await loaded())) await new Promise((r) => setTimeout(r, 50));
+        outages.push({ fromMs, toMs: performance.now() });
+      };
+      const { requests, outcomes } = await soak(processes, new SeededRandom(7), SOAK_SECONDS, new Map([[0.3, crash(1)], [0.65, crash(0)]]));
+
+      expect(outages).toHaveLength(2);
+      const failed = outcomes.filter((r) => r.error && !(r.error instanceof RequestAbortedError));
+      expect(failed.length).toBeGreaterThan(0);
+      // A failure counts against a crash if the request was in the cluster while that stage was
+      // down, or its batch was (the engine learns of a dead stage when a batch fails, ~1 s at most).
+      const during = (r: Outcome) => outages.some((o) => r.submittedMs <= o.toMs + 1000 && r.settledMs >= o.fromMs);
+      for (const r of failed) {
+        expect(r.error, r.error!.message).toBeInstanceOf(StageFailure);
+        expect(during(r), `${r.error!.message}: submitted ${Math.round(r.submittedMs)} ms, settled ${Math.round(r.settledMs)}, outages ${JSON.stringify(outages)}`).toBe(true);
       }
-      expect(soaked.streamed, label).toEqual(alone.tokenIds.slice(0, soaked.streamed.length));
+      // And the cluster serves again after each crash.
+      for (const o of outages) expect(outcomes.some((r) => r.result && r.submittedMs > o.toMs)).toBe(true);
+
+      await processes.engine.reconcile();
+      await expectNothingHeld(processes);
+      await expectEachAsAlone(processes, requests, outcomes);
+    } finally {
+      await processes.stop();
     }
-    expect(await cluster.waitForBlocksFreed(30_000)).toEqual([0, 0]);
   });
 });

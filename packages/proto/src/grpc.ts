@@ -50,6 +50,11 @@ export const grpcChannelOptions: grpc.ChannelOptions = {
   "grpc.max_send_message_length": 1 << 30,
   // The receive window of the channel's HTTP/2 connection (see STREAM_WINDOW_BYTES).
   "grpc-node.flow_control_window": STREAM_WINDOW_BYTES,
+  // A stage that restarts is back within seconds on the same address: try it again within 1 s,
+  // not after grpc-js's default backoff (1 s growing to 120 s), while every stream and RPC on
+  // the channel is refused.
+  "grpc.initial_reconnect_backoff_ms": 200,
+  "grpc.max_reconnect_backoff_ms": 1000,
 };
 
 /**

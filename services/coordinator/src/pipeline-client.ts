@@ -23,6 +23,7 @@ import {
   type HealthResponse,
   type LoadResponse,
   type ResultsBatch,
+  type StageError,
   type ResultsResponse,
   type SequenceChunk,
 } from "@strata/proto";
@@ -182,8 +183,13 @@ export class PipelineClient {
         reloaded.push(i);
       }),
     );
-    if (reloaded.length > 0) this.openStreams();
-    return reloaded.sort((a, b) => a - b);
+    if (reloaded.length > 0) {
+      reloaded.sort((a, b) => a - b);
+      // Whatever was in flight went through, or was still to reach, a stage that lost it all.
+      this.failAll(new StageFailure(grpc.status.UNAVAILABLE, `stage ${reloaded.join(", ")} restarted: the batches in flight were lost`, reloaded[0]));
+      this.openStreams();
+    }
+    return reloaded;
   }
 
   private openStreams(): void {
@@ -200,7 +206,11 @@ export class PipelineClient {
     });
     this.fromLastStage = results;
     const forward = this.stubs[0].forward();
-    forward.on("data", () => {}); // rejections also reach us on the results stream
+    // Stage 0 replies only to fail a batch: one it rejected (the rejection also travels on to the
+    // results stream), or one lost further on, which nothing else reports.
+    forward.on("data", (reply: ForwardResponse) => {
+      if (reply.error) this.failBatch(reply.batchId, reply.error);
+    });
     forward.on("error", (err: grpc.ServiceError) => {
       if (err.code !== grpc.status.CANCELLED) this.failAll(new StageFailure(err.code, `stream to stage 0 failed: ${err.details}`, 0));
       if (this.toFirstStage === forward) this.toFirstStage = undefined;
@@ -246,10 +256,18 @@ export class PipelineClient {
   private deliver(msg: ResultsResponse): void {
     const waiter = this.pending.get(msg.batchId);
     if (!waiter) return;
-    if (!msg.error && msg.step + 1 < waiter.steps) return waiter.onStep?.(msg);
+    if (msg.error) return this.failBatch(msg.batchId, msg.error);
+    if (msg.step + 1 < waiter.steps) return waiter.onStep?.(msg);
     this.pending.delete(msg.batchId);
-    if (msg.error) waiter.reject(new StageFailure(msg.error.code, `stage ${msg.error.stageIndex}: ${msg.error.message}`, msg.error.stageIndex));
-    else waiter.resolve(msg);
+    waiter.resolve(msg);
+  }
+
+  /** A stage's report that a batch failed; the first report of it counts. */
+  private failBatch(batchId: number, error: StageError): void {
+    const waiter = this.pending.get(batchId);
+    if (!waiter) return;
+    this.pending.delete(batchId);
+    waiter.reject(new StageFailure(error.code, `stage ${error.stageIndex}: ${error.message}`, error.stageIndex));
   }
 
   private failAll(error: Error): void {

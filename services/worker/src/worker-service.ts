@@ -96,8 +96,8 @@ interface RunState {
 export class WorkerNode {
   private stage: LoadedStage | undefined;
   // Hidden states go on to the next stage; a decode run's sampled tokens loop back to the first.
-  private readonly nextStage = new StageLink("next stage", (line) => this.log(line));
-  private readonly firstStage = new StageLink("first stage", (line) => this.log(line));
+  private readonly nextStage = new StageLink("next stage", (line) => this.log(line), () => this.stage?.spec.stageIndex ?? 0);
+  private readonly firstStage = new StageLink("first stage", (line) => this.log(line), () => this.stage?.spec.stageIndex ?? 0);
   private readonly resultSubscribers = new Set<grpc.ServerWritableStream<unknown, ResultsBatch>>();
   private queue: Promise<void> = Promise.resolve();
   // Something went to another process since the last batch started (see enqueue).
@@ -331,12 +331,13 @@ export class WorkerNode {
     const stage = this.stage;
     if (req.error) {
       this.runs.delete(req.batchId);
-      return this.passOnError(req, req.error);
+      return this.passOnError(req, req.error, sender);
     }
     let step: Promise<StageOutput>;
     let chunks: StageChunk[];
     try {
-      if (!stage) throw new StageRequestError(grpc.status.FAILED_PRECONDITION, "no layers loaded on this worker");
+      // Not loaded, this worker does not know which stage it is: the message names the worker.
+      if (!stage) throw new StageRequestError(grpc.status.FAILED_PRECONDITION, `no layers loaded on ${this.opts.workerId} (a restarted worker waits for the coordinator to load them again)`);
       this.expandRunStep(req, stage.firstStage);
       const totalTokens = req.seqs.reduce((sum, c) => sum + c.numTokens, 0);
       const hidden = stage.firstStage ? undefined : readF32Tensor(req.hidden, [totalTokens, stage.config.hiddenSize], `batch ${req.batchId} hidden state`);
@@ -378,7 +379,7 @@ export class WorkerNode {
           req.seqs = [];
           req.traceContext = {};
         }
-        this.sendOn(this.nextStage.stream(), req);
+        this.passOn(this.nextStage, req, sender);
         return;
       }
       const { logits, greedyTokens } = output;
@@ -409,7 +410,7 @@ export class WorkerNode {
     this.runs.delete(req.batchId);
     this.log(`rejected batch ${req.batchId}: ${failure.message}`);
     this.sendOn(sender, create(ForwardResponseSchema, { batchId: req.batchId, error: failure }));
-    this.passOnError(req, failure);
+    this.passOnError(req, failure, sender);
     this.observer?.batchFailed(req, failure, receivedUnixMs);
   }
 
@@ -466,9 +467,9 @@ export class WorkerNode {
       return;
     }
     try {
-      this.sendOn(this.firstStage.stream(), next);
+      this.passOn(this.firstStage, next, sender);
     } catch (error) {
-      this.passOnError(next, create(StageErrorSchema, { code: grpcCodeFor(error), message: errorMessage(error), stageIndex: this.stage?.spec.stageIndex ?? 0 }));
+      this.passOnError(next, create(StageErrorSchema, { code: grpcCodeFor(error), message: errorMessage(error), stageIndex: this.stage?.spec.stageIndex ?? 0 }), sender);
     }
   }
 
@@ -486,15 +487,35 @@ export class WorkerNode {
   }
 
   // A rejected batch still reaches the coordinator, through the remaining stages, so its requests fail fast.
-  private passOnError(req: ForwardRequest, error: StageError): void {
+  private passOnError(req: ForwardRequest, error: StageError, sender: ForwardCall): void {
     if (!this.stage || this.stage.lastStage) {
       this.publishResult(create(ResultsResponseSchema, { batchId: req.batchId, error }));
       return;
     }
     try {
-      this.sendOn(this.nextStage.stream(), create(ForwardRequestSchema, { batchId: req.batchId, seqs: req.seqs, error, traceContext: req.traceContext, numSteps: req.numSteps, step: req.step }));
+      this.passOn(this.nextStage, create(ForwardRequestSchema, { batchId: req.batchId, seqs: req.seqs, error, traceContext: req.traceContext, numSteps: req.numSteps, step: req.step }), sender);
     } catch (e) {
       this.log(`could not pass on the failure of batch ${req.batchId}: ${errorMessage(e)}`);
+    }
+  }
+
+  /**
+   * A batch this stage passed on was lost (the link to the stage after it broke, or a stage
+   * further on could not pass it on either): the failure goes back the way the batch came, to
+   * the coordinator, which would otherwise wait for it forever with its micro-batch slot taken.
+   * The last stage has the coordinator's results stream; any other replies to the batch's sender
+   * (the coordinator, or the stage before, which sends it further back).
+   */
+  private reportLost(batchId: number, error: StageError, sender: ForwardCall): void {
+    this.runs.delete(batchId);
+    if (this.stage?.lastStage) {
+      this.publishResult(create(ResultsResponseSchema, { batchId, error }));
+      return;
+    }
+    try {
+      sender.write(create(ForwardResponseSchema, { batchId, error }));
+    } catch (e) {
+      this.log(`could not report the loss of batch ${batchId}: ${errorMessage(e)}`);
     }
   }
 
@@ -534,6 +555,13 @@ export class WorkerNode {
     this.wrotePeer = true;
   }
 
+  /** Passes a batch on to another stage, like sendOn; if it is lost on the way, `sender` hears of it (see reportLost). */
+  private passOn(link: StageLink, req: ForwardRequest, sender: ForwardCall): void {
+    const batchId = req.batchId;
+    link.send(req, (error) => this.reportLost(batchId, error, sender));
+    this.wrotePeer = true;
+  }
+
   close(): void {
     this.nextStage.close();
     this.firstStage.close();
@@ -554,49 +582,88 @@ export function workerServiceDefinition(): grpc.ServiceDefinition {
   return grpcServiceDefinition(WorkerService);
 }
 
-/** A long-lived Forward stream to another stage, opened on first use and again after a failure. */
+/**
+ * Batches a StageLink remembers having sent. The coordinator keeps a micro-batch or so per stage
+ * in flight, and a decode run's batch is sent again at every step, so any batch still in flight
+ * is among the last few sent.
+ */
+const MAX_TRACKED_BATCHES = 64;
+
+/**
+ * A long-lived Forward stream to another stage, opened on first use and again after a failure.
+ * It remembers the batches last sent on it (it never learns when one is done) with how to report
+ * each lost: when the stream breaks, every one of them is, and when the stage it feeds replies
+ * that it could not take or pass on a batch, that one is. The coordinator ignores a report of a
+ * batch it finished already. After a break the next stream opens on a fresh channel: grpc-js's
+ * channel would otherwise refuse new streams for its reconnect backoff, after the stage it
+ * reaches is back.
+ */
 class StageLink {
   private address = "";
   private client: grpc.Client | undefined;
   private current: grpc.ClientDuplexStream<ForwardRequest, ForwardResponse> | undefined;
+  private readonly sent = new Map<number, (error: StageError) => void>();
 
   constructor(
     private readonly name: string,
     private readonly log: (line: string) => void,
+    private readonly stageIndex: () => number,
   ) {}
 
   connect(address: string): void {
     if (address === this.address) return;
     this.close();
-    this.client = address ? new WorkerClient(address, grpc.credentials.createInsecure(), grpcChannelOptions) : undefined;
     this.address = address;
   }
 
-  stream(): grpc.ClientDuplexStream<ForwardRequest, ForwardResponse> {
+  send(req: ForwardRequest, onLost: (error: StageError) => void): void {
+    const stream = this.stream();
+    // Re-inserted, so a decode run's batch (sent at every step) counts as recent.
+    this.sent.delete(req.batchId);
+    this.sent.set(req.batchId, onLost);
+    if (this.sent.size > MAX_TRACKED_BATCHES) this.sent.delete(this.sent.keys().next().value!);
+    stream.write(req);
+  }
+
+  private stream(): grpc.ClientDuplexStream<ForwardRequest, ForwardResponse> {
     if (!this.current) {
-      if (!this.client) throw new StageRequestError(grpc.status.FAILED_PRECONDITION, `this stage has no ${this.name} address`);
+      if (!this.address) throw new StageRequestError(grpc.status.FAILED_PRECONDITION, `this stage has no ${this.name} address`);
+      this.client ??= new WorkerClient(this.address, grpc.credentials.createInsecure(), grpcChannelOptions);
       const stream = (this.client as unknown as { forward(): grpc.ClientDuplexStream<ForwardRequest, ForwardResponse> }).forward();
-      const drop = () => {
-        if (this.current === stream) this.current = undefined;
-      };
       stream.on("data", (reply: ForwardResponse) => {
-        if (reply.error) this.log(`${this.name} rejected batch ${reply.batchId}: ${reply.error.message}`);
+        if (!reply.error) return;
+        this.log(`${this.name} rejected batch ${reply.batchId}: ${reply.error.message}`);
+        const onLost = this.sent.get(reply.batchId);
+        this.sent.delete(reply.batchId);
+        onLost?.(reply.error);
       });
       stream.on("error", (error: Error) => {
+        // A stream this link closed itself (connect, close) loses nothing.
+        if (this.current !== stream) return;
         this.log(`stream to ${this.name} failed: ${error.message}`);
-        drop();
+        this.current = undefined;
+        this.client?.close();
+        this.client = undefined;
+        const lost = [...this.sent.values()];
+        this.sent.clear();
+        const failure = create(StageErrorSchema, { code: grpc.status.UNAVAILABLE, message: `the ${this.name} could not be reached: ${error.message}`, stageIndex: this.stageIndex() });
+        for (const onLost of lost) onLost(failure);
       });
-      stream.on("end", drop);
+      stream.on("end", () => {
+        if (this.current === stream) this.current = undefined;
+      });
       this.current = stream;
     }
     return this.current;
   }
 
   close(): void {
-    this.current?.end();
-    this.client?.close();
+    const stream = this.current;
     this.current = undefined;
+    stream?.end();
+    this.client?.close();
     this.client = undefined;
     this.address = "";
+    this.sent.clear();
   }
 }
