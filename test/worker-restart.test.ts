@@ -64,4 +64,28 @@ describe("worker restart", () => {
       await cluster.stop();
     }
   });
+
+  it("a worker process that dies is started again on its port by the cluster itself and reloaded; it then serves the same tokens, with nothing leaked", async () => {
+    const lines: string[] = [];
+    const cluster = await LocalCluster.start({ modelDir: BUNDLED_MODEL_DIR, workers: 2, natsUrl: nats.url(), log: (line) => lines.push(line) });
+    try {
+      const before = await cluster.engine.generate({ promptIds: oracle.prompt_token_ids, maxTokens: 60, sampling: GREEDY, stopTokenIds: [] });
+      expect(before.tokenIds).toEqual(expected.slice(0, 60));
+      const [, pid] = cluster.workerPids();
+      process.kill(pid!, "SIGKILL");
+      // No drill helper and no watch tick here: the cluster sees the exit, starts a new process
+      // and reloads its stage itself.
+      await until(async () => lines.some((l) => l.includes("reloaded stage 1")), 30_000);
+      expect(lines.some((l) => l.includes("worker 1 exited (killed by SIGKILL)"))).toBe(true);
+      expect(cluster.workerPids()[1]).not.toBe(pid);
+      const after = await cluster.engine.generate({ promptIds: oracle.prompt_token_ids, maxTokens: 60, sampling: GREEDY, stopTokenIds: [] });
+      expect(after.tokenIds).toEqual(expected.slice(0, 60));
+      await until(async () => {
+        await cluster.engine.reconcile();
+        return (await cluster.pipeline.describeAll()).every((d) => d.kv?.blocksUsed === 0);
+      }, 20_000);
+    } finally {
+      await cluster.stop();
+    }
+  });
 });

@@ -101,10 +101,20 @@ export interface ClusterOptions {
 interface WorkerHandle {
   address: string;
   metricsUrl?: string;
+  /** The worker process (worker processes only). */
+  pid?: number;
   stop(): Promise<void>;
   /** Worker processes only: kill it (as a crash would) and start an empty one on the same port. */
   crashAndRestart?(): Promise<WorkerHandle>;
+  /** Worker processes only: start an empty one on the same port, once this one has exited. */
+  restart?(): Promise<WorkerHandle>;
+  /** Worker processes only: `callback` runs if the process dies (not by stop, crashAndRestart or its own shutdown). */
+  onUnexpectedExit?(callback: (why: string) => void): void;
 }
+
+/** A worker started again this soon after its last start waits first (see LocalCluster.respawn). */
+const RESPAWN_CALM_MS = 30_000;
+const MAX_RESPAWN_DELAY_MS = 30_000;
 
 /** A coordinator engine, N workers and a NATS server on loopback, started and stopped together. */
 export class LocalCluster {
@@ -227,6 +237,8 @@ export class LocalCluster {
       const adapters = new AdapterManager(pipeline, events, engine, new ModelRegistry(opts.modelName ?? servedModelName(opts.modelDir)), maxLoraRank);
       for (const lora of opts.loras ?? []) await adapters.load(lora.name, lora.path);
       const cluster = new LocalCluster(engine, pipeline, events, config, partition, natsUrl, adapters, workers, ownNats);
+      cluster.log = opts.log ?? (() => {});
+      workers.forEach((_, i) => cluster.supervise(i));
       cluster.watchStages(opts.log);
       const coordinatorTracing = opts.tracing ?? (opts.tracesUrl ? startTracing({ serviceName: "strata-coordinator", tracesUrl: opts.tracesUrl }) : TRACING_OFF);
       if (!opts.tracing) ownTracings.push(coordinatorTracing);
@@ -274,6 +286,48 @@ export class LocalCluster {
 
   private reconcileTimer: NodeJS.Timeout | undefined;
   private recovering: Promise<void> | undefined;
+  private log: (line: string) => void = () => {};
+  private stopping = false;
+  // Per worker: when it was last started again, and how many times in a row it came back soon.
+  private readonly respawns = new Map<number, { atMs: number; quickRepeats: number }>();
+
+  /** The worker processes' ids (undefined for in-process workers). */
+  workerPids(): (number | undefined)[] {
+    return this.workers.map((w) => w.pid);
+  }
+
+  /** Starts worker `i` again on its port if its process dies (see respawn). */
+  private supervise(i: number): void {
+    this.workers[i].onUnexpectedExit?.((why) => void this.respawn(i, why));
+  }
+
+  /**
+   * A worker process that died (killed, out of memory, a fault) is started again, empty, on its
+   * port, and its stage reloaded at once rather than at the next watch tick: the requests it had
+   * in flight fail, and the cluster serves again within seconds instead of failing every request
+   * until restarted by hand. One that keeps dying soon after starting waits 1 s, 2 s, … up to
+   * 30 s before each new start.
+   */
+  private async respawn(i: number, why: string): Promise<void> {
+    const last = this.respawns.get(i);
+    const quickRepeats = last && Date.now() - last.atMs < RESPAWN_CALM_MS ? last.quickRepeats + 1 : 0;
+    for (let attempt = quickRepeats; !this.stopping; attempt++) {
+      this.log(`worker ${i} exited (${why}); starting an empty one on its port`);
+      if (attempt > 0) await new Promise((r) => setTimeout(r, Math.min(MAX_RESPAWN_DELAY_MS, 1000 * 2 ** (attempt - 1))));
+      if (this.stopping) return;
+      try {
+        const worker = await this.workers[i].restart!();
+        this.respawns.set(i, { atMs: Date.now(), quickRepeats: attempt });
+        if (this.stopping) return void (await worker.stop());
+        this.workers[i] = worker;
+        this.supervise(i);
+        void this.recoverStages(this.log);
+        return;
+      } catch (error) {
+        why = `and starting it again failed: ${(error as Error).message}`;
+      }
+    }
+  }
 
   /**
    * Reloads stages whose worker came back empty (a restarted process at the same address), then
@@ -302,6 +356,7 @@ export class LocalCluster {
     const worker = this.workers[i];
     if (!worker.crashAndRestart) throw new Error("only worker processes can be crashed and restarted");
     this.workers[i] = await worker.crashAndRestart();
+    this.supervise(i);
   }
 
   /**
@@ -311,6 +366,7 @@ export class LocalCluster {
    * reloads a stage whose worker restarted empty.
    */
   watchStages(log: (line: string) => void = () => {}, everyMs = 5000): void {
+    clearInterval(this.reconcileTimer);
     const reconcile = () =>
       this.engine.reconcile().then(
         (stale) => stale > 0 && log(`freed ${stale} sequences whose eviction events were lost`),
@@ -328,6 +384,7 @@ export class LocalCluster {
   }
 
   async stop(): Promise<void> {
+    this.stopping = true;
     clearInterval(this.reconcileTimer);
     this.engine.close();
     this.pipeline.close();
@@ -402,8 +459,16 @@ async function spawnWorker(
     });
     child.once("exit", (code) => reject(new Error(`worker ${index} exited with code ${code} before listening`)));
   });
+  let expectedExit = false;
+  let onUnexpectedExit: ((why: string) => void) | undefined;
+  child.once("exit", (code, signal) => {
+    // Exit code 0 is the worker's own shutdown (SIGINT or SIGTERM, as Ctrl-C sends the whole
+    // process group): that one stays down.
+    if (!expectedExit && code !== 0) onUnexpectedExit?.(signal ? `killed by ${signal}` : `exit code ${code}`);
+  });
   const exited = (signal: NodeJS.Signals) =>
     new Promise<void>((resolve) => {
+      expectedExit = true;
       if (child.exitCode !== null || child.signalCode !== null) return resolve();
       const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
       child.once("exit", () => {
@@ -412,13 +477,19 @@ async function spawnWorker(
       });
       child.kill(signal);
     });
+  const boundPort = Number(address.split(":").pop());
   return {
     address,
     metricsUrl,
+    pid: child.pid,
     stop: () => exited("SIGTERM"),
     crashAndRestart: async () => {
       await exited("SIGKILL");
-      return spawnWorker(index, natsUrl, threads, log, options, Number(address.split(":").pop()));
+      return spawnWorker(index, natsUrl, threads, log, options, boundPort);
+    },
+    restart: () => spawnWorker(index, natsUrl, threads, log, options, boundPort),
+    onUnexpectedExit: (callback) => {
+      onUnexpectedExit = callback;
     },
   };
 }
