@@ -23,6 +23,16 @@ async function until(check: () => Promise<boolean>, timeoutMs: number): Promise<
   }
 }
 
+/** The oracle's story, token for token, then every stage back to no block in use. */
+async function expectStoryThenNoBlockUsed(cluster: LocalCluster): Promise<void> {
+  const story = await cluster.engine.generate({ promptIds: oracle.prompt_token_ids, maxTokens: 60, sampling: GREEDY, stopTokenIds: [] });
+  expect(story.tokenIds).toEqual(expected.slice(0, 60));
+  await until(async () => {
+    await cluster.engine.reconcile();
+    return (await cluster.pipeline.describeAll()).every((d) => d.kv?.blocksUsed === 0);
+  }, 20_000);
+}
+
 describe("worker restart", () => {
   it("a crashed stage is reloaded; requests after it are token-exact and nothing stale or leaked remains", async () => {
     const cluster = await LocalCluster.start({ modelDir: BUNDLED_MODEL_DIR, workers: 2, natsUrl: nats.url() });
@@ -54,12 +64,7 @@ describe("worker restart", () => {
       expect(after.tokenIds).toEqual(before.tokenIds);
       // The cached blocks of the first request lived partly on the dead worker: no hit allowed.
       expect(cluster.engine.stats().prefixHitTokens).toBe(hitsBefore);
-      const story = await cluster.engine.generate({ promptIds: oracle.prompt_token_ids, maxTokens: 60, sampling: GREEDY, stopTokenIds: [] });
-      expect(story.tokenIds).toEqual(expected.slice(0, 60));
-      await until(async () => {
-        await cluster.engine.reconcile();
-        return (await cluster.pipeline.describeAll()).every((d) => d.kv?.blocksUsed === 0);
-      }, 20_000);
+      await expectStoryThenNoBlockUsed(cluster);
     } finally {
       await cluster.stop();
     }
@@ -73,17 +78,11 @@ describe("worker restart", () => {
       expect(before.tokenIds).toEqual(expected.slice(0, 60));
       const [, pid] = cluster.workerPids();
       process.kill(pid!, "SIGKILL");
-      // No drill helper and no watch tick here: the cluster sees the exit, starts a new process
-      // and reloads its stage itself.
+      // No drill helper: the cluster sees the exit, starts a new process and reloads its stage.
       await until(async () => lines.some((l) => l.includes("reloaded stage 1")), 30_000);
       expect(lines.some((l) => l.includes("worker 1 exited (killed by SIGKILL)"))).toBe(true);
       expect(cluster.workerPids()[1]).not.toBe(pid);
-      const after = await cluster.engine.generate({ promptIds: oracle.prompt_token_ids, maxTokens: 60, sampling: GREEDY, stopTokenIds: [] });
-      expect(after.tokenIds).toEqual(expected.slice(0, 60));
-      await until(async () => {
-        await cluster.engine.reconcile();
-        return (await cluster.pipeline.describeAll()).every((d) => d.kv?.blocksUsed === 0);
-      }, 20_000);
+      await expectStoryThenNoBlockUsed(cluster);
     } finally {
       await cluster.stop();
     }
