@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BUNDLED_MODEL_DIR } from "@strata/model";
 import { LocalCluster, RequestAbortedError, type GenerateResult } from "@strata/coordinator";
-import { GREEDY, loadGreedyOracle, useNats } from "./support/cluster.ts";
+import { expectNoBlocksHeld, GREEDY, loadGreedyOracle, useNats } from "./support/cluster.ts";
 
 // No block leaks: once traffic stops, every stage's used block count goes back to 0, whether
 // requests ended by length, by a stop token, or by their client aborting them.
@@ -44,19 +44,6 @@ function settle<T>(p: Promise<T>): Promise<T | Error> {
 
 async function usedBlocks(): Promise<number[]> {
   return (await cluster.pipeline.describeAll()).map((d) => d.kv!.blocksUsed);
-}
-
-async function expectNoLeaks(): Promise<void> {
-  expect(await cluster.waitForBlocksFreed(30_000)).toEqual([0, 0]);
-  for (const d of await cluster.pipeline.describeAll()) {
-    expect(d.seqIds).toEqual([]);
-    expect(d.kv!.sequences).toBe(0);
-    // Nothing used: every block is free, or cached (still holding a finished sequence's KV).
-    expect(d.kv!.blocksUsed).toBe(0);
-    expect(d.kv!.blocksFree + d.kv!.blocksCached).toBe(d.kv!.blocksTotal);
-  }
-  expect(cluster.engine.numRunning).toBe(0);
-  expect(cluster.engine.numWaiting).toBe(0);
 }
 
 describe("no KV block leaks", () => {
@@ -103,7 +90,7 @@ describe("no KV block leaks", () => {
       if (r.finishReason === "length") expect(r.tokenIds).toHaveLength(requests[i].maxTokens);
       else expect(r.tokenIds.length).toBeLessThan(requests[i].maxTokens);
     });
-    await expectNoLeaks();
+    await expectNoBlocksHeld(cluster);
   });
 
   it("aborted requests free their blocks: mid-decode, while queued, and before they start", async () => {
@@ -130,11 +117,11 @@ describe("no KV block leaks", () => {
     for (const outcome of await Promise.all([midDecode, waiting, neverStarted])) expect(outcome).toBeInstanceOf(RequestAbortedError);
     expect(tokens).toBeGreaterThanOrEqual(5);
     expect((await hog).tokenIds).toHaveLength(300);
-    await expectNoLeaks();
+    await expectNoBlocksHeld(cluster);
 
     // The stages keep serving: the oracle story still comes out whole.
     const after = await cluster.engine.generate({ promptIds: oracle.prompt_token_ids, maxTokens: generatedIds.length, sampling: GREEDY });
     expect(after.tokenIds).toEqual(generatedIds);
-    await expectNoLeaks();
+    await expectNoBlocksHeld(cluster);
   });
 });

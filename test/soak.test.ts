@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BUNDLED_MODEL_DIR } from "@strata/model";
 import { LocalCluster, RequestAbortedError, StageFailure, type GenerateRequest, type GenerateResult } from "@strata/coordinator";
 import { SeededRandom } from "@strata/sampling";
-import { GREEDY, useNats } from "./support/cluster.ts";
+import { expectNoBlocksHeld, GREEDY, useNats } from "./support/cluster.ts";
 
 // A soak of the engine under traffic that changes every few milliseconds: requests arrive at
 // random, alone and in bursts, for STRATA_SOAK_SECONDS (10 by default, what CI runs; set it higher
@@ -114,16 +114,6 @@ async function soak(cluster: LocalCluster, rng: SeededRandom, seconds: number, a
   return { requests, outcomes: settled };
 }
 
-/** Every stage back to no block in use and no sequence, and nothing left in the engine. */
-async function expectNothingHeld(cluster: LocalCluster): Promise<void> {
-  expect(await cluster.waitForBlocksFreed(30_000)).toEqual([0, 0]);
-  for (const d of await cluster.pipeline.describeAll()) {
-    expect(d.kv!.sequences).toBe(0);
-    expect(d.kv!.blocksFree + d.kv!.blocksCached).toBe(d.kv!.blocksTotal);
-  }
-  expect(cluster.engine.numRunning).toBe(0);
-  expect(cluster.engine.numWaiting).toBe(0);
-}
 
 /** Each request again, alone: a finished one's output, and what any of them streamed, must match. */
 async function expectEachAsAlone(cluster: LocalCluster, requests: SoakRequest[], outcomes: Outcome[]): Promise<void> {
@@ -153,7 +143,7 @@ describe(`soak (${SOAK_SECONDS} s; STRATA_SOAK_SECONDS sets it)`, () => {
     expect(after.prefixHitTokens - before.prefixHitTokens).toBeGreaterThan(0);
     expect(requests.some((r) => r.req.seed !== undefined && r.abortAfter === undefined)).toBe(true);
 
-    await expectNothingHeld(cluster);
+    await expectNoBlocksHeld(cluster);
     await expectEachAsAlone(cluster, requests, outcomes);
     expect(await cluster.waitForBlocksFreed(30_000)).toEqual([0, 0]);
   });
@@ -189,7 +179,7 @@ describe(`soak (${SOAK_SECONDS} s; STRATA_SOAK_SECONDS sets it)`, () => {
       for (const o of outages) expect(outcomes.some((r) => r.result && r.submittedMs > o.toMs)).toBe(true);
 
       await processes.engine.reconcile();
-      await expectNothingHeld(processes);
+      await expectNoBlocksHeld(processes);
       await expectEachAsAlone(processes, requests, outcomes);
     } finally {
       await processes.stop();

@@ -1,4 +1,6 @@
 import { readFileSync } from "node:fs";
+import { expect } from "vitest";
+import type { LocalCluster } from "@strata/coordinator";
 import { startNatsServer, type NatsServerProcess } from "@strata/events";
 import { BUNDLED_MODEL_DIR } from "@strata/model";
 
@@ -30,3 +32,19 @@ export function useNats(): { url(): string; server(): NatsServerProcess; start()
 }
 
 export const GREEDY = { temperature: 0, topP: 1, topK: 0 };
+
+/**
+ * No leaks once traffic stops: every stage back to no block in use and no sequence (each block
+ * free, or cached: still holding a finished sequence's KV), and nothing left in the engine.
+ */
+export async function expectNoBlocksHeld(cluster: LocalCluster): Promise<void> {
+  expect(await cluster.waitForBlocksFreed(30_000)).toEqual(cluster.partition.map(() => 0));
+  for (const d of await cluster.pipeline.describeAll()) {
+    expect(d.seqIds).toEqual([]);
+    expect(d.kv!.sequences).toBe(0);
+    expect(d.kv!.blocksUsed).toBe(0);
+    expect(d.kv!.blocksFree + d.kv!.blocksCached).toBe(d.kv!.blocksTotal);
+  }
+  expect(cluster.engine.numRunning).toBe(0);
+  expect(cluster.engine.numWaiting).toBe(0);
+}
