@@ -212,6 +212,25 @@ function prefillShareOfBusiestStage(work: StageWork): number {
   return prefillSeconds(work)[busiest] / work.stageSeconds[busiest];
 }
 
+/** What a load's on vs off is made of (see PipeliningResult), under keys ending in `suffix`. */
+function whereTheRatioComesFrom(r: PipeliningResult, suffix: string): Record<string, number> {
+  const figures: Record<string, number> = {
+    pipelining_busy_share_on: busyShare(r.workOn),
+    pipelining_busy_share_off: busyShare(r.workOff),
+    pipelining_compute_per_token_on_vs_off: computePerTokenOnVsOff(r),
+    pipelining_cpu_share_on: cpuShare(r.workOn),
+    pipelining_cpu_share_off: cpuShare(r.workOff),
+    pipelining_on_vs_off_all_cores_busy: r.ratio / cpuShare(r.workOn),
+    pipelining_decode_pace_on_vs_off: decodePaceOnVsOff(r),
+    pipelining_stage_balance_on: stageBalance(r.workOn),
+    pipelining_prefill_share_on: prefillShareOfBusiestStage(r.workOn),
+    pipelining_busiest_stage_bound: busiestStageBound(r),
+    pipelining_ttft_mean_ms_on: median(r.firstTokenMsOn),
+    pipelining_ttft_mean_ms_off: median(r.firstTokenMsOff),
+  };
+  return Object.fromEntries(Object.entries(figures).map(([key, value]) => [`${key}${suffix}`, value]));
+}
+
 /** Each stage's mean decode step, milliseconds. */
 function decodeStepMs(work: StageWork): number[] {
   return work.decodeSeconds.map((s, i) => (1000 * s) / work.decodeSteps[i]);
@@ -445,34 +464,12 @@ export const batching: BenchPart = {
     figures.pipelining_on_32_chat_tok_s = median(chat.on);
     figures.pipelining_off_32_chat_tok_s = median(chat.off);
     figures.pipelining_ceiling_same_load = chatCeiling.sameLoad;
-    figures.pipelining_busy_share_on = busyShare(chat.workOn);
-    figures.pipelining_busy_share_off = busyShare(chat.workOff);
-    figures.pipelining_compute_per_token_on_vs_off = computePerTokenOnVsOff(chat);
     figures.two_process_parallelism = chatCeiling.twoProcesses;
-    figures.pipelining_cpu_share_on = cpuShare(chat.workOn);
-    figures.pipelining_cpu_share_off = cpuShare(chat.workOff);
-    figures.pipelining_on_vs_off_all_cores_busy = chat.ratio / cpuShare(chat.workOn);
-    figures.pipelining_decode_pace_on_vs_off = decodePaceOnVsOff(chat);
-    figures.pipelining_stage_balance_on = stageBalance(chat.workOn);
-    figures.pipelining_prefill_share_on = prefillShareOfBusiestStage(chat.workOn);
-    figures.pipelining_busiest_stage_bound = busiestStageBound(chat);
-    figures.pipelining_ttft_mean_ms_on = median(chat.firstTokenMsOn);
-    figures.pipelining_ttft_mean_ms_off = median(chat.firstTokenMsOff);
+    Object.assign(figures, whereTheRatioComesFrom(chat, ""));
     figures.pipelining_on_vs_off_conversations = conversations.ratio;
     figures.pipelining_on_conversations_tok_s = median(conversations.on);
     figures.pipelining_off_conversations_tok_s = median(conversations.off);
-    figures.pipelining_busy_share_on_conversations = busyShare(conversations.workOn);
-    figures.pipelining_busy_share_off_conversations = busyShare(conversations.workOff);
-    figures.pipelining_compute_per_token_on_vs_off_conversations = computePerTokenOnVsOff(conversations);
-    figures.pipelining_cpu_share_on_conversations = cpuShare(conversations.workOn);
-    figures.pipelining_cpu_share_off_conversations = cpuShare(conversations.workOff);
-    figures.pipelining_on_vs_off_all_cores_busy_conversations = conversations.ratio / cpuShare(conversations.workOn);
-    figures.pipelining_decode_pace_on_vs_off_conversations = decodePaceOnVsOff(conversations);
-    figures.pipelining_stage_balance_on_conversations = stageBalance(conversations.workOn);
-    figures.pipelining_prefill_share_on_conversations = prefillShareOfBusiestStage(conversations.workOn);
-    figures.pipelining_busiest_stage_bound_conversations = busiestStageBound(conversations);
-    figures.pipelining_ttft_mean_ms_on_conversations = median(conversations.firstTokenMsOn);
-    figures.pipelining_ttft_mean_ms_off_conversations = median(conversations.firstTokenMsOff);
+    Object.assign(figures, whereTheRatioComesFrom(conversations, "_conversations"));
     // What reading the shared system prompt once per step (split attention's shared past) gains:
     // the chat load's half-step at half the batch with that prompt in shared blocks, over the
     // same with every sequence's past in blocks of its own.
