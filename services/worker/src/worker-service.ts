@@ -96,8 +96,8 @@ interface RunState {
 export class WorkerNode {
   private stage: LoadedStage | undefined;
   // Hidden states go on to the next stage; a decode run's sampled tokens loop back to the first.
-  private readonly nextStage = new StageLink("next stage", (line) => this.log(line), () => this.stage?.spec.stageIndex ?? 0);
-  private readonly firstStage = new StageLink("first stage", (line) => this.log(line), () => this.stage?.spec.stageIndex ?? 0);
+  private readonly nextStage = new StageLink("next stage", (line) => this.log(line), () => this.stageIndex);
+  private readonly firstStage = new StageLink("first stage", (line) => this.log(line), () => this.stageIndex);
   private readonly resultSubscribers = new Set<grpc.ServerWritableStream<unknown, ResultsBatch>>();
   private queue: Promise<void> = Promise.resolve();
   // Something went to another process since the last batch started (see enqueue).
@@ -406,7 +406,7 @@ export class WorkerNode {
   }
 
   private failBatch(req: ForwardRequest, sender: ForwardCall, receivedUnixMs: number, error: unknown): void {
-    const failure = create(StageErrorSchema, { code: grpcCodeFor(error), message: errorMessage(error), stageIndex: this.stage?.spec.stageIndex ?? 0 });
+    const failure = this.stageError(error);
     this.runs.delete(req.batchId);
     this.log(`rejected batch ${req.batchId}: ${failure.message}`);
     this.sendOn(sender, create(ForwardResponseSchema, { batchId: req.batchId, error: failure }));
@@ -469,7 +469,7 @@ export class WorkerNode {
     try {
       this.passOn(this.firstStage, next, sender);
     } catch (error) {
-      this.passOnError(next, create(StageErrorSchema, { code: grpcCodeFor(error), message: errorMessage(error), stageIndex: this.stage?.spec.stageIndex ?? 0 }), sender);
+      this.passOnError(next, this.stageError(error), sender);
     }
   }
 
@@ -484,6 +484,16 @@ export class WorkerNode {
       kvBlocksTotal: stage.tables.numBlocks,
       hiddenBytesSent: BigInt(hiddenBytesSent),
     });
+  }
+
+  /** This stage's index; 0 while no layers are loaded (a worker then does not know its stage). */
+  private get stageIndex(): number {
+    return this.stage?.spec.stageIndex ?? 0;
+  }
+
+  /** `error` as the StageError this stage reports a batch's failure with. */
+  private stageError(error: unknown): StageError {
+    return create(StageErrorSchema, { code: grpcCodeFor(error), message: errorMessage(error), stageIndex: this.stageIndex });
   }
 
   // A rejected batch still reaches the coordinator, through the remaining stages, so its requests fail fast.
