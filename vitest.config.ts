@@ -7,5 +7,8 @@ export default defineConfig({
     hookTimeout: 120_000,
     // Cluster tests spawn worker processes; two cores cannot run many at once.
     fileParallelism: false,
+    // A test checks that weight arrays are collected; v8.setFlagsFromString("--expose-gc") after
+    // start-up, which it used before, is undefined behaviour by Node's own account.
+    execArgv: ["--expose-gc"],
   },
 });

@@ -1,7 +1,5 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir, totalmem } from "node:os";
-import { setFlagsFromString } from "node:v8";
-import { runInNewContext } from "node:vm";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { kvBytesPerBlock } from "@strata/kv";
@@ -90,8 +88,9 @@ describe("a stage engine sized by kvMemoryFraction", () => {
 
 describe("a stage engine's memory", () => {
   it("keeps no copy of the weight arrays it was built from: onnxruntime's session holds them", async () => {
-    setFlagsFromString("--expose-gc");
-    const gc = runInNewContext("gc") as () => void;
+    // vitest.config.ts starts test processes with --expose-gc.
+    const gc = globalThis.gc;
+    if (!gc) throw new Error("run with --expose-gc (vitest.config.ts passes it)");
     const tmp = mkdtempSync(join(tmpdir(), "strata-engine-weights-"));
     try {
       await writeSyntheticModel(tmp, { hiddenSize: 64, intermediateSize: 160, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 16, vocabSize: 96, maxPositionEmbeddings: 64 }, 3);
