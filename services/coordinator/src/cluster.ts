@@ -478,6 +478,7 @@ async function spawnWorker(
       child.kill(signal);
     });
   const boundPort = Number(address.split(":").pop());
+  const restart = () => spawnWorker(index, natsUrl, threads, log, options, boundPort);
   return {
     address,
     metricsUrl,
@@ -485,9 +486,9 @@ async function spawnWorker(
     stop: () => exited("SIGTERM"),
     crashAndRestart: async () => {
       await exited("SIGKILL");
-      return spawnWorker(index, natsUrl, threads, log, options, boundPort);
+      return restart();
     },
-    restart: () => spawnWorker(index, natsUrl, threads, log, options, boundPort),
+    restart,
     onUnexpectedExit: (callback) => {
       onUnexpectedExit = callback;
     },
