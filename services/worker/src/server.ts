@@ -5,6 +5,9 @@ import { serveMetrics, TRACING_OFF, type MetricsServer, type Tracing } from "@st
 import { StageTelemetry } from "./telemetry.ts";
 import { WorkerNode, workerServiceDefinition } from "./worker-service.ts";
 
+/** How long a closing worker lets calls in progress end on their own before cutting them. */
+const SHUTDOWN_GRACE_MS = 500;
+
 export interface WorkerServerOptions {
   host?: string;
   port?: number; // 0 picks a free port
@@ -64,7 +67,11 @@ export async function startWorkerServer(opts: WorkerServerOptions): Promise<Runn
     async close() {
       await metrics?.close();
       node.close();
-      await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+      // Peers keep their streams to this worker open: waiting for them to end could take forever.
+      await new Promise<void>((resolve) => {
+        const grace = setTimeout(resolve, SHUTDOWN_GRACE_MS);
+        server.tryShutdown(() => (clearTimeout(grace), resolve()));
+      });
       server.forceShutdown();
       await events?.close();
     },

@@ -102,6 +102,8 @@ export class WorkerNode {
   private queue: Promise<void> = Promise.resolve();
   // Something went to another process since the last batch started (see enqueue).
   private wrotePeer = false;
+  // Set by close: batches still arriving or computing fail as lost, not as the request's fault.
+  private closing = false;
   // Held results of decode runs, by batch id (see publishResult).
   private readonly heldResults = new Map<number, { results: ResultsResponse[]; sinceMs: number }>();
   // Decode runs in progress on this stage, by batch id: their later steps carry no chunks.
@@ -336,6 +338,7 @@ export class WorkerNode {
     let step: Promise<StageOutput>;
     let chunks: StageChunk[];
     try {
+      if (this.closing) throw new StageRequestError(grpc.status.UNAVAILABLE, "not taking batches");
       // Not loaded, this worker does not know which stage it is: the message names the worker.
       if (!stage) throw new StageRequestError(grpc.status.FAILED_PRECONDITION, `no layers loaded on ${this.opts.workerId} (a restarted worker waits for the coordinator to load them again)`);
       this.expandRunStep(req, stage.firstStage);
@@ -493,6 +496,8 @@ export class WorkerNode {
 
   /** `error` as the StageError this stage reports a batch's failure with. */
   private stageError(error: unknown): StageError {
+    // A step cut short by the shutdown (its session disposed, say) is the worker's going away.
+    if (this.closing) return create(StageErrorSchema, { code: grpc.status.UNAVAILABLE, message: `${this.opts.workerId} is shutting down (${errorMessage(error)})`, stageIndex: this.stageIndex });
     return create(StageErrorSchema, { code: grpcCodeFor(error), message: errorMessage(error), stageIndex: this.stageIndex });
   }
 
@@ -573,6 +578,7 @@ export class WorkerNode {
   }
 
   close(): void {
+    this.closing = true;
     this.nextStage.close();
     this.firstStage.close();
     for (const s of this.resultSubscribers) s.end();
@@ -647,21 +653,21 @@ class StageLink {
         this.sent.delete(reply.batchId);
         onLost?.(reply.error);
       });
-      stream.on("error", (error: Error) => {
-        // A stream this link closed itself (connect, close) loses nothing.
+      // A stream this link closed itself (connect, close) loses nothing; one that broke, or that
+      // the peer ended (it is shutting down), loses what was sent on it.
+      const broken = (why: string) => {
         if (this.current !== stream) return;
-        this.log(`stream to ${this.name} failed: ${error.message}`);
+        this.log(`stream to ${this.name} ${why}`);
         this.current = undefined;
         this.client?.close();
         this.client = undefined;
         const lost = [...this.sent.values()];
         this.sent.clear();
-        const failure = create(StageErrorSchema, { code: grpc.status.UNAVAILABLE, message: `the ${this.name} could not be reached: ${error.message}`, stageIndex: this.stageIndex() });
+        const failure = create(StageErrorSchema, { code: grpc.status.UNAVAILABLE, message: `the ${this.name} could not be reached: stream ${why}`, stageIndex: this.stageIndex() });
         for (const onLost of lost) onLost(failure);
-      });
-      stream.on("end", () => {
-        if (this.current === stream) this.current = undefined;
-      });
+      };
+      stream.on("error", (error: Error) => broken(`failed: ${error.message}`));
+      stream.on("end", () => broken("ended by the peer"));
       this.current = stream;
     }
     return this.current;
