@@ -154,6 +154,7 @@ describe("GET /metrics after traffic", () => {
       expect(w.value("strata_lora_adapters_resident", { stage: String(stage) })).toBe(0);
     });
     expect(coordinator.has("strata_preemptions_total")).toBe(true);
+    expect(coordinator.has("strata_lost_batch_recomputes_total")).toBe(true);
     expect(coordinator.value("strata_prefix_cache_queries_total")).toBeGreaterThanOrEqual(coordinator.value("strata_prefix_cache_hits_total"));
   });
 

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BUNDLED_MODEL_DIR } from "@strata/model";
-import { LocalCluster, RequestAbortedError, StageFailure, type GenerateRequest, type GenerateResult } from "@strata/coordinator";
+import { LocalCluster, RequestAbortedError, type GenerateRequest, type GenerateResult } from "@strata/coordinator";
 import { SeededRandom } from "@strata/sampling";
 import { expectNoBlocksHeld, GREEDY, useNats } from "./support/cluster.ts";
 
@@ -14,8 +14,9 @@ import { expectNoBlocksHeld, GREEDY, useNats } from "./support/cluster.ts";
 //
 // Afterwards, each request runs again alone: a finished one must have produced exactly that
 // output, an aborted one a prefix of it. And every stage must be back to no block in use. A
-// second soak does the same over worker processes and crashes each of them once: requests that
-// were in the cluster while a stage was down may fail, with the stage's failure; none other may.
+// second soak does the same over worker processes and crashes each of them once: requests whose
+// micro-batches died with a worker recompute once it is back, so none fails, and every output is
+// still the request's alone.
 
 const SOAK_SECONDS = Number(process.env.STRATA_SOAK_SECONDS ?? 10);
 const BLOCK_SIZE = 16;
@@ -150,41 +151,31 @@ describe(`soak (${SOAK_SECONDS} s; STRATA_SOAK_SECONDS sets it)`, () => {
     expect(await cluster.waitForBlocksFreed(30_000)).toEqual([0, 0]);
   });
 
-  it("over worker processes, each crashed once mid-soak and reloaded: only requests in the cluster while a stage was down fail, with the stage's failure; the rest are each request's alone, and no block leaks", { timeout: 90_000 + SOAK_SECONDS * 6_000 }, async () => {
+  it("over worker processes, each crashed once mid-soak and reloaded: requests whose batches were lost recompute, none fails, every output is the request's alone, and no block leaks", { timeout: 90_000 + SOAK_SECONDS * 6_000 }, async () => {
     const processes = await LocalCluster.start({ modelDir: BUNDLED_MODEL_DIR, workers: 2, natsUrl: nats.url(), blockSizeTokens: BLOCK_SIZE, kvCacheBytes: KV_CACHE_BYTES });
     try {
       // What `strata start` does: reload a stage whose worker came back empty, free stale sequences.
       processes.watchStages(() => {}, 500);
-      const outages: { fromMs: number; toMs: number; probe: Outcome }[] = [];
+      const outages: { probe: Outcome }[] = [];
       // The crashes run one after the other: the second waits until the cluster served again
       // after the first, however long that took under the load.
       let crashes = Promise.resolve();
       const crash = (worker: number) => () =>
         (crashes = crashes.then(async () => {
-          const fromMs = performance.now();
           await processes.crashWorker(worker);
           const loaded = async () => (await processes.pipeline.describeAll().catch(() => [])).filter((d) => d.loaded).length === 2;
           while (!(await loaded())) await new Promise((r) => setTimeout(r, 50));
-          // The reload that loaded it ends by failing the batches then in flight.
+          // The reload that loaded it ends by sending the batches then in flight back to recompute.
           await processes.recoverStages();
-          const toMs = performance.now();
           // The cluster serves again: a request sent now, beside the soak's, must succeed.
-          outages.push({ fromMs, toMs, probe: await run(processes, PROBE) });
+          outages.push({ probe: await run(processes, PROBE) });
         }));
       const { requests, outcomes } = await soak(processes, new SeededRandom(7), SOAK_SECONDS, new Map([[0.3, crash(1)], [0.65, crash(0)]]));
 
       expect(outages).toHaveLength(2);
-      const failed = outcomes.filter((r) => r.error && !(r.error instanceof RequestAbortedError));
-      expect(failed.length).toBeGreaterThan(0);
-      // A failure counts against a crash if the request was in the cluster while that stage was
-      // down or being reloaded. The slack: a request can reach the engine just before the reload
-      // ends (this loop sees the stage loaded a little before the coordinator fails the batches
-      // then in flight) and fail with them.
-      const during = (r: Outcome) => outages.some((o) => r.submittedMs <= o.toMs + 1000 && r.settledMs >= o.fromMs);
-      for (const r of failed) {
-        expect(r.error, r.error!.message).toBeInstanceOf(StageFailure);
-        expect(during(r), `${r.error!.message}: submitted ${Math.round(r.submittedMs)} ms, settled ${Math.round(r.settledMs)}, outages ${JSON.stringify(outages)}`).toBe(true);
-      }
+      // Requests whose batches died with a worker went back to recompute: none failed.
+      expect(outcomes.filter((r) => r.error && !(r.error instanceof RequestAbortedError)).map((r) => r.error!.message)).toEqual([]);
+      expect(processes.engine.stats().lostBatchRecomputes).toBeGreaterThan(0);
       // And the cluster served again after each crash, what the probe gets alone.
       const probeAlone = await processes.engine.generate(PROBE.req);
       for (const o of outages) expect(o.probe.error?.message ?? o.probe.result!.tokenIds).toEqual(probeAlone.tokenIds);

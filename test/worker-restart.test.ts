@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BUNDLED_MODEL_DIR } from "@strata/model";
-import { LocalCluster } from "@strata/coordinator";
+import { LocalCluster, StageFailure } from "@strata/coordinator";
 import { GREEDY, loadGreedyOracle, useNats } from "./support/cluster.ts";
 
 // DESIGN.md: no stale KV and no leaks across worker restarts. A worker process is killed and an
@@ -34,25 +34,29 @@ async function expectStoryThenNoBlockUsed(cluster: LocalCluster): Promise<void> 
 }
 
 describe("worker restart", () => {
-  it("a crashed stage is reloaded; requests after it are token-exact and nothing stale or leaked remains", async () => {
+  it("a crashed stage is reloaded; requests in flight through it recompute to the same tokens, later ones are token-exact, and nothing stale or leaked remains", async () => {
     const cluster = await LocalCluster.start({ modelDir: BUNDLED_MODEL_DIR, workers: 2, natsUrl: nats.url() });
     try {
       const before = await cluster.engine.generate({ promptIds: longPrompt, maxTokens: 20, sampling: GREEDY, stopTokenIds: [] });
 
-      // Crash the last stage while requests are running; those may fail, nothing else may.
+      // Crash the last stage while requests are running, greedy and sampled: their batches in
+      // flight are lost, and they recompute once the stage is back, to the same tokens.
+      const sampled = { promptIds: oracle.prompt_token_ids, maxTokens: 60, sampling: { temperature: 0.9, topP: 0.95, topK: 0 }, seed: 4242, stopTokenIds: [] };
+      const sampledAlone = (await cluster.engine.generate(sampled)).tokenIds;
       let crashed: Promise<void> | undefined;
       let tokens = 0;
-      const inFlight = Array.from({ length: 4 }, () =>
-        cluster.engine
-          .generate({ promptIds: oracle.prompt_token_ids, maxTokens: 60, sampling: GREEDY, stopTokenIds: [], onToken: () => void (++tokens === 20 && (crashed = cluster.crashWorker(1))) })
-          .then(
-            (r) => r.tokenIds,
-            () => "failed" as const,
-          ),
+      const crashAfter20Tokens = () => void (++tokens === 20 && (crashed = cluster.crashWorker(1)));
+      const greedyInFlight = Array.from({ length: 4 }, () =>
+        cluster.engine.generate({ promptIds: oracle.prompt_token_ids, maxTokens: 60, sampling: GREEDY, stopTokenIds: [], onToken: crashAfter20Tokens }),
       );
-      const outcomes = await Promise.all(inFlight);
+      const sampledStreamed: number[] = [];
+      const sampledInFlight = cluster.engine.generate({ ...sampled, onToken: (id) => (sampledStreamed.push(id), crashAfter20Tokens()) });
+      for (const outcome of await Promise.all(greedyInFlight)) expect(outcome.tokenIds).toEqual(expected.slice(0, 60));
+      expect((await sampledInFlight).tokenIds).toEqual(sampledAlone);
+      // A client streaming it saw each token once, in order, across the crash.
+      expect(sampledStreamed).toEqual(sampledAlone);
       await crashed;
-      for (const outcome of outcomes) if (outcome !== "failed") expect(outcome).toEqual(expected.slice(0, 60));
+      expect(cluster.engine.stats().lostBatchRecomputes).toBeGreaterThan(0);
 
       await until(async () => {
         await cluster.recoverStages();
@@ -65,6 +69,36 @@ describe("worker restart", () => {
       // The cached blocks of the first request lived partly on the dead worker: no hit allowed.
       expect(cluster.engine.stats().prefixHitTokens).toBe(hitsBefore);
       await expectStoryThenNoBlockUsed(cluster);
+    } finally {
+      await cluster.stop();
+    }
+  });
+
+  it.each([1, 0])("a stage that stays down (worker %i, stopped as a lost host's) fails the requests held for it once the wait runs out, and fails new ones at once while it is down", async (worker) => {
+    const cluster = await LocalCluster.start({ modelDir: BUNDLED_MODEL_DIR, workers: 2, natsUrl: nats.url(), lostBatchWaitMs: 1500 });
+    try {
+      let lost: Promise<void> | undefined;
+      let tokens = 0;
+      let heldAtFailure = false;
+      const inFlight = cluster.engine
+        .generate({ promptIds: oracle.prompt_token_ids, maxTokens: 60, sampling: GREEDY, stopTokenIds: [], onToken: () => void (++tokens === 10 && (lost = cluster.loseWorker(worker))) })
+        .then(
+          () => "finished",
+          (error: Error) => error,
+        );
+      await until(async () => cluster.engine.holdingForRecovery, 20_000);
+      heldAtFailure = true;
+      const outcome = await inFlight;
+      await lost;
+      // It waited for the stage, did not get it back, and failed with the stage's error.
+      expect(heldAtFailure).toBe(true);
+      expect(outcome).toBeInstanceOf(StageFailure);
+      expect(cluster.engine.holdingForRecovery).toBe(false);
+      expect(cluster.engine.stats().lostBatchRecomputes).toBe(1);
+      // While the stage is still down, a new request is not held: it fails with the stage's error.
+      const next = await cluster.engine.generate({ promptIds: oracle.prompt_token_ids, maxTokens: 8, sampling: GREEDY }).catch((e: Error) => e);
+      expect(next).toBeInstanceOf(StageFailure);
+      expect(cluster.engine.holdingForRecovery).toBe(false);
     } finally {
       await cluster.stop();
     }

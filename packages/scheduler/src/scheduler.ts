@@ -92,6 +92,8 @@ export interface SchedulerStats extends KvPoolStats {
   running: number;
   waiting: number;
   preemptions: number;
+  /** Sequences sent back to recompute because a stage lost a batch of theirs (see recomputeLost). */
+  lostBatchRecomputes: number;
 }
 
 /** The smallest micro-batch the pipeline's fill is split from (see schedule). */
@@ -114,6 +116,7 @@ export class Scheduler {
   private readonly running: SchedulerSequence[] = [];
   private readonly pool: SchedulerKvAllocator;
   private preemptionCount = 0;
+  private lostBatchRecomputeCount = 0;
 
   constructor(readonly opts: SchedulerOptions) {
     this.pool =
@@ -143,7 +146,7 @@ export class Scheduler {
   }
 
   stats(): SchedulerStats {
-    return { ...this.pool.stats(), running: this.running.length, waiting: this.waiting.length, preemptions: this.preemptionCount };
+    return { ...this.pool.stats(), running: this.running.length, waiting: this.waiting.length, preemptions: this.preemptionCount, lostBatchRecomputes: this.lostBatchRecomputeCount };
   }
 
   /** Block table of a live sequence (for tests and debugging). */
@@ -260,7 +263,7 @@ export class Scheduler {
     return victim;
   }
 
-  private preempt(seq: SchedulerSequence): Preemption {
+  private preempt(seq: SchedulerSequence, why: "blocks" | "lost" = "blocks"): Preemption {
     const evictedSeqId = seq.seqId;
     // Its full blocks stay in the prefix cache, so the recompute often finds them again.
     this.pool.free(evictedSeqId);
@@ -269,7 +272,8 @@ export class Scheduler {
     seq.computed = 0;
     seq.state = "waiting";
     seq.preemptions++;
-    this.preemptionCount++;
+    if (why === "blocks") this.preemptionCount++;
+    else this.lostBatchRecomputeCount++;
     // Back to the head of the queue, in arrival order among the preempted.
     const at = this.waiting.findIndex((w) => w.arrival > seq.arrival);
     this.waiting.splice(at < 0 ? this.waiting.length : at, 0, seq);
@@ -308,11 +312,23 @@ export class Scheduler {
 
   /**
    * The batch failed on some stage: its blocks may hold nothing, so drop every content hash
-   * (nothing may match them) and let the caller finish its sequences.
+   * (nothing may match them) and let the caller finish its sequences or recompute them
+   * (recomputeLost).
    */
   fail(batch: MicroBatch): void {
     for (const chunk of batch.chunks) chunk.seq.inFlight = false;
     this.pool.reset();
+  }
+
+  /**
+   * A stage lost a batch of this sequence's (it went down with it, say: see fail): the sequence
+   * goes back to recompute under a fresh id, as a preempted one does, keeping the tokens it has.
+   * Returns the preemption, whose old id the stages must free; undefined when it is not running
+   * between steps.
+   */
+  recomputeLost(seq: SchedulerSequence): Preemption | undefined {
+    if (seq.state !== "running" || seq.inFlight) return undefined;
+    return this.preempt(seq, "lost");
   }
 
   /** Prefix-cache block events since the last call (with recordBlockEvents). */

@@ -324,6 +324,32 @@ describe("Scheduler", () => {
     expect(s.stats().prefixHitTokens).toBe(0);
   });
 
+  it("a sequence whose batch was lost recomputes under a fresh id from the tokens it has, counted apart from preemptions", () => {
+    const s = scheduler({ maxDecodeSteps: 4 });
+    const a = seq(1, range(5), 8);
+    const b = seq(2, range(3), 8);
+    s.add(a);
+    s.add(b);
+    s.complete(s.schedule().batch!, [70, 80]);
+    const run = s.schedule().batch!;
+    expect(run.steps).toBe(4);
+    // Two steps of the run came back, then a stage went down with the rest.
+    s.complete(run, [71, 81], 0);
+    s.complete(run, [72, 82], 1);
+    expect(s.recomputeLost(a)).toBeUndefined(); // still in flight: not yet
+    s.fail(run);
+    const lost = [a, b].map((x) => s.recomputeLost(x)!);
+    expect(lost.map((p) => [p.evictedSeqId, p.seq.seqId])).toEqual([[1, 1000], [2, 1001]]);
+    expect(s.recomputeLost(a)).toBeUndefined(); // waiting now: nothing more to do
+    expect(s.stats()).toMatchObject({ preemptions: 0, lostBatchRecomputes: 2, blocksUsed: 0, running: 0, waiting: 2 });
+    // Each comes back as one prefill of its prompt and the tokens it kept, oldest first.
+    const again = s.schedule().batch!;
+    expect(again.chunks.map((c) => [c.seqId, c.startPosition, c.tokenIds, c.newSequence, c.sample])).toEqual([
+      [1000, 0, [...range(5), 70, 71, 72], true, true],
+      [1001, 0, [...range(3), 80, 81, 82], true, true],
+    ]);
+  });
+
   it("rejects a request that could never fit", () => {
     const s = scheduler({ kvBlocks: 2 });
     expect(() => s.add(seq(1, range(6), 4))).toThrow(SchedulerCapacityError);

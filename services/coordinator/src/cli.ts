@@ -51,6 +51,9 @@ common options:
   --num-scheduler-steps N  longest decode run: decode batches loop through the stages up to N
                          steps before the coordinator schedules again (default 64; runs are
                          kept near 25 ms from recent step times, and at least 8 steps)
+  --lost-batch-wait-s N  requests whose batch a stage lost (its worker died) are recomputed, with
+                         the same output, once the stages are back; how long they wait for that
+                         before failing (default 60; 0: they fail at once)
 
 start:
   --host H --port P      HTTP address (default 127.0.0.1:8000)
@@ -100,6 +103,7 @@ const { positionals, values } = parseArgs({
     "no-prefix-caching": { type: "boolean", default: false },
     "no-pipelining": { type: "boolean", default: false },
     "num-scheduler-steps": { type: "string" },
+    "lost-batch-wait-s": { type: "string" },
     "kv-dtype": { type: "string", default: "fp32" },
     "kv-allocator": { type: "string", default: "paged" },
     lora: { type: "string", multiple: true },
@@ -130,6 +134,8 @@ function numberOption(name: string, value: string | undefined, check: (n: number
   return n;
 }
 
+const secondsToMs = (seconds: number | undefined) => (seconds === undefined ? undefined : seconds * 1000);
+
 async function clusterOptions(): Promise<ClusterOptions & { tokenizer: Tokenizer; contextTokens: number }> {
   const modelDir = values.model ?? BUNDLED_MODEL_DIR;
   const workers = numberOption("workers", values.workers, (n) => Number.isInteger(n) && n >= 1)!;
@@ -159,6 +165,7 @@ async function clusterOptions(): Promise<ClusterOptions & { tokenizer: Tokenizer
     enablePrefixCaching: !values["no-prefix-caching"],
     pipelining: !values["no-pipelining"],
     numSchedulerSteps: numberOption("num-scheduler-steps", values["num-scheduler-steps"], (n) => Number.isInteger(n) && n >= 1),
+    lostBatchWaitMs: secondsToMs(numberOption("lost-batch-wait-s", values["lost-batch-wait-s"], (n) => n >= 0)),
     kvDtype: kvDtypeOption(values["kv-dtype"]!),
     kvAllocator: kvAllocatorOption(values["kv-allocator"]!),
     loras: (values.lora ?? []).map(loraOption),

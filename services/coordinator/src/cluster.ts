@@ -92,6 +92,12 @@ export interface ClusterOptions {
   tracing?: Tracing;
   /** Fraction of requests traced when tracing is on (default 1; see CoordinatorTelemetry.sampleRatio). */
   traceSampleRatio?: number;
+  /**
+   * How long requests whose batch a stage lost (its worker died with it) wait for the stages to
+   * recover, to be recomputed with the same output, before they fail (default 60 s; 0: they fail
+   * at once).
+   */
+  lostBatchWaitMs?: number;
   /** Serve each worker's Prometheus metrics on a free port (default on). */
   workerMetrics?: boolean;
   onLoadProgress?: (stage: number, bytesLoaded: number, bytesTotal: number) => void;
@@ -115,6 +121,8 @@ interface WorkerHandle {
 /** A worker started again this soon after its last start waits first (see LocalCluster.respawn). */
 const RESPAWN_CALM_MS = 30_000;
 const MAX_RESPAWN_DELAY_MS = 30_000;
+// Longer than the longest respawn delay, with time for the reload.
+const DEFAULT_LOST_BATCH_WAIT_MS = 60_000;
 
 /** A coordinator engine, N workers and a NATS server on loopback, started and stopped together. */
 export class LocalCluster {
@@ -240,6 +248,8 @@ export class LocalCluster {
       cluster.log = opts.log ?? (() => {});
       workers.forEach((_, i) => cluster.supervise(i));
       cluster.watchStages(opts.log);
+      const lostBatchWaitMs = opts.lostBatchWaitMs ?? DEFAULT_LOST_BATCH_WAIT_MS;
+      engine.lostBatchRecovery = lostBatchWaitMs > 0 ? { waitMs: lostBatchWaitMs } : undefined;
       const coordinatorTracing = opts.tracing ?? (opts.tracesUrl ? startTracing({ serviceName: "strata-coordinator", tracesUrl: opts.tracesUrl }) : TRACING_OFF);
       if (!opts.tracing) ownTracings.push(coordinatorTracing);
       cluster.ownTracings = ownTracings;
@@ -286,6 +296,7 @@ export class LocalCluster {
 
   private reconcileTimer: NodeJS.Timeout | undefined;
   private recovering: Promise<void> | undefined;
+  private recoveringAgain: Promise<void> | undefined;
   private log: (line: string) => void = () => {};
   private stopping = false;
   // Per worker: when it was last started again, and how many times in a row it came back soon.
@@ -332,20 +343,23 @@ export class LocalCluster {
   /**
    * Reloads stages whose worker came back empty (a restarted process at the same address), then
    * tells the engine: their KV is gone, so it drops the prefix cache and recomputes sequences
-   * between steps. One attempt at a time; failures are retried by the next trigger.
+   * between steps. When every stage answers loaded, requests held since a lost batch go on. One
+   * attempt at a time; a call during one runs once more after it (a worker that came back while
+   * the last attempt found it down), and failures are retried by the next trigger.
    */
   recoverStages(log: (line: string) => void = () => {}): Promise<void> {
-    this.recovering ??= this.pipeline
+    if (this.recovering) return (this.recoveringAgain ??= this.recovering.then(() => ((this.recoveringAgain = undefined), this.recoverStages(log))));
+    this.recovering = this.pipeline
       .recover()
-      .then(
-        async (reloaded) => {
-          if (reloaded.length === 0) return;
+      .then(async ({ reloaded, unreachable }) => {
+        if (reloaded.length > 0) {
           log(`reloaded stage${reloaded.length > 1 ? "s" : ""} ${reloaded.join(", ")} after a worker restart`);
           // Recomputed sequences may run with adapters: those go back first.
           await this.adapters.reloadOn(reloaded);
           this.engine.stagesRestarted();
-        },
-      )
+        }
+        if (unreachable.length === 0) this.engine.stagesRecovered();
+      })
       .catch((error: Error) => log(`recovering stages failed: ${error.message}`))
       .finally(() => (this.recovering = undefined));
     return this.recovering;
@@ -357,6 +371,16 @@ export class LocalCluster {
     if (!worker.crashAndRestart) throw new Error("only worker processes can be crashed and restarted");
     this.workers[i] = await worker.crashAndRestart();
     this.supervise(i);
+  }
+
+  /**
+   * For tests and drills: stops worker `i` for good, as a lost host would: nothing starts it again,
+   * and its stage stays down until a worker is started at its address by other means.
+   */
+  async loseWorker(i: number): Promise<void> {
+    const worker = this.workers[i];
+    this.workers[i] = { address: worker.address, stop: async () => {} };
+    await worker.stop();
   }
 
   /**

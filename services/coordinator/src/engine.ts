@@ -1,10 +1,11 @@
 import { create } from "@bufbuild/protobuf";
+import { status as grpcStatus } from "@grpc/grpc-js";
 import { toSubjectToken, type EventBus, type EvictReason } from "@strata/events";
 import { decodeRunCap, MovingMean, Scheduler, type MicroBatch, type SchedulerOptions, type SchedulerSequence, type SchedulerStats } from "@strata/scheduler";
 import { isGreedy, SeededRandom, type SamplingParams } from "@strata/sampling";
 import { KvBlockEventSchema, SequenceChunkSchema, readF32Tensor, type KvBlockEvent, type ResultsResponse } from "@strata/proto";
 import type { BlockEvent, ExtraKey } from "@strata/kv";
-import type { PipelineClient } from "./pipeline-client.ts";
+import { StageFailure, type PipelineClient } from "./pipeline-client.ts";
 
 export class RequestValidationError extends Error {
   override name = "RequestValidationError";
@@ -84,6 +85,10 @@ interface ActiveRequest {
   seq: SchedulerSequence;
   req: GenerateRequest;
   rng: SeededRandom;
+  /** Draws taken for steps a lost batch never computed: the recompute takes them first (see nextRandom). */
+  unusedRandoms: number[];
+  /** How many times a stage lost a batch of this request's and it went back to recompute. */
+  lostBatches: number;
   logits: Float32Array[];
   abortRequested: boolean;
   /**
@@ -112,6 +117,22 @@ function blockEventMessage(e: BlockEvent): KvBlockEvent {
 
 // How long an eviction event may take to reach every stage before reconcile frees by hand.
 const EVICTION_GRACE_MS = 2000;
+
+/**
+ * How many lost batches one request survives: a request caught in more crashes than this (or a
+ * batch that keeps failing as if lost) fails with the last one.
+ */
+const MAX_LOST_BATCHES = 3;
+
+/**
+ * A stage went down with the batch, or lost what the batch needed (a restarted worker, with no
+ * layers or none of the sequences' KV): the request did nothing wrong and can be recomputed.
+ * Errors of the request's own (a bad tensor, an unknown adapter, no KV room) cannot.
+ */
+export function isLostBatch(error: Error): boolean {
+  return error instanceof StageFailure && LOST_BATCH_CODES.includes(error.code);
+}
+const LOST_BATCH_CODES: number[] = [grpcStatus.UNAVAILABLE, grpcStatus.FAILED_PRECONDITION, grpcStatus.NOT_FOUND];
 
 /** Decode runs aim to last about this long, and take at least MIN_RUN_STEPS (see decodeRunCap). */
 const RUN_TARGET_MS = 25;
@@ -149,6 +170,17 @@ export class Engine {
   private readonly recentEvictions = new Map<number, number>();
   /** Names this engine's block pool in strata.kv.events.<pool id> (one NATS subject token). */
   readonly poolId: string;
+  /**
+   * Whether requests whose batch a stage lost are recomputed (see onFailure) rather than failed,
+   * and how long the engine then holds all scheduling for the stages' recovery (see
+   * stagesRecovered). Set by whoever recovers the stages (LocalCluster.watchStages): without one,
+   * nothing would end the wait but its deadline.
+   */
+  lostBatchRecovery: { waitMs: number } | undefined;
+  // A batch was lost: nothing is scheduled until the stages recover or `timer` fires.
+  private outage: { timer: NodeJS.Timeout } | undefined;
+  // The last wait ran out with the stages still down: lost batches fail until they recover.
+  private failLostBatches = false;
 
   constructor(
     private readonly pipeline: PipelineClient,
@@ -219,6 +251,22 @@ export class Engine {
   stagesRestarted(): void {
     for (const p of this.scheduler.restartAll()) this.evict(p.evictedSeqId, "preempted");
     this.pump();
+  }
+
+  /**
+   * Every stage answers with its layers loaded again: requests held since a lost batch go on
+   * (see onFailure).
+   */
+  stagesRecovered(): void {
+    clearTimeout(this.outage?.timer);
+    this.outage = undefined;
+    this.failLostBatches = false;
+    this.pump();
+  }
+
+  /** Whether scheduling waits on the stages' recovery after a lost batch. */
+  get holdingForRecovery(): boolean {
+    return this.outage !== undefined;
   }
 
   /** Called when a micro-batch fails (a stage may be down). */
@@ -303,6 +351,8 @@ export class Engine {
         req,
         rng: new SeededRandom(req.seed ?? Math.floor(Math.random() * 2 ** 32)),
         logits: [],
+        unusedRandoms: [],
+        lostBatches: 0,
         abortRequested: false,
         resolve,
         reject,
@@ -347,7 +397,7 @@ export class Engine {
   }
 
   private schedulePending(): void {
-    while (this.inFlight < this.maxInFlight) {
+    while (this.inFlight < this.maxInFlight && !this.outage) {
       const { batch, preempted } = this.scheduler.schedule({
         maxDecodeSteps: decodeRunCap(this.runStepMs.value, { minSteps: MIN_RUN_STEPS, maxSteps: this.maxDecodeSteps, targetMs: RUN_TARGET_MS }),
       });
@@ -356,10 +406,13 @@ export class Engine {
       if (!batch) return;
       this.inFlight++;
       const steps = batch.steps ?? 1;
+      // Each chunk's draws: a lost batch gives back those of the steps it never computed.
+      const randomsByChunk: number[][] = [];
       const chunks = batch.chunks.map((c) => {
         const active = this.active.get(c.seq)!;
         // One seeded draw per step that samples, in step order: a run samples as single steps would.
-        const randoms = c.sample && !isGreedy(active.req.sampling) ? Array.from({ length: steps }, () => active.rng.next()) : [];
+        const randoms = c.sample && !isGreedy(active.req.sampling) ? Array.from({ length: steps }, () => active.unusedRandoms.shift() ?? active.rng.next()) : [];
+        randomsByChunk.push(randoms);
         return create(SequenceChunkSchema, {
           seqId: c.seqId,
           startPosition: c.startPosition,
@@ -375,7 +428,14 @@ export class Engine {
           adapter: active.req.adapter?.id ?? "",
         });
       });
-      const run = { steps, onStep: (result: ResultsResponse) => this.deliver(this.onResult(batch, result)) };
+      let stepsBack = 0;
+      const run = {
+        steps,
+        onStep: (result: ResultsResponse) => {
+          stepsBack++;
+          this.deliver(this.onResult(batch, result));
+        },
+      };
       const sentMs = performance.now();
       this.pipeline.forward(chunks, {}, run).then(
         (result) => {
@@ -392,7 +452,7 @@ export class Engine {
           this.deliver(tokens);
         },
         (error: Error) => {
-          this.onFailure(batch, error);
+          this.onFailure(batch, error, randomsByChunk.map((randoms) => randoms.slice(stepsBack)));
           this.inFlight--;
           this.pump();
         },
@@ -448,13 +508,39 @@ export class Engine {
     this.answer(active, undefined, finishReason, droppedStopToken, outputEnd);
   }
 
-  private onFailure(batch: MicroBatch, error: Error): void {
+  /**
+   * A batch failed. Where a stage lost it (isLostBatch) and lostBatchRecovery is on, its requests
+   * go back to recompute from the tokens they have, as preempted ones do, so their output is what
+   * it would have been, and the engine schedules nothing more until the stages have recovered:
+   * batches sent meanwhile would be lost too. `unusedRandoms[i]` are chunk i's draws for the steps
+   * that never came back. Any other failure fails the batch's requests.
+   */
+  private onFailure(batch: MicroBatch, error: Error, unusedRandoms: number[][]): void {
     this.scheduler.fail(batch);
-    this.onBatchFailure?.(error);
-    for (const chunk of batch.chunks) {
+    const recovery = this.lostBatchRecovery;
+    const recompute = recovery !== undefined && !this.failLostBatches && isLostBatch(error);
+    let recomputing = false;
+    batch.chunks.forEach((chunk, i) => {
       const active = this.active.get(chunk.seq);
-      if (active) this.finish(active, "aborted", error);
+      if (!active) return;
+      const lost = recompute && !active.ended && !active.abortRequested && active.lostBatches < MAX_LOST_BATCHES ? this.scheduler.recomputeLost(chunk.seq) : undefined;
+      if (!lost) return this.finish(active, "aborted", error);
+      active.lostBatches++;
+      active.unusedRandoms.unshift(...unusedRandoms[i]);
+      this.evict(lost.evictedSeqId, "preempted");
+      recomputing = true;
+    });
+    if (recomputing && !this.outage) {
+      const timer = setTimeout(() => {
+        // The stages did not come back in time: what was held is sent, and fails if they are still down.
+        this.outage = undefined;
+        this.failLostBatches = true;
+        this.pump();
+      }, recovery!.waitMs);
+      timer.unref();
+      this.outage = { timer };
     }
+    this.onBatchFailure?.(error);
   }
 
   private abort(active: ActiveRequest): void {
@@ -502,6 +588,8 @@ export class Engine {
 
   /** Fails everything still queued or running (shutdown). */
   close(): void {
+    clearTimeout(this.outage?.timer);
+    this.outage = undefined;
     for (const active of [...this.active.values()]) this.finish(active, "aborted", new RequestAbortedError("engine closed"));
   }
 }

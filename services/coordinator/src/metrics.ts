@@ -67,6 +67,7 @@ export class CoordinatorMetrics {
     mirrored("strata_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache", (s) => s.prefixQueryTokens);
     mirrored("strata_prefix_cache_hits_total", "Prompt tokens served from the prefix cache", (s) => s.prefixHitTokens);
     mirrored("strata_preemptions_total", "Running sequences preempted to free KV blocks", (s) => s.preemptions);
+    mirrored("strata_lost_batch_recomputes_total", "Sequences recomputed because a stage lost a batch of theirs (its worker died)", (s) => s.lostBatchRecomputes);
     if (adapters) {
       new Counter({
         name: "strata_lora_adapter_loads_total",

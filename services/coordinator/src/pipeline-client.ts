@@ -167,29 +167,32 @@ export class PipelineClient {
 
   /**
    * A worker that restarted (same address, empty process) has no layers: load them again and
-   * reopen the streams. Returns the stages reloaded; a stage that does not answer is left for
-   * the next call. Whatever the restarted stage held is gone, so the caller must drop its
+   * reopen the streams. Returns the stages reloaded and those that did not answer, which are left
+   * for the next call. Whatever a restarted stage held is gone, so the caller must drop its
    * prefix cache and recompute its running sequences.
    */
-  async recover(): Promise<number[]> {
+  async recover(): Promise<{ reloaded: number[]; unreachable: number[] }> {
     const opts = this.loadOptions;
-    if (!opts) return [];
+    if (!opts) return { reloaded: [], unreachable: [] };
     const reloaded: number[] = [];
+    const unreachable: number[] = [];
     await Promise.all(
       this.stubs.map(async (_, i) => {
         const health = await this.health(i, 1000).catch(() => undefined);
-        if (!health || health.loaded) return;
+        if (!health) return void unreachable.push(i);
+        if (health.loaded) return;
         this.stages[i] = await this.loadStage(i, { ...opts, onProgress: undefined });
         reloaded.push(i);
       }),
     );
+    unreachable.sort((a, b) => a - b);
     if (reloaded.length > 0) {
       reloaded.sort((a, b) => a - b);
       // Whatever was in flight went through, or was still to reach, a stage that lost it all.
       this.failAll(new StageFailure(grpc.status.UNAVAILABLE, `stage ${reloaded.join(", ")} restarted: the batches in flight were lost`, reloaded[0]));
       this.openStreams();
     }
-    return reloaded;
+    return { reloaded, unreachable };
   }
 
   private openStreams(): void {
@@ -204,6 +207,12 @@ export class PipelineClient {
       if (this.fromLastStage === results) this.toFirstStage = undefined;
       if (err.code !== grpc.status.CANCELLED) this.failAll(new StageFailure(err.code, `results stream from the last stage failed: ${err.details}`, this.stubs.length - 1));
     });
+    // The last stage ended it (it is shutting down): no result in flight will come.
+    results.on("end", () => {
+      if (this.fromLastStage !== results) return;
+      this.toFirstStage = undefined;
+      this.failAll(new StageFailure(grpc.status.UNAVAILABLE, "the last stage ended its results stream (shutting down)", this.stubs.length - 1));
+    });
     this.fromLastStage = results;
     const forward = this.stubs[0].forward();
     // Stage 0 replies only to fail a batch: one it rejected (the rejection also travels on to the
@@ -214,6 +223,12 @@ export class PipelineClient {
     forward.on("error", (err: grpc.ServiceError) => {
       if (err.code !== grpc.status.CANCELLED) this.failAll(new StageFailure(err.code, `stream to stage 0 failed: ${err.details}`, 0));
       if (this.toFirstStage === forward) this.toFirstStage = undefined;
+    });
+    // Stage 0 ended it (it is shutting down): what it had not passed on is lost.
+    forward.on("end", () => {
+      if (this.toFirstStage !== forward) return;
+      this.toFirstStage = undefined;
+      this.failAll(new StageFailure(grpc.status.UNAVAILABLE, "stage 0 ended the stream of batches (shutting down)", 0));
     });
     this.toFirstStage = forward;
   }
