@@ -155,6 +155,7 @@ describe("GET /metrics after traffic", () => {
     });
     expect(coordinator.has("strata_preemptions_total")).toBe(true);
     expect(coordinator.has("strata_lost_batch_recomputes_total")).toBe(true);
+    expect(coordinator.value("strata_stage_recovery_wait")).toBe(0);
     expect(coordinator.value("strata_prefix_cache_queries_total")).toBeGreaterThanOrEqual(coordinator.value("strata_prefix_cache_hits_total"));
   });
 

@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BUNDLED_MODEL_DIR } from "@strata/model";
 import { LocalCluster, StageFailure } from "@strata/coordinator";
 import { GREEDY, loadGreedyOracle, useNats } from "./support/cluster.ts";
+import { parsePrometheus } from "./support/prometheus.ts";
 
 // DESIGN.md: no stale KV and no leaks across worker restarts. A worker process is killed and an
 // empty one takes its port: the coordinator reloads its layers, forgets the prefix cache (the
@@ -35,7 +36,8 @@ async function expectStoryThenNoBlockUsed(cluster: LocalCluster): Promise<void> 
 
 describe("worker restart", () => {
   it("a crashed stage is reloaded; requests in flight through it recompute to the same tokens, later ones are token-exact, and nothing stale or leaked remains", async () => {
-    const cluster = await LocalCluster.start({ modelDir: BUNDLED_MODEL_DIR, workers: 2, natsUrl: nats.url() });
+    const lines: string[] = [];
+    const cluster = await LocalCluster.start({ modelDir: BUNDLED_MODEL_DIR, workers: 2, natsUrl: nats.url(), log: (line) => lines.push(line) });
     try {
       const before = await cluster.engine.generate({ promptIds: longPrompt, maxTokens: 20, sampling: GREEDY, stopTokenIds: [] });
 
@@ -57,6 +59,9 @@ describe("worker restart", () => {
       expect(sampledStreamed).toEqual(sampledAlone);
       await crashed;
       expect(cluster.engine.stats().lostBatchRecomputes).toBeGreaterThan(0);
+      // They were held while the stage was down, and let go once it was back.
+      expect(lines.some((l) => l.startsWith("a stage lost a micro-batch"))).toBe(true);
+      expect(lines.some((l) => l.startsWith("every stage answers loaded"))).toBe(true);
 
       await until(async () => {
         await cluster.recoverStages();
@@ -75,7 +80,9 @@ describe("worker restart", () => {
   });
 
   it.each([1, 0])("a stage that stays down (worker %i, stopped as a lost host's) fails the requests held for it once the wait runs out, and fails new ones at once while it is down", async (worker) => {
-    const cluster = await LocalCluster.start({ modelDir: BUNDLED_MODEL_DIR, workers: 2, natsUrl: nats.url(), lostBatchWaitMs: 1500 });
+    const lines: string[] = [];
+    const cluster = await LocalCluster.start({ modelDir: BUNDLED_MODEL_DIR, workers: 2, natsUrl: nats.url(), lostBatchWaitMs: 1500, log: (line) => lines.push(line) });
+    const recoveryWait = async () => parsePrometheus(await cluster.telemetry.metrics.registry.metrics()).value("strata_stage_recovery_wait");
     try {
       let lost: Promise<void> | undefined;
       let tokens = 0;
@@ -88,12 +95,15 @@ describe("worker restart", () => {
         );
       await until(async () => cluster.engine.holdingForRecovery, 20_000);
       heldAtFailure = true;
+      expect(await recoveryWait()).toBe(1);
       const outcome = await inFlight;
       await lost;
       // It waited for the stage, did not get it back, and failed with the stage's error.
       expect(heldAtFailure).toBe(true);
       expect(outcome).toBeInstanceOf(StageFailure);
       expect(cluster.engine.holdingForRecovery).toBe(false);
+      expect(await recoveryWait()).toBe(0);
+      expect(lines.filter((l) => l.startsWith("a stage lost a micro-batch") || l.startsWith("the stages were not back within 1.5 s"))).toHaveLength(2);
       expect(cluster.engine.stats().lostBatchRecomputes).toBe(1);
       // While the stage is still down, a new request is not held: it fails with the stage's error.
       const next = await cluster.engine.generate({ promptIds: oracle.prompt_token_ids, maxTokens: 8, sampling: GREEDY }).catch((e: Error) => e);

@@ -250,6 +250,14 @@ export class LocalCluster {
       cluster.watchStages(opts.log);
       const lostBatchWaitMs = opts.lostBatchWaitMs ?? DEFAULT_LOST_BATCH_WAIT_MS;
       engine.lostBatchRecovery = lostBatchWaitMs > 0 ? { waitMs: lostBatchWaitMs } : undefined;
+      engine.onRecoveryWait = (event, requests) =>
+        cluster.log(
+          event === "waiting"
+            ? `a stage lost a micro-batch: its requests will recompute; holding all ${requests} requests until every stage answers loaded (at most ${lostBatchWaitMs / 1000} s)`
+            : event === "recovered"
+              ? `every stage answers loaded: ${requests} held requests go on`
+              : `the stages were not back within ${lostBatchWaitMs / 1000} s: ${requests} held requests go out and fail if a stage is still down`,
+        );
       const coordinatorTracing = opts.tracing ?? (opts.tracesUrl ? startTracing({ serviceName: "strata-coordinator", tracesUrl: opts.tracesUrl }) : TRACING_OFF);
       if (!opts.tracing) ownTracings.push(coordinatorTracing);
       cluster.ownTracings = ownTracings;

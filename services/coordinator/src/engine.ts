@@ -177,6 +177,8 @@ export class Engine {
    * nothing would end the wait but its deadline.
    */
   lostBatchRecovery: { waitMs: number } | undefined;
+  /** Told when scheduling starts waiting on the stages after a lost batch, and how the wait ends. */
+  onRecoveryWait: ((event: "waiting" | "recovered" | "timed out", requests: number) => void) | undefined;
   // A batch was lost: nothing is scheduled until the stages recover or `timer` fires.
   private outage: { timer: NodeJS.Timeout } | undefined;
   // The last wait ran out with the stages still down: lost batches fail until they recover.
@@ -258,6 +260,7 @@ export class Engine {
    * (see onFailure).
    */
   stagesRecovered(): void {
+    if (this.outage) this.onRecoveryWait?.("recovered", this.active.size);
     clearTimeout(this.outage?.timer);
     this.outage = undefined;
     this.failLostBatches = false;
@@ -535,10 +538,12 @@ export class Engine {
         // The stages did not come back in time: what was held is sent, and fails if they are still down.
         this.outage = undefined;
         this.failLostBatches = true;
+        this.onRecoveryWait?.("timed out", this.active.size);
         this.pump();
       }, recovery!.waitMs);
       timer.unref();
       this.outage = { timer };
+      this.onRecoveryWait?.("waiting", this.active.size);
     }
     this.onBatchFailure?.(error);
   }

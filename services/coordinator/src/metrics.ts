@@ -6,6 +6,8 @@ import { registerProcessMetrics, setCounterTotal } from "@strata/telemetry";
 /** What the metrics read from the engine at scrape time. */
 export interface EngineStatsSource {
   stats(): SchedulerStats;
+  /** Scheduling waits on the stages' recovery after a lost batch (an Engine's). */
+  readonly holdingForRecovery?: boolean;
 }
 
 /** What the adapter metrics read at scrape time (an AdapterManager). */
@@ -51,6 +53,14 @@ export class CoordinatorMetrics {
       });
     gauge("strata_requests_running", "Sequences the scheduler is running (holding KV)", (s) => s.running);
     gauge("strata_requests_waiting", "Sequences queued for admission", (s) => s.waiting);
+    new Gauge({
+      name: "strata_stage_recovery_wait",
+      help: "1 while scheduling waits for every stage to answer loaded after a stage lost a micro-batch",
+      registers,
+      collect() {
+        this.set(engine.holdingForRecovery ? 1 : 0);
+      },
+    });
     gauge("strata_kv_pool_blocks_used", "KV blocks referenced by live sequences (same ids on every stage)", (s) => s.blocksUsed);
     gauge("strata_kv_pool_blocks_cached", "Unreferenced KV blocks kept for prefix reuse", (s) => s.blocksCached);
     gauge("strata_kv_pool_blocks_total", "KV blocks of the tightest stage", (s) => s.blocksTotal);
