@@ -85,7 +85,7 @@ interface ActiveRequest {
   seq: SchedulerSequence;
   req: GenerateRequest;
   rng: SeededRandom;
-  /** Draws taken for steps a lost batch never computed: the recompute takes them first (see nextRandom). */
+  /** Draws taken for steps a lost batch never computed: the recompute takes them first (see schedulePending). */
   unusedRandoms: number[];
   /** How many times a stage lost a batch of this request's and it went back to recompute. */
   lostBatches: number;
@@ -173,8 +173,8 @@ export class Engine {
   /**
    * Whether requests whose batch a stage lost are recomputed (see onFailure) rather than failed,
    * and how long the engine then holds all scheduling for the stages' recovery (see
-   * stagesRecovered). Set by whoever recovers the stages (LocalCluster.watchStages): without one,
-   * nothing would end the wait but its deadline.
+   * stagesRecovered). Set by whoever recovers the stages (LocalCluster.start, whose recoverStages
+   * calls stagesRecovered): without one, nothing would end the wait but its deadline.
    */
   lostBatchRecovery: { waitMs: number } | undefined;
   /** Told when scheduling starts waiting on the stages after a lost batch, and how the wait ends. */
