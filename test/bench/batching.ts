@@ -5,7 +5,7 @@ import { promisify } from "node:util";
 import { BUNDLED_MODEL_DIR, openModel } from "@strata/model";
 import { GREEDY, SeededRandom, type SamplingParams } from "@strata/sampling";
 import { gcOnComputeThreads, type LocalCluster } from "@strata/coordinator";
-import { describeModel, describePartition, fmt, median, round, table, withCluster, WARMUP_ROUNDS, type BenchContext, type BenchPart } from "./support.ts";
+import { describeModel, describePartition, fmt, hostStealSeconds, median, round, table, withCluster, WARMUP_ROUNDS, type BenchContext, type BenchPart } from "./support.ts";
 import { BENCH_SHAPE, describeShape, syntheticModelDir } from "./synthetic.ts";
 import { scrape } from "../support/prometheus.ts";
 
@@ -160,12 +160,15 @@ interface StageWork {
   decodeTokens: number[];
   /** CPU seconds the worker processes and this one (the coordinator's) used within them. */
   cpuSeconds: number;
+  /** CPU seconds the host's hypervisor took from the machine's cores within them (steal). */
+  stealSeconds: number;
 }
 
 function addWork(total: StageWork, more: StageWork): void {
   total.wallSeconds += more.wallSeconds;
   total.tokens += more.tokens;
   total.cpuSeconds += more.cpuSeconds;
+  total.stealSeconds += more.stealSeconds;
   const add = (into: number[], from: number[]) => from.forEach((v, i) => (into[i] = (into[i] ?? 0) + v));
   add(total.stageSeconds, more.stageSeconds);
   add(total.decodeSeconds, more.decodeSeconds);
@@ -227,6 +230,8 @@ function whereTheRatioComesFrom(r: PipeliningResult, suffix: string): Record<str
     pipelining_busiest_stage_bound: busiestStageBound(r),
     pipelining_ttft_mean_ms_on: median(r.firstTokenMsOn),
     pipelining_ttft_mean_ms_off: median(r.firstTokenMsOff),
+    pipelining_host_steal_share_on: stealShare(r.workOn),
+    pipelining_host_steal_share_off: stealShare(r.workOff),
   };
   return Object.fromEntries(Object.entries(figures).map(([key, value]) => [`${key}${suffix}`, value]));
 }
@@ -273,12 +278,18 @@ function cpuShare(work: StageWork): number {
   return work.cpuSeconds / (availableParallelism() * work.wallSeconds);
 }
 
+/** Share of the cores' time the host's hypervisor took (steal): 0 on a machine of its own. */
+function stealShare(work: StageWork): number {
+  return work.stealSeconds / (availableParallelism() * work.wallSeconds);
+}
+
 interface ClusterSeconds {
   stages: number[];
   decodeSeconds: number[];
   decodeSteps: number[];
   decodeTokens: number[];
   cpu: number;
+  steal: number;
 }
 
 /** Each stage's compute seconds so far (all steps, and its decode steps'), and the CPU seconds of the worker processes and this one. */
@@ -292,6 +303,7 @@ async function clusterSeconds(cluster: LocalCluster): Promise<ClusterSeconds> {
     decodeSteps: scrapes.map((s) => s.value("strata_stage_compute_seconds_count", decode)),
     decodeTokens: scrapes.map((s) => s.value("strata_stage_tokens_total", decode)),
     cpu: scrapes.reduce((sum, s) => sum + s.value("strata_process_cpu_seconds_total"), (own.user + own.system) / 1e6),
+    steal: hostStealSeconds(),
   };
 }
 
@@ -336,7 +348,7 @@ async function comparePipelining(ctx: BenchContext, dir: string, load: Pipelinin
     };
   };
   const opts = { modelDir: dir, workers: 2, kvCacheBytes: load.kvCacheBytes, planLoad: { batch: CONCURRENT / 2, contextTokens: load.midContext, sharedPrefixTokens: load.systemTokens } };
-  const noWork = (): StageWork => ({ wallSeconds: 0, tokens: 0, stageSeconds: [], decodeSeconds: [], decodeSteps: [], decodeTokens: [], cpuSeconds: 0 });
+  const noWork = (): StageWork => ({ wallSeconds: 0, tokens: 0, stageSeconds: [], decodeSeconds: [], decodeSteps: [], decodeTokens: [], cpuSeconds: 0, stealSeconds: 0 });
   return withCluster(ctx, { ...opts, pipelining: false }, (offCluster) =>
     withCluster(ctx, opts, async (onCluster) => {
       // The same prompts, round for round, on both clusters.
@@ -405,6 +417,7 @@ class ThroughputRounds {
         decodeSteps: since("decodeSteps"),
         decodeTokens: since("decodeTokens"),
         cpuSeconds: after.cpu - before.cpu,
+        stealSeconds: after.steal - before.steal,
       });
     }
     await this.cluster.waitForBlocksFreed();
@@ -527,6 +540,7 @@ export const batching: BenchPart = {
       [`${label}: stage compute per token, on vs off`, "ratio", `${fmt(computePerTokenOnVsOff(r))}x`],
       [`${label}: share of the machine's ${availableParallelism()} cores the cluster's processes used, on / off`, "share", `${fmt(cpuShare(r.workOn))} / ${fmt(cpuShare(r.workOff))}`],
       [`${label}: on vs off had on kept every core busy at its CPU per token`, "ratio", `${fmt(r.ratio / cpuShare(r.workOn))}x`],
+      [`${label}: share of the cores' time the host's hypervisor took (steal), on / off rounds`, "share", `${fmt(stealShare(r.workOn))} / ${fmt(stealShare(r.workOff))}`],
       [`${label}: each stage's mean decode step, on / off`, "ms", decodeStepMs(r.workOn).map((on, i) => `${fmt(on)} / ${fmt(decodeStepMs(r.workOff)[i])}`).join(", ")],
       [
         `${label}: each stage's compute in prefill steps per round, on / off`,

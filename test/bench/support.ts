@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { basename } from "node:path";
 import { performance } from "node:perf_hooks";
 import { LocalCluster, type ClusterOptions } from "@strata/coordinator";
@@ -33,6 +34,20 @@ export async function withCluster<T>(
     return await fn(cluster);
   } finally {
     await cluster.stop();
+  }
+}
+
+/**
+ * CPU seconds a hypervisor has taken from this machine's cores so far (the steal column of
+ * /proc/stat, in USER_HZ = 100 ticks a second); 0 where there is no /proc/stat. A shared host's
+ * steal slows whichever round it falls in, so a ratio of rounds is read beside it.
+ */
+export function hostStealSeconds(): number {
+  try {
+    const cpu = readFileSync("/proc/stat", "utf8").split("\n", 1)[0].trim().split(/\s+/);
+    return Number(cpu[8] ?? 0) / 100;
+  } catch {
+    return 0;
   }
 }
 
