@@ -79,6 +79,23 @@ describe("worker restart", () => {
     }
   });
 
+  it("over 3 workers, a crash of the middle one mid-run: requests in flight recompute to the oracle's tokens", async () => {
+    const cluster = await LocalCluster.start({ modelDir: BUNDLED_MODEL_DIR, workers: 3, natsUrl: nats.url() });
+    try {
+      let crashed: Promise<void> | undefined;
+      let tokens = 0;
+      const inFlight = Array.from({ length: 4 }, () =>
+        cluster.engine.generate({ promptIds: oracle.prompt_token_ids, maxTokens: 60, sampling: GREEDY, stopTokenIds: [], onToken: () => void (++tokens === 20 && (crashed = cluster.crashWorker(1))) }),
+      );
+      for (const outcome of await Promise.all(inFlight)) expect(outcome.tokenIds).toEqual(expected.slice(0, 60));
+      await crashed;
+      expect(cluster.engine.stats().lostBatchRecomputes).toBeGreaterThan(0);
+      await expectStoryThenNoBlockUsed(cluster);
+    } finally {
+      await cluster.stop();
+    }
+  });
+
   it.each([1, 0])("a stage that stays down (worker %i, stopped as a lost host's) fails the requests held for it once the wait runs out, and fails new ones at once while it is down", async (worker) => {
     const lines: string[] = [];
     const cluster = await LocalCluster.start({ modelDir: BUNDLED_MODEL_DIR, workers: 2, natsUrl: nats.url(), lostBatchWaitMs: 1500, log: (line) => lines.push(line) });
