@@ -103,7 +103,6 @@ describe("worker restart", () => {
     try {
       let lost: Promise<void> | undefined;
       let tokens = 0;
-      let heldAtFailure = false;
       const inFlight = cluster.engine
         .generate({ promptIds: oracle.prompt_token_ids, maxTokens: 60, sampling: GREEDY, stopTokenIds: [], onToken: () => void (++tokens === 10 && (lost = cluster.loseWorker(worker))) })
         .then(
@@ -111,12 +110,10 @@ describe("worker restart", () => {
           (error: Error) => error,
         );
       await until(async () => cluster.engine.holdingForRecovery, 20_000);
-      heldAtFailure = true;
       expect(await recoveryWait()).toBe(1);
       const outcome = await inFlight;
       await lost;
       // It waited for the stage, did not get it back, and failed with the stage's error.
-      expect(heldAtFailure).toBe(true);
       expect(outcome).toBeInstanceOf(StageFailure);
       expect(cluster.engine.holdingForRecovery).toBe(false);
       expect(await recoveryWait()).toBe(0);

@@ -129,7 +129,7 @@ const MAX_LOST_BATCHES = 3;
  * layers or none of the sequences' KV): the request did nothing wrong and can be recomputed.
  * Errors of the request's own (a bad tensor, an unknown adapter, no KV room) cannot.
  */
-export function isLostBatch(error: Error): boolean {
+function isLostBatch(error: Error): boolean {
   return error instanceof StageFailure && LOST_BATCH_CODES.includes(error.code);
 }
 const LOST_BATCH_CODES: number[] = [grpcStatus.UNAVAILABLE, grpcStatus.FAILED_PRECONDITION, grpcStatus.NOT_FOUND];
